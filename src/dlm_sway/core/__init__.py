@@ -1,0 +1,1 @@
+"""Torch-free foundations: protocols, results, statistics, divergences, errors."""

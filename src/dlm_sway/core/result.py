@@ -1,0 +1,162 @@
+"""Frozen, typed results. Every report format renders from a :class:`SuiteResult`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    WARN = "warn"
+    SKIP = "skip"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe's outcome.
+
+    ``raw`` is the probe's own metric in its own units; ``z_score`` is the
+    z-equivalent of its standing against the null distribution (higher is
+    better after the probe's sign convention) or None when not calibrated.
+    """
+
+    name: str
+    kind: str
+    verdict: Verdict
+    score: float | None = None
+    raw: float | None = None
+    z_score: float | None = None
+    p_value: float | None = None
+    effect_ratio: float | None = None
+    base_value: float | None = None
+    ft_value: float | None = None
+    ci_95: tuple[float, float] | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    duration_s: float = 0.0
+
+    def with_duration(self, seconds: float) -> ProbeResult:
+        """A copy carrying every field, with the runner's timing stamped on."""
+        return replace(self, duration_s=seconds)
+
+
+_NUMERIC_FIELDS = ("score", "raw", "z_score", "p_value", "effect_ratio", "base_value", "ft_value")
+
+
+def _finite(value: object) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    return isinstance(value, int | float) and math.isfinite(float(value))
+
+
+def safe_finalize(
+    result: ProbeResult, *, critical_fields: tuple[str, ...] = ("raw",)
+) -> ProbeResult:
+    """Guard against non-finite numbers reaching a verdict.
+
+    A non-finite *critical* field turns the result into ERROR with every
+    number cleared (a NaN must never read as PASS). A non-finite non-critical
+    field is cleared and listed in ``evidence["defensively_nulled"]``.
+    """
+    bad = {f: getattr(result, f) for f in _NUMERIC_FIELDS if not _finite(getattr(result, f))}
+    ci_bad = result.ci_95 is not None and not all(math.isfinite(v) for v in result.ci_95)
+    if not bad and not ci_bad:
+        return result
+    evidence = dict(result.evidence)
+    critical = [f for f in bad if f in critical_fields]
+    if critical:
+        evidence["non_finite_inputs"] = {k: repr(v) for k, v in bad.items()}
+        cleared = dict.fromkeys(_NUMERIC_FIELDS)
+        return replace(
+            result,
+            verdict=Verdict.ERROR,
+            ci_95=None,
+            evidence=evidence,
+            message=(
+                f"non-finite {', '.join(critical)}: the probe cannot produce a meaningful "
+                "result (check the adapter weights for NaN/inf)"
+            ),
+            **cleared,
+        )
+    nulled = sorted(bad) + (["ci_95"] if ci_bad else [])
+    evidence["defensively_nulled"] = nulled
+    return replace(result, ci_95=None if ci_bad else result.ci_95, evidence=evidence,
+                   **dict.fromkeys(bad))
+
+
+@dataclass(frozen=True, slots=True)
+class DeterminismReport:
+    class_: str
+    seed: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteResult:
+    """The whole run: probes in declaration order plus provenance."""
+
+    spec_path: str
+    started_at: datetime
+    finished_at: datetime
+    base_model_id: str
+    adapter_id: str
+    sway_version: str
+    probes: tuple[ProbeResult, ...]
+    null_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    determinism: DeterminismReport | None = None
+    backend_stats: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def wall_seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def by_name(self, name: str) -> ProbeResult:
+        for p in self.probes:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+BANDS: tuple[tuple[float, str], ...] = ((0.3, "noise"), (0.6, "partial"), (0.85, "healthy"))
+
+
+def band_for(overall: float) -> str:
+    """noise < 0.3 ≤ partial < 0.6 ≤ healthy ≤ 0.85 < suspicious (possible memorisation)."""
+    for upper, name in BANDS:
+        if overall < upper or (name == "healthy" and overall <= upper):
+            return name
+    return "suspicious"
+
+
+@dataclass(frozen=True, slots=True)
+class SwayScore:
+    """Composite score: weighted mean of per-category scores (see ``suite.score``)."""
+
+    overall: float
+    band: str
+    components: dict[str, float]
+    weights: dict[str, float]
+    findings: tuple[str, ...] = ()
+
+
+__all__ = [
+    "BANDS",
+    "SCHEMA_VERSION",
+    "SwayScore",
+    "band_for",
+    "DeterminismReport",
+    "ProbeResult",
+    "SuiteResult",
+    "Verdict",
+    "safe_finalize",
+]

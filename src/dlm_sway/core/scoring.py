@@ -1,0 +1,153 @@
+"""The scoring contract every backend implements and every probe consumes.
+
+A *view* is one configuration of the loaded model (base, fine-tuned, scaled
+adapter, null adapter). Backends hand views out through context managers and
+never allow two to be open at once: they share one set of weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDist:
+    """Top-k next-token distribution.
+
+    ``tail_logprob`` has three states: ``None`` when the top-k covers the
+    vocabulary, ``0.0`` when a tail exists but its mass underflowed, and a
+    negative float, the log of the probability mass outside the top-k.
+    """
+
+    token_ids: NDArray[np.int64]
+    logprobs: NDArray[np.float32]
+    vocab_size: int
+    tail_logprob: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_ids.shape != self.logprobs.shape:
+            raise ValueError(
+                f"TokenDist: token_ids {self.token_ids.shape} and logprobs "
+                f"{self.logprobs.shape} differ in shape"
+            )
+
+    @property
+    def k(self) -> int:
+        return int(self.token_ids.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class RollingLogprob:
+    """Per-token log-probs over one text: N token ids, N-1 scored positions."""
+
+    token_ids: NDArray[np.int64]
+    logprobs: NDArray[np.float32]
+    num_tokens: int
+    total_logprob: float = field(default=0.0)
+
+    @property
+    def mean_logprob(self) -> float:
+        n = int(self.logprobs.shape[0])
+        return self.total_logprob / n if n else 0.0
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(-self.mean_logprob))
+
+
+@runtime_checkable
+class ScoringModel(Protocol):
+    """One view of a model: score text and generate greedily."""
+
+    @property
+    def id(self) -> str: ...
+
+    def logprob_of(self, prompt: str, completion: str) -> float:
+        """Sum of natural-log probabilities of ``completion``'s tokens given ``prompt``."""
+        ...
+
+    def rolling_logprob(self, text: str) -> RollingLogprob: ...
+
+    def next_token_dist(self, prompt: str, top_k: int = 256) -> TokenDist: ...
+
+    def next_token_dist_batch(
+        self, prompts: Sequence[str], top_k: int = 256
+    ) -> list[TokenDist]:
+        """One dist per prompt; must equal the per-prompt path within float tolerance."""
+        ...
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str: ...
+
+
+@runtime_checkable
+class DifferentialBackend(Protocol):
+    """One loaded model, two views. Opening a second view while one is open raises."""
+
+    def as_base(self) -> AbstractContextManager[ScoringModel]: ...
+
+    def as_finetuned(self) -> AbstractContextManager[ScoringModel]: ...
+
+
+@runtime_checkable
+class ScalableDifferentialBackend(DifferentialBackend, Protocol):
+    """Adds the adapter scaled by λ: 0 is the base, 1 the fine-tune, >1 overshoot."""
+
+    def as_scaled_adapter(self, lam: float) -> AbstractContextManager[ScoringModel]: ...
+
+
+@runtime_checkable
+class NullCalibratedBackend(DifferentialBackend, Protocol):
+    """Adds null views: the adapter's structure with seeded random weights."""
+
+    def as_null_adapter(
+        self, seed: int, *, init_scale: float = 0.02, rank_scale: float = 1.0
+    ) -> AbstractContextManager[ScoringModel]: ...
+
+
+@runtime_checkable
+class PreflightCheckable(Protocol):
+    """One forward per view; ``(False, reason)`` when any logit is non-finite."""
+
+    def preflight_finite_check(self) -> tuple[bool, str]: ...
+
+
+def loop_batch(model: ScoringModel, prompts: Sequence[str], top_k: int) -> list[TokenDist]:
+    """Reference batch implementation: the per-prompt path, one prompt at a time."""
+    return [model.next_token_dist(p, top_k=top_k) for p in prompts]
+
+
+def iter_views(backend: DifferentialBackend) -> Iterator[str]:
+    """Names of the optional protocols ``backend`` satisfies (for reports and doctor)."""
+    if isinstance(backend, ScalableDifferentialBackend):
+        yield "ScalableDifferentialBackend"
+    if isinstance(backend, NullCalibratedBackend):
+        yield "NullCalibratedBackend"
+    if isinstance(backend, PreflightCheckable):
+        yield "PreflightCheckable"
+
+
+__all__ = [
+    "DifferentialBackend",
+    "NullCalibratedBackend",
+    "PreflightCheckable",
+    "RollingLogprob",
+    "ScalableDifferentialBackend",
+    "ScoringModel",
+    "TokenDist",
+    "iter_views",
+    "loop_batch",
+]

@@ -1,0 +1,186 @@
+"""Probe framework: spec envelope, run context, and the one probe registry.
+
+Subclassing :class:`Probe` with a ``kind`` registers it. Third-party probes
+register the same way once their module is imported; the
+``dlm_sway.probes`` entry-point group imports them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dlm_sway.core.errors import SpecValidationError, SwayError
+from dlm_sway.core.result import ProbeResult
+from dlm_sway.core.scoring import DifferentialBackend
+
+Category = Literal["adherence", "attribution", "calibration", "ablation", "baseline"]
+CATEGORIES: tuple[Category, ...] = (
+    "adherence",
+    "attribution",
+    "calibration",
+    "ablation",
+    "baseline",
+)
+
+#: Short, content-neutral openers used when a probe calibrates against nulls.
+SENTINEL_PROMPTS: tuple[str, ...] = (
+    "The capital city of the country is",
+    "Once upon a time, in a small village,",
+    "One interesting fact about the ocean is that",
+    "After you finish this step, the next thing to do is",
+)
+
+
+class ProbeSpec(BaseModel):
+    """Fields every probe entry has. Unknown keys are an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: str
+    enabled: bool = True
+    weight: float = 1.0
+
+
+NullStatsMap = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a probe may read. Frozen; the runner derives new ones."""
+
+    backend: DifferentialBackend | None
+    seed: int = 0
+    top_k: int = 256
+    null_stats: NullStatsMap = field(default_factory=lambda: MappingProxyType({}))
+    null_stats_by_rank: Mapping[str, NullStatsMap] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    downstream_kinds: tuple[str, ...] = ()
+    doc_text: str | None = None
+
+    @property
+    def require_backend(self) -> DifferentialBackend:
+        if self.backend is None:
+            raise SwayError("this probe needs a model backend, but the run has none")
+        return self.backend
+
+    def evolve(self, **changes: Any) -> RunContext:
+        return replace(self, **changes)
+
+
+class Probe(ABC):
+    """A probe: ``run(spec, ctx) -> ProbeResult``. Stateless; one instance per entry."""
+
+    kind: ClassVar[str]
+    spec_cls: ClassVar[type[ProbeSpec]]
+    category: ClassVar[Category] = "adherence"
+    needs_backend: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind is None:
+            return  # abstract intermediate class
+        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
+            raise TypeError(f"probe kind {kind!r} is already registered by {_REGISTRY[kind]}")
+        _REGISTRY[kind] = cls
+
+    @abstractmethod
+    def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult: ...
+
+    @classmethod
+    def calibrate_spec(cls, ctx: RunContext) -> ProbeSpec | None:
+        """A small spec whose ``raw`` under a null adapter samples the null distribution.
+
+        None opts the kind out of calibration (e.g. it needs views a null cannot give).
+        """
+        return None
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+_REGISTRY: dict[str, type[Probe]] = {}
+
+
+def registry() -> Mapping[str, type[Probe]]:
+    """Kind → probe class for every registered probe (built-ins loaded on first call)."""
+    _load_builtin_probes()
+    return MappingProxyType(_REGISTRY)
+
+
+def get_probe_class(kind: str) -> type[Probe]:
+    reg = registry()
+    if kind not in reg:
+        raise KeyError(kind)
+    return reg[kind]
+
+
+def build_probe(raw: Mapping[str, Any], *, source: str | None = None) -> tuple[Probe, ProbeSpec]:
+    """Validate one suite entry against its kind's spec class."""
+    label = source or str(raw.get("name") or "<unnamed probe>")
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        raise SpecValidationError("missing 'kind' (e.g. kind: delta_kl)", source=label)
+    reg = registry()
+    if kind not in reg:
+        known = ", ".join(sorted(reg))
+        raise SpecValidationError(
+            f"unknown probe kind {kind!r}; registered kinds: {known}", source=label
+        )
+    cls = reg[kind]
+    try:
+        spec = cls.spec_cls.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise SpecValidationError(format_validation_error(exc), source=label) from None
+    return cls(), spec
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Pydantic errors as '<field path>: <problem>' lines a user can act on."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; unknown keys are not ignored)"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+_LOADED = False
+
+
+def _load_builtin_probes() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import dlm_sway.probes  # noqa: F401  (imports every built-in probe module)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dlm_sway.probes"):
+        ep.load()
+
+
+__all__ = [
+    "CATEGORIES",
+    "SENTINEL_PROMPTS",
+    "Category",
+    "Probe",
+    "ProbeSpec",
+    "RunContext",
+    "build_probe",
+    "format_validation_error",
+    "get_probe_class",
+    "registry",
+]
