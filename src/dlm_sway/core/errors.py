@@ -27,8 +27,7 @@ class BackendNotAvailableError(SwayError):
         self.backend = backend
         self.extra = extra
         msg = (
-            f"the {backend!r} backend needs optional dependencies: "
-            f"pip install 'dlm-sway[{extra}]'"
+            f"the {backend!r} backend needs optional dependencies: pip install 'dlm-sway[{extra}]'"
         )
         if hint:
             msg = f"{msg} ({hint})"

@@ -74,22 +74,29 @@ def safe_finalize(
     critical = [f for f in bad if f in critical_fields]
     if critical:
         evidence["non_finite_inputs"] = {k: repr(v) for k, v in bad.items()}
-        cleared = dict.fromkeys(_NUMERIC_FIELDS)
         return replace(
             result,
             verdict=Verdict.ERROR,
+            score=None,
+            raw=None,
+            z_score=None,
+            p_value=None,
+            effect_ratio=None,
+            base_value=None,
+            ft_value=None,
             ci_95=None,
             evidence=evidence,
             message=(
                 f"non-finite {', '.join(critical)}: the probe cannot produce a meaningful "
                 "result (check the adapter weights for NaN/inf)"
             ),
-            **cleared,
         )
     nulled = sorted(bad) + (["ci_95"] if ci_bad else [])
     evidence["defensively_nulled"] = nulled
-    return replace(result, ci_95=None if ci_bad else result.ci_95, evidence=evidence,
-                   **dict.fromkeys(bad))
+    out = replace(result, ci_95=None if ci_bad else result.ci_95, evidence=evidence)
+    for name in bad:
+        object.__setattr__(out, name, None)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +117,7 @@ class SuiteResult:
     adapter_id: str
     sway_version: str
     probes: tuple[ProbeResult, ...]
-    null_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    null_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     determinism: DeterminismReport | None = None
     backend_stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

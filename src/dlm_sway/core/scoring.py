@@ -76,9 +76,7 @@ class ScoringModel(Protocol):
 
     def next_token_dist(self, prompt: str, top_k: int = 256) -> TokenDist: ...
 
-    def next_token_dist_batch(
-        self, prompts: Sequence[str], top_k: int = 256
-    ) -> list[TokenDist]:
+    def next_token_dist_batch(self, prompts: Sequence[str], top_k: int = 256) -> list[TokenDist]:
         """One dist per prompt; must equal the per-prompt path within float tolerance."""
         ...
 

@@ -8,7 +8,7 @@ register the same way once their module is imported; the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from dlm_sway.core.errors import SpecValidationError, SwayError
 from dlm_sway.core.result import ProbeResult
 from dlm_sway.core.scoring import DifferentialBackend
+from dlm_sway.core.stats import NullStats
 
 Category = Literal["adherence", "attribution", "calibration", "ablation", "baseline"]
 CATEGORIES: tuple[Category, ...] = (
@@ -48,7 +49,12 @@ class ProbeSpec(BaseModel):
     weight: float = 1.0
 
 
-NullStatsMap = Mapping[str, Mapping[str, Any]]
+NullStatsMap = Mapping[str, NullStats]
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _no_progress(label: str, done: int, total: int) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,14 @@ class RunContext:
     null_stats_by_rank: Mapping[str, NullStatsMap] = field(
         default_factory=lambda: MappingProxyType({})
     )
-    downstream_kinds: tuple[str, ...] = ()
+    downstream: tuple[tuple[Probe, ProbeSpec], ...] = ()
     doc_text: str | None = None
+    progress: ProgressFn = _no_progress
+
+    @property
+    def downstream_kinds(self) -> tuple[str, ...]:
+        """Kinds of the suite entries after the current one (``null_adapter`` reads it)."""
+        return tuple(spec.kind for _, spec in self.downstream)
 
     @property
     def require_backend(self) -> DifferentialBackend:
@@ -96,10 +108,13 @@ class Probe(ABC):
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult: ...
 
     @classmethod
-    def calibrate_spec(cls, ctx: RunContext) -> ProbeSpec | None:
-        """A small spec whose ``raw`` under a null adapter samples the null distribution.
+    def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:
+        """The spec whose ``raw`` under a null adapter samples this probe's null distribution.
 
-        None opts the kind out of calibration (e.g. it needs views a null cannot give).
+        ``target`` is the suite entry being calibrated: calibrating on the entry's own
+        prompts keeps the null and the real metric comparable (the reference used fixed
+        sentinel prompts, which compares different quantities). None opts out, e.g. for
+        probes that need views a null adapter cannot give.
         """
         return None
 
@@ -165,8 +180,9 @@ def _load_builtin_probes() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import dlm_sway.probes  # noqa: F401  (imports every built-in probe module)
     from importlib.metadata import entry_points
+
+    import dlm_sway.probes  # noqa: F401  (imports every built-in probe module)
 
     for ep in entry_points(group="dlm_sway.probes"):
         ep.load()

@@ -1,0 +1,194 @@
+"""A torch-free, deterministic backend implementing every protocol, for tests.
+
+Each text maps (via md5, so across processes too) to pseudo-random logits over
+a small vocabulary. The fine-tune adds ``strength`` times a fixed "trained"
+direction; λ-scaling scales that direction; a null adapter adds a seeded random
+direction of size ``null_scale · init_scale · √rank_scale``. Strength 0 is a
+no-op adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dlm_sway.core.errors import ProbeError, ViewError
+from dlm_sway.core.scoring import RollingLogprob, ScoringModel, TokenDist
+
+VOCAB = 256
+_ADAPTER_SEED = 7
+
+
+def _text_seed(text: str) -> int:
+    return int(hashlib.md5(text.encode("utf-8")).hexdigest()[:8], 16)
+
+
+def _unit(seed: int, salt: int) -> NDArray[np.float64]:
+    v: NDArray[np.float64] = np.random.default_rng([seed, salt]).standard_normal(VOCAB)
+    out: NDArray[np.float64] = v / np.linalg.norm(v) * math.sqrt(VOCAB)
+    return out
+
+
+@dataclass
+class _Counters:
+    forward_passes: int = 0
+    scored_tokens: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"forward_passes": self.forward_passes, "scored_tokens": self.scored_tokens}
+
+
+class DummyView:
+    """One view: logits = base(text) + shift(text)."""
+
+    def __init__(self, owner: DummyDifferentialBackend, view_id: str, shift_fn: Any) -> None:
+        self._owner = owner
+        self._id = view_id
+        self._shift = shift_fn
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def _logprobs(self, context: str) -> NDArray[np.float64]:
+        self._owner.stats.forward_passes += 1
+        seed = _text_seed(context)
+        logits = 3.0 * _unit(seed, 0) / math.sqrt(VOCAB) * 4.0 + self._shift(seed)
+        if self._owner.nan and self._id != "base":
+            logits = logits * float("nan")
+        m = float(np.max(logits))
+        out: NDArray[np.float64] = logits - (m + math.log(float(np.sum(np.exp(logits - m)))))
+        return out
+
+    def next_token_dist(self, prompt: str, top_k: int = 256) -> TokenDist:
+        lp = self._logprobs(prompt)
+        k = min(top_k, VOCAB)
+        order = np.argsort(-lp, kind="stable")[:k]
+        tail: float | None = None
+        if k < VOCAB:
+            rest = float(1.0 - np.exp(lp[order]).sum())
+            tail = math.log(rest) if rest > 1e-12 else 0.0
+        return TokenDist(
+            token_ids=order.astype(np.int64),
+            logprobs=lp[order].astype(np.float32),
+            vocab_size=VOCAB,
+            tail_logprob=tail,
+        )
+
+    def next_token_dist_batch(self, prompts: Sequence[str], top_k: int = 256) -> list[TokenDist]:
+        return [self.next_token_dist(p, top_k=top_k) for p in prompts]
+
+    def _token_id(self, word: str) -> int:
+        return _text_seed("tok:" + word) % VOCAB
+
+    def rolling_logprob(self, text: str) -> RollingLogprob:
+        words = text.split()
+        ids = np.array([self._token_id(w) for w in words], dtype=np.int64)
+        lps = [float(self._logprobs(" ".join(words[:i]))[ids[i]]) for i in range(1, len(words))]
+        self._owner.stats.scored_tokens += len(lps)
+        arr = np.asarray(lps, dtype=np.float32)
+        return RollingLogprob(ids, arr, len(words), float(np.sum(arr, dtype=np.float64)))
+
+    def logprob_of(self, prompt: str, completion: str) -> float:
+        head = prompt.split()
+        tail = completion.split()
+        if not tail:
+            raise ProbeError("logprob_of", "completion has no tokens")
+        total = 0.0
+        for i, w in enumerate(tail):
+            total += float(self._logprobs(" ".join(head + tail[:i]))[self._token_id(w)])
+        self._owner.stats.scored_tokens += len(tail)
+        return total
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str:
+        words: list[str] = []
+        for _ in range(max_new_tokens):
+            lp = self._logprobs(" ".join([prompt, *words]))
+            words.append(f"w{int(np.argmax(lp))}")
+        return " ".join(words)
+
+
+class DummyDifferentialBackend:
+    """Deterministic synthetic backend; ``strength=0`` is a no-op adapter."""
+
+    def __init__(
+        self,
+        *,
+        base: str = "dummy-base",
+        adapter: str | None = "dummy-adapter",
+        strength: float = 1.0,
+        null_scale: float = 10.0,
+        nan: bool = False,
+    ) -> None:
+        if not math.isfinite(strength) or not math.isfinite(null_scale):
+            raise ValueError("dummy backend: strength and null_scale must be finite")
+        self.base_id = base
+        self.adapter_id = adapter or ""
+        self.strength = strength
+        self.null_scale = null_scale
+        self.nan = nan
+        self.stats = _Counters()
+        self._active: str | None = None
+
+    @contextmanager
+    def _view(self, view_id: str, shift_fn: Any) -> Iterator[ScoringModel]:
+        if self._active is not None:
+            raise ViewError(f"cannot open view {view_id!r}: view {self._active!r} is still open")
+        self._active = view_id
+        try:
+            yield DummyView(self, view_id, shift_fn)
+        finally:
+            self._active = None
+
+    def _trained(self, lam: float) -> Any:
+        return lambda seed: lam * self.strength * _unit(seed, _ADAPTER_SEED)
+
+    def as_base(self) -> Any:
+        return self._view("base", lambda seed: 0.0)
+
+    def as_finetuned(self) -> Any:
+        return self._view("ft", self._trained(1.0))
+
+    def as_scaled_adapter(self, lam: float) -> Any:
+        return self._view(f"scaled_{lam:g}", self._trained(lam))
+
+    def as_null_adapter(
+        self, seed: int, *, init_scale: float = 0.02, rank_scale: float = 1.0
+    ) -> Any:
+        if not math.isfinite(rank_scale) or rank_scale <= 0:
+            raise ValueError(f"rank_scale must be > 0, got {rank_scale}")
+        scale = self.null_scale * init_scale * math.sqrt(rank_scale)
+        return self._view(
+            f"null_{seed}_s{init_scale:g}_r{rank_scale:g}",
+            lambda s: scale * _unit(s, 1_000_003 + seed),
+        )
+
+    def preflight_finite_check(self) -> tuple[bool, str]:
+        for opener in (self.as_base, self.as_finetuned):
+            with opener() as view:
+                dist = view.next_token_dist("hello", top_k=8)
+                if not np.all(np.isfinite(dist.logprobs)):
+                    return False, f"non-finite logits in the {view.id} view (NaN/inf adapter?)"
+        return True, ""
+
+    def close(self) -> None:
+        return None
+
+
+__all__ = ["DummyDifferentialBackend", "DummyView"]

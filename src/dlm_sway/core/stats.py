@@ -1,0 +1,135 @@
+"""Null statistics, z-scores, score mapping and bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Below this null std a z-score would divide by noise; the probe falls back.
+MIN_STD = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class NullStats:
+    """Distribution of one probe's ``raw`` over K null adapters."""
+
+    mean: float
+    std: float
+    n: int
+    degenerate: bool
+    samples: tuple[float, ...] = ()
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[float]) -> NullStats:
+        """Population std; degenerate when K ≤ 1 or every null gave the same value."""
+        xs = [float(x) for x in samples if math.isfinite(float(x))]
+        if not xs:
+            raise ValueError("no finite null samples")
+        arr = np.asarray(xs, dtype=np.float64)
+        std = float(arr.std()) if arr.size >= 2 else 0.0
+        return cls(
+            mean=float(arr.mean()),
+            std=max(std, MIN_STD),
+            n=int(arr.size),
+            degenerate=arr.size <= 1 or std == 0.0,
+            samples=tuple(xs),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "n": self.n,
+            "degenerate": self.degenerate,
+            "samples": list(self.samples),
+        }
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> NullStats:
+        return cls(
+            mean=float(data["mean"]),
+            std=float(data["std"]),
+            n=int(data["n"]),
+            degenerate=bool(data.get("degenerate", False)),
+            samples=tuple(float(x) for x in data.get("samples", ())),
+        )
+
+    @property
+    def median(self) -> float | None:
+        return float(np.median(self.samples)) if self.samples else None
+
+
+def z_score(raw: float | None, stats: NullStats | None, *, sign: int = 1) -> float | None:
+    """(raw − mean)/std times ``sign`` (−1 for lower-is-better metrics); None when unusable."""
+    if raw is None or stats is None or stats.degenerate:
+        return None
+    if not (math.isfinite(raw) and math.isfinite(stats.mean) and math.isfinite(stats.std)):
+        return None
+    if stats.std < MIN_STD:
+        return None
+    return sign * (raw - stats.mean) / stats.std
+
+
+def effect_ratio(raw: float | None, stats: NullStats | None) -> float | None:
+    """raw ÷ median null raw: "this adapter moves the metric N× a random one"."""
+    if raw is None or stats is None:
+        return None
+    med = stats.median
+    if med is None or not math.isfinite(raw) or abs(med) < 1e-12:
+        return None
+    return raw / med
+
+
+def score_from_z(z: float) -> float:
+    """Logistic of z/3: z=0 → 0.5, z=3 → 0.73, z=−3 → 0.27."""
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z / 3.0))))
+
+
+def bootstrap_ci(
+    samples: Sequence[float],
+    *,
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the mean; None for empty or non-finite input."""
+    arr = np.asarray(samples, dtype=np.float64)
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or not 0.0 < confidence < 1.0:
+        return None
+    if np.all(arr == arr[0]):
+        return (float(arr[0]), float(arr[0]))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, arr.size, size=(n_bootstrap, arr.size))
+    means = arr[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def r_squared(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """R² of an OLS line; 0 with <2 points or constant x, 1 when y is constant."""
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    if x.size < 2 or float(np.var(x)) == 0.0:
+        return 0.0
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot == 0.0:
+        return 1.0
+    slope, intercept = np.polyfit(x, y, 1)
+    ss_res = float(np.sum((y - (slope * x + intercept)) ** 2))
+    return max(0.0, 1.0 - ss_res / ss_tot)
+
+
+__all__ = [
+    "MIN_STD",
+    "NullStats",
+    "bootstrap_ci",
+    "effect_ratio",
+    "r_squared",
+    "score_from_z",
+    "z_score",
+]

@@ -1,0 +1,214 @@
+"""``adapter_ablation``: how the adapter's effect responds to its LoRA scale λ.
+
+Scales the adapter's additive term by each λ and measures the mean divergence
+from the smallest-λ view. A healthy adapter's effect grows smoothly (high R²),
+reaches 90% of its maximum near λ=1 (not at a small fraction of it, which
+signals a fragile adapter, nor beyond it, an undertrained one) and keeps
+growing past 1 (overshoot > 1) instead of collapsing.
+
+Two deliberate departures from the reference:
+
+* Saturation is measured against the effect at λ=1 (the trained operating
+  point), not against the whole curve's maximum. With the default grid up to
+  1.25, the reference rule put every linear curve's 90% point at λ=1.25,
+  outside its own pass band, so it contradicted the overshoot check.
+* A curve's shape says nothing when the effect itself is noise. A null adapter
+  cannot be scaled, so the null calibrates the *effect at λ=1* (the mean
+  divergence base→fine-tune on these prompts, a ``delta_kl`` statistic); the
+  probe fails when that effect does not clear the null, whatever the shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from dlm_sway.core.divergence import DivergenceKind, divergence
+from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.scoring import ScalableDifferentialBackend, TokenDist
+from dlm_sway.core.stats import r_squared
+from dlm_sway.probes._dists import dists
+from dlm_sway.probes._verdict import calibrate, no_calibration_note
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+
+_DEFAULT_LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+
+
+class AdapterAblationSpec(ProbeSpec):
+    kind: Literal["adapter_ablation"] = "adapter_ablation"
+    prompts: list[str] = Field(min_length=1)
+    lambdas: list[float] = Field(default_factory=lambda: list(_DEFAULT_LAMBDAS))
+    divergence: DivergenceKind = "js"
+    top_k: int | None = Field(default=None, ge=1)
+    assert_linearity_gte: float = Field(default=0.85, ge=0.0, le=1.0)
+    assert_saturation_between: tuple[float, float] = (0.3, 1.05)
+    assert_overshoot_gte: float = 1.02
+    assert_z_gte: float = 3.0
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambdas(cls, value: list[float]) -> list[float]:
+        if len(set(value)) < 3:
+            raise ValueError("need at least 3 distinct λ values, e.g. [0, 0.5, 1, 1.25]")
+        if any(not math.isfinite(x) or x < 0 for x in value):
+            raise ValueError("λ values must be finite and ≥ 0")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _band(self) -> AdapterAblationSpec:
+        lo, hi = self.assert_saturation_between
+        if lo > hi:
+            raise ValueError("assert_saturation_between must be [low, high] with low ≤ high")
+        return self
+
+
+def saturation_lambda(lams: list[float], ds: list[float]) -> tuple[float | None, str]:
+    """First λ reaching 90% of the effect at λ=1 (or of the maximum without λ=1).
+
+    Also says whether the rise up to that point was monotone.
+    """
+    ones = [i for i, x in enumerate(lams) if abs(x - 1.0) < 1e-6]
+    peak = ds[ones[0]] if ones else max(ds)
+    if not math.isfinite(peak) or peak <= 0.0:
+        return None, "flat_curve"
+    target = 0.9 * peak
+    idx = next(i for i, d in enumerate(ds) if d >= target)
+    monotone = all(ds[i + 1] - ds[i] >= -1e-9 for i in range(idx))
+    return lams[idx], "found" if monotone else "non_monotonic"
+
+
+def overshoot(lams: list[float], ds: list[float]) -> float:
+    """d(λ_max)/d(1); 1.0 when λ=1 is absent, is the largest λ, or d(1) ≤ 0."""
+    ones = [i for i, x in enumerate(lams) if abs(x - 1.0) < 1e-6]
+    if not ones or ones[0] == len(lams) - 1 or ds[ones[0]] <= 0.0:
+        return 1.0
+    return ds[-1] / ds[ones[0]]
+
+
+class AdapterAblationProbe(Probe):
+    """Divergence vs LoRA scale λ: linearity, saturation point and overshoot."""
+
+    kind = "adapter_ablation"
+    spec_cls = AdapterAblationSpec
+    category = "ablation"
+
+    def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
+        assert isinstance(spec, AdapterAblationSpec)
+        backend = ctx.require_backend
+        if not isinstance(backend, ScalableDifferentialBackend):
+            return ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=Verdict.SKIP,
+                message="requires LoRA-scale access; this backend cannot scale the adapter",
+                evidence={"weight": spec.weight},
+            )
+        top_k = spec.top_k or ctx.top_k
+        lams = spec.lambdas
+        ref = self._at(backend, lams[0], spec.prompts, top_k)
+        curve = [0.0 if lam == lams[0] else math.nan for lam in lams]
+        for i, lam in enumerate(lams[1:], start=1):
+            scaled = self._at(backend, lam, spec.prompts, top_k)
+            curve[i] = float(
+                np.mean(
+                    [divergence(r, s, spec.divergence) for r, s in zip(ref, scaled, strict=True)]
+                )
+            )
+        lin = r_squared(lams, curve)
+        sat, reason = saturation_lambda(lams, curve)
+        over = overshoot(lams, curve)
+        lo, hi = spec.assert_saturation_between
+        ones = [i for i, x in enumerate(lams) if abs(x - 1.0) < 1e-6]
+        effect_at_1 = curve[ones[0]] if ones and lams[0] == 0.0 else None
+        cal = calibrate(effect_at_1, ctx, spec)
+        ok_effect = cal.z is None or cal.z >= spec.assert_z_gte
+        ok_lin = lin >= spec.assert_linearity_gte
+        ok_sat = sat is not None and lo <= sat <= hi
+        ok_over = over >= spec.assert_overshoot_gte
+        score = (
+            0.4 * min(1.0, max(0.0, lin / max(spec.assert_linearity_gte, 1e-9)))
+            + 0.3 * (1.0 if ok_sat else 0.3)
+            + 0.3 * min(1.0, max(0.0, (over - 1.0) / 0.2))
+        )
+        sat_text = (
+            f"saturation λ={sat:g} ({'in' if ok_sat else 'out of'} band [{lo:g}, {hi:g}])"
+            if sat is not None
+            else f"saturation undetected ({reason})"
+        )
+        shape = f"R²={lin:.3f} ({'ok' if ok_lin else 'low'}), {sat_text}, overshoot={over:.3f}"
+        if cal.z is None:
+            msg = f"{shape} {no_calibration_note(self.kind)}"
+        elif ok_effect:
+            msg = f"{shape}; effect at λ=1 z={cal.z:+.2f}σ vs null"
+        else:
+            msg = (
+                f"effect at λ=1 indistinguishable from noise (z={cal.z:+.2f}σ vs null), "
+                f"so the curve's shape is not evidence; {shape}"
+            )
+            score *= 0.25
+        return safe_finalize(
+            ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=Verdict.PASS
+                if ok_effect and ok_lin and ok_sat and ok_over
+                else Verdict.FAIL,
+                score=score,
+                raw=lin,
+                z_score=cal.z,
+                effect_ratio=cal.effect_ratio,
+                evidence={
+                    "lambdas": lams,
+                    "mean_divergence_per_lambda": curve,
+                    "linearity": lin,
+                    "saturation_lambda": sat,
+                    "saturation_reason": reason,
+                    "overshoot": over,
+                    "passed_linearity": ok_lin,
+                    "passed_saturation": ok_sat,
+                    "passed_overshoot": ok_over,
+                    "effect_at_1": effect_at_1,
+                    "passed_effect_vs_null": ok_effect if cal.z is not None else None,
+                    "z_statistic": "mean divergence at λ=1 vs null adapters",
+                    "weight": spec.weight,
+                },
+                message=msg,
+            )
+        )
+
+    @classmethod
+    def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:
+        """Calibrate the effect at λ=1: a ``delta_kl`` on the same prompts and settings."""
+        if not isinstance(target, AdapterAblationSpec) or target.lambdas[0] != 0.0:
+            return None
+        if not any(abs(x - 1.0) < 1e-6 for x in target.lambdas):
+            return None
+        from dlm_sway.probes.delta_kl import DeltaKLSpec
+
+        return DeltaKLSpec(
+            name=f"{target.name}@λ=1",
+            prompts=target.prompts,
+            divergence=target.divergence,
+            top_k=target.top_k,
+        )
+
+    @staticmethod
+    def _at(
+        backend: ScalableDifferentialBackend, lam: float, prompts: list[str], top_k: int
+    ) -> list[TokenDist]:
+        """λ=0 and λ=1 reuse the base / fine-tuned views (identical by construction, cached)."""
+        opener = (
+            backend.as_base()
+            if lam == 0.0
+            else backend.as_finetuned()
+            if lam == 1.0
+            else backend.as_scaled_adapter(lam)
+        )
+        with opener as view:
+            return dists(view, prompts, top_k)
+
+
+__all__ = ["AdapterAblationProbe", "AdapterAblationSpec", "overshoot", "saturation_lambda"]

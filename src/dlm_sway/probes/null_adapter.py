@@ -1,0 +1,237 @@
+"""``null_adapter``: sample every following numeric probe's metric under random adapters.
+
+For each calibrated suite entry, the entry's calibration spec is run K times
+through :class:`NullCalibrationBackendProxy` (one seed each), per rank
+multiplier. The finite raws become :class:`~dlm_sway.core.stats.NullStats`
+that the runner hands to every later probe. This probe calibrates; it never
+judges the adapter, so it PASSes whenever calibration ran.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from dlm_sway import __version__
+from dlm_sway.core.errors import SwayError
+from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.scoring import NullCalibratedBackend
+from dlm_sway.core.stats import NullStats
+from dlm_sway.probes import _null_cache
+from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, get_probe_class
+
+
+def rank_key(multiplier: float) -> str:
+    return f"rank_{multiplier:.2f}"
+
+
+class NullAdapterSpec(ProbeSpec):
+    kind: Literal["null_adapter"] = "null_adapter"
+    runs: int = Field(default=3, ge=1, le=100)
+    init_scale: float = Field(default=0.02, gt=0.0)
+    seed_base: int = 1000
+    calibrate_kinds: list[str] = Field(default_factory=list)
+    cache: bool = True
+    rank_multipliers: list[float] = Field(default_factory=lambda: [1.0])
+
+    @field_validator("rank_multipliers")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value:
+            return [1.0]
+        bad = [m for m in value if not math.isfinite(m) or m <= 0]
+        if bad:
+            raise ValueError(f"rank multipliers must be finite and > 0, got {bad}")
+        return sorted(set(value))
+
+    @field_validator("calibrate_kinds")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        from dlm_sway.probes.base import registry
+
+        unknown = [k for k in value if k not in registry()]
+        if unknown:
+            raise ValueError(
+                f"unknown probe kind(s) {unknown}; registered: {', '.join(sorted(registry()))}"
+            )
+        return value
+
+
+class NullAdapterProbe(Probe):
+    """Calibrate the following probes against random adapters of the same structure."""
+
+    kind = "null_adapter"
+    spec_cls = NullAdapterSpec
+    category = "baseline"
+
+    def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
+        assert isinstance(spec, NullAdapterSpec)
+        backend = ctx.require_backend
+        if not isinstance(backend, NullCalibratedBackend):
+            return ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=Verdict.SKIP,
+                message="backend has no null views: later probes use fixed thresholds",
+                evidence={"weight": spec.weight},
+            )
+
+        targets: list[tuple[Probe, ProbeSpec, ProbeSpec]] = []
+        skipped: list[dict[str, str]] = []
+        wanted = set(spec.calibrate_kinds)
+        for probe, target in ctx.downstream:
+            if target.kind == self.kind or not target.enabled:
+                continue
+            if wanted and target.kind not in wanted:
+                continue
+            try:
+                calib = type(probe).calibrate_spec(ctx, target)
+            except SwayError as exc:
+                skipped.append({"kind": target.kind, "name": target.name, "reason": str(exc)})
+                continue
+            if calib is None:
+                skipped.append(
+                    {"kind": target.kind, "name": target.name, "reason": "probe opted out"}
+                )
+                continue
+            targets.append((probe, target, calib))
+
+        base_evidence: dict[str, Any] = {
+            "runs": spec.runs,
+            "init_scale": spec.init_scale,
+            "seed_base": spec.seed_base,
+            "rank_multipliers": spec.rank_multipliers,
+            "skipped_kinds": skipped,
+            "weight": spec.weight,
+        }
+        if not targets:
+            return ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=Verdict.WARN,
+                message=(
+                    "nothing to calibrate: put null_adapter first and numeric probes after it"
+                    + (f" ({len(skipped)} opted out)" if skipped else "")
+                ),
+                evidence={**base_evidence, "null_stats": {}, "null_stats_by_rank": {}},
+            )
+
+        key = None
+        identity = getattr(backend, "cache_identity", None)
+        if spec.cache and callable(identity):
+            params = {
+                "runs": spec.runs,
+                "init_scale": spec.init_scale,
+                "seed_base": spec.seed_base,
+                "top_k": ctx.top_k,
+                "rank_multipliers": spec.rank_multipliers,
+                "specs": {t.name: c.model_dump(mode="json") for _, t, c in targets},
+                "sway_version": __version__,
+            }
+            key = _null_cache.cache_key(str(identity()), params)
+            hit = _null_cache.load(key)
+            if hit is not None and _valid_cache(hit):
+                return self._result(spec, base_evidence, hit["by_rank"], {}, from_cache=True)
+
+        by_rank: dict[str, dict[str, dict[str, Any]]] = {}
+        errors: dict[str, list[str]] = {}
+        total = spec.runs * len(spec.rank_multipliers)
+        step = 0
+        for mult in spec.rank_multipliers:
+            samples: dict[str, list[float]] = {t.name: [] for _, t, _ in targets}
+            for i in range(spec.runs):
+                seed = spec.seed_base + i
+                ctx.progress(f"{spec.name}: null {i + 1}/{spec.runs} @ {mult:g}x", step, total)
+                proxy = NullCalibrationBackendProxy(
+                    backend, seed=seed, init_scale=spec.init_scale, rank_scale=mult
+                )
+                null_ctx = ctx.evolve(
+                    backend=proxy, seed=seed, null_stats={}, null_stats_by_rank={}, downstream=()
+                )
+                for _probe, target, calib in targets:
+                    raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
+                    if raw is not None:
+                        samples[target.name].append(raw)
+                    elif err:
+                        errors.setdefault(target.name, []).append(f"seed {seed}: {err}")
+                step += 1
+                ctx.progress(f"{spec.name}: null {i + 1}/{spec.runs} @ {mult:g}x", step, total)
+            group: dict[str, dict[str, Any]] = {}
+            for name, xs in samples.items():
+                if xs:
+                    group[name] = NullStats.from_samples(xs).to_dict()
+            by_rank[rank_key(mult)] = group
+        if key is not None:
+            _null_cache.save(key, {"by_rank": by_rank, "sway_version": __version__})
+        return self._result(spec, base_evidence, by_rank, errors, from_cache=False)
+
+    def _result(
+        self,
+        spec: NullAdapterSpec,
+        evidence: dict[str, Any],
+        by_rank: dict[str, dict[str, dict[str, Any]]],
+        errors: dict[str, list[str]],
+        *,
+        from_cache: bool,
+    ) -> ProbeResult:
+        primary_key = rank_key(1.0) if rank_key(1.0) in by_rank else next(iter(by_rank))
+        primary = by_rank[primary_key]
+        skipped = list(evidence["skipped_kinds"])
+        for name, errs in errors.items():
+            if name not in primary:
+                skipped.append({"kind": "", "name": name, "reason": f"no finite raw: {errs[0]}"})
+        evidence = {
+            **evidence,
+            "skipped_kinds": skipped,
+            "null_stats": primary,
+            "null_stats_by_rank": by_rank if len(by_rank) > 1 else {},
+            "calibrated": sorted(primary),
+            "errors": {k: v[:3] for k, v in errors.items()},
+            "from_cache": from_cache,
+        }
+        ranks = ""
+        if len(spec.rank_multipliers) > 1:
+            ranks = " × ranks [" + ", ".join(f"{m:g}x" for m in spec.rank_multipliers) + "]"
+        msg = f"calibrated {len(primary)} probe(s){ranks} over {spec.runs} null seed(s)"
+        if skipped:
+            msg += f" ({len(skipped)} not calibrated)"
+        if from_cache:
+            msg += " (loaded from cache)"
+        return ProbeResult(
+            name=spec.name,
+            kind=self.kind,
+            verdict=Verdict.PASS,
+            score=1.0,
+            message=msg,
+            evidence=evidence,
+        )
+
+
+def _sample(probe: Probe, calib: ProbeSpec, ctx: RunContext) -> tuple[float | None, str]:
+    """One null draw of a probe's raw. Probe failures are recorded, not raised."""
+    try:
+        result = probe.run(calib, ctx)
+    except SwayError as exc:
+        return None, str(exc)
+    if result.raw is None or not math.isfinite(result.raw):
+        return None, result.message or f"verdict {result.verdict.value} with no raw"
+    return float(result.raw), ""
+
+
+def _valid_cache(payload: dict[str, Any]) -> bool:
+    by_rank = payload.get("by_rank")
+    if not isinstance(by_rank, dict) or not by_rank:
+        return False
+    try:
+        for group in by_rank.values():
+            for stats in group.values():
+                NullStats.from_mapping(stats)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+__all__ = ["NullAdapterProbe", "NullAdapterSpec", "rank_key"]

@@ -1,0 +1,125 @@
+"""Load and validate a spec file completely before any model is touched.
+
+Every problem is reported at once, with the file and the field, so a typo in
+the last probe costs milliseconds rather than a model load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dlm_sway.core.errors import SpecValidationError
+from dlm_sway.probes.base import Probe, ProbeSpec, build_probe, format_validation_error
+from dlm_sway.suite.spec import ModelSpec, SwaySpec
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec with its probes built and its paths resolved."""
+
+    spec: SwaySpec
+    path: str
+    probes: tuple[tuple[Probe, ProbeSpec], ...]
+    weights: dict[str, float]
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read a YAML spec; relative model paths resolve against the spec's folder."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise SpecValidationError(
+            "spec file not found (check the path; `sway run` takes the YAML file)", source=str(p)
+        )
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecValidationError(f"invalid YAML{where}: {problem}", source=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecValidationError(f"cannot read spec: {exc}", source=str(p)) from None
+    return from_dict(data, source=str(p), base_dir=p.resolve().parent)
+
+
+def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = None) -> LoadedSpec:
+    """Validate a spec given as a mapping (programmatic callers, tests, ``sway check``)."""
+    if not isinstance(data, Mapping):
+        raise SpecValidationError(
+            "the top level must be a mapping with 'models' and 'suite'", source=source
+        )
+    try:
+        spec = SwaySpec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise SpecValidationError(format_validation_error(exc), source=source) from None
+    spec = _resolve_paths(spec, base_dir or Path.cwd())
+
+    errors: list[str] = []
+    probes: list[tuple[Probe, ProbeSpec]] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(spec.suite):
+        label = f"suite[{i}]" + (
+            f" ({entry['name']})" if isinstance(entry.get("name"), str) else ""
+        )
+        try:
+            probe, pspec = build_probe(entry, source=label)
+        except SpecValidationError as exc:
+            errors.append(str(exc))
+            continue
+        if pspec.name in seen:
+            errors.append(f"{label}: duplicate probe name {pspec.name!r} (names must be unique)")
+        seen.add(pspec.name)
+        probes.append((probe, pspec))
+    if not spec.suite:
+        errors.append("suite: is empty; add at least one probe (see `sway list-probes`)")
+
+    weights: dict[str, float] = {}
+    try:
+        from dlm_sway.suite.score import DEFAULT_WEIGHTS, validate_weights
+
+        weights = (
+            validate_weights(spec.defaults.score_weights, source="defaults.score_weights")
+            if spec.defaults.score_weights is not None
+            else dict(DEFAULT_WEIGHTS)
+        )
+    except SpecValidationError as exc:
+        errors.append(str(exc))
+    if errors:
+        detail = "\n  - ".join(errors)
+        raise SpecValidationError(
+            f"{len(errors)} problem(s) in the spec:\n  - {detail}", source=source
+        )
+    return LoadedSpec(spec=spec, path=source, probes=tuple(probes), weights=weights)
+
+
+def _resolve_model(model: ModelSpec, base_dir: Path) -> ModelSpec:
+    updates: dict[str, str] = {}
+    if model.adapter and not model.adapter.startswith("builtin:"):
+        updates["adapter"] = str((base_dir / Path(model.adapter).expanduser()).resolve())
+    base = model.base
+    if not base.startswith("builtin:"):
+        candidate = base_dir / Path(base).expanduser()
+        if base.startswith((".", "/", "~")) or candidate.exists():
+            updates["base"] = str(candidate.resolve())
+    return model.model_copy(update=updates) if updates else model
+
+
+def _resolve_paths(spec: SwaySpec, base_dir: Path) -> SwaySpec:
+    models = spec.models.model_copy(
+        update={
+            "ft": _resolve_model(spec.models.ft, base_dir),
+            "base": _resolve_model(spec.models.base, base_dir) if spec.models.base else None,
+        }
+    )
+    return spec.model_copy(update={"models": models})
+
+
+__all__ = ["LoadedSpec", "from_dict", "load_spec"]

@@ -1,0 +1,193 @@
+"""Run a validated suite against one backend: seed, preflight, probes in order.
+
+Every probe is fenced: an exception becomes one ERROR result and the suite goes
+on. A failed preflight (non-finite logits) aborts with a single ERROR result,
+never a false PASS. The runner knows nothing about terminals: progress goes to
+an optional :class:`RunProgress`.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from dlm_sway import __version__
+from dlm_sway.core.determinism import seed_everything
+from dlm_sway.core.errors import SwayError
+from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
+from dlm_sway.core.scoring import DifferentialBackend, PreflightCheckable
+from dlm_sway.core.stats import NullStats
+from dlm_sway.probes.base import RunContext
+from dlm_sway.suite.loader import LoadedSpec
+
+
+class RunProgress(Protocol):
+    def probe_started(self, name: str, index: int, total: int) -> None: ...
+
+    def probe_finished(self, result: ProbeResult) -> None: ...
+
+    def step(self, label: str, done: int, total: int) -> None: ...
+
+
+def run(
+    loaded: LoadedSpec,
+    backend: DifferentialBackend | None,
+    *,
+    progress: RunProgress | None = None,
+    skip_preflight: bool = False,
+    adapter_id: str | None = None,
+) -> SuiteResult:
+    """Execute ``loaded``'s probes in declaration order and assemble the result."""
+    spec = loaded.spec
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    determinism = seed_everything(spec.defaults.seed)
+    timings: dict[str, float] = {}
+    ft = spec.models.ft
+    adapter_label = adapter_id if adapter_id is not None else (ft.adapter or "")
+
+    needy = sorted({s.kind for p, s in loaded.probes if p.needs_backend and s.enabled})
+    if backend is None and needy:
+        raise SwayError(f"probes {needy} need a model backend, but none was built")
+
+    results: list[ProbeResult] = []
+    if backend is not None and not skip_preflight and isinstance(backend, PreflightCheckable):
+        tp = time.perf_counter()
+        ok, reason = backend.preflight_finite_check()
+        timings["preflight_s"] = time.perf_counter() - tp
+        if not ok:
+            results.append(
+                ProbeResult(
+                    name="__preflight__",
+                    kind="preflight",
+                    verdict=Verdict.ERROR,
+                    message=f"suite aborted before any probe ran: {reason}",
+                    evidence={"preflight_reason": reason},
+                )
+            )
+            return _assemble(
+                loaded, started, results, {}, determinism, backend, timings, adapter_label
+            )
+
+    ctx = RunContext(
+        backend=backend,
+        seed=spec.defaults.seed,
+        top_k=spec.defaults.top_k,
+        progress=progress.step if progress is not None else RunContext.progress,
+    )
+    null_stats: dict[str, NullStats] = {}
+    by_rank: dict[str, dict[str, NullStats]] = {}
+    total = len(loaded.probes)
+    for i, (probe, pspec) in enumerate(loaded.probes):
+        if progress is not None:
+            progress.probe_started(pspec.name, i, total)
+        if not pspec.enabled:
+            result = ProbeResult(
+                name=pspec.name,
+                kind=pspec.kind,
+                verdict=Verdict.SKIP,
+                message="disabled in spec",
+                evidence={"weight": pspec.weight},
+            )
+        else:
+            ctx = ctx.evolve(
+                downstream=loaded.probes[i + 1 :],
+                null_stats=MappingProxyType(dict(null_stats)),
+                null_stats_by_rank=MappingProxyType(
+                    {k: MappingProxyType(v) for k, v in by_rank.items()}
+                ),
+            )
+            tp = time.perf_counter()
+            result = _fenced(probe.run, pspec, ctx)
+            result = result.with_duration(time.perf_counter() - tp)
+            if pspec.kind == "null_adapter" and result.verdict == Verdict.PASS:
+                _merge_null(result.evidence, null_stats, by_rank)
+        results.append(result)
+        if progress is not None:
+            progress.probe_finished(result)
+    timings["probes_s"] = time.perf_counter() - t0
+    return _assemble(
+        loaded, started, results, null_stats, determinism, backend, timings, adapter_label
+    )
+
+
+def _fenced(fn: Any, pspec: Any, ctx: RunContext) -> ProbeResult:
+    """One broken probe never aborts the suite: its exception becomes an ERROR result."""
+    try:
+        result: ProbeResult = fn(pspec, ctx)
+    except SwayError as exc:
+        return _error(pspec, str(exc))
+    except Exception as exc:  # noqa: BLE001 — fencing is the point; the type is reported
+        return _error(pspec, f"{type(exc).__name__}: {exc}")
+    return result
+
+
+def _error(pspec: Any, message: str) -> ProbeResult:
+    return ProbeResult(
+        name=pspec.name,
+        kind=pspec.kind,
+        verdict=Verdict.ERROR,
+        message=message,
+        evidence={"weight": pspec.weight},
+    )
+
+
+def _merge_null(
+    evidence: Mapping[str, Any],
+    null_stats: dict[str, NullStats],
+    by_rank: dict[str, dict[str, NullStats]],
+) -> None:
+    for name, stats in evidence.get("null_stats", {}).items():
+        null_stats[name] = NullStats.from_mapping(stats)
+    for key, group in evidence.get("null_stats_by_rank", {}).items():
+        by_rank.setdefault(key, {}).update(
+            {name: NullStats.from_mapping(s) for name, s in group.items()}
+        )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers (only those already imported)."""
+    out = {"sway": __version__, "python": platform.python_version()}
+    for mod in ("numpy", "scipy", "torch", "transformers", "peft"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = str(getattr(m, "__version__", "?"))
+    return out
+
+
+def _assemble(
+    loaded: LoadedSpec,
+    started: datetime,
+    results: list[ProbeResult],
+    null_stats: Mapping[str, NullStats],
+    determinism: Any,
+    backend: DifferentialBackend | None,
+    timings: dict[str, float],
+    adapter_label: str,
+) -> SuiteResult:
+    stats_obj = getattr(backend, "stats", None)
+    backend_stats: dict[str, Any] = {}
+    if stats_obj is not None and callable(getattr(stats_obj, "to_dict", None)):
+        backend_stats = dict(stats_obj.to_dict())
+    return SuiteResult(
+        spec_path=loaded.path,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        base_model_id=loaded.spec.models.ft.base,
+        adapter_id=adapter_label,
+        sway_version=__version__,
+        probes=tuple(results),
+        null_stats={k: v.to_dict() for k, v in null_stats.items()},
+        determinism=determinism,
+        backend_stats=backend_stats,
+        timings=timings,
+        versions=library_versions(),
+    )
+
+
+__all__ = ["RunProgress", "library_versions", "run"]
