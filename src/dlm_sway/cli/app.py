@@ -1,0 +1,52 @@
+"""The ``sway`` Typer app. Subcommands live one per module; nothing heavy imports here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dlm_sway import __version__
+from dlm_sway.cli.check import check_cmd
+from dlm_sway.cli.demo import demo_cmd
+from dlm_sway.cli.info import doctor_cmd, list_probes_cmd
+from dlm_sway.cli.run import gate_cmd, run_cmd
+
+app = typer.Typer(
+    name="sway",
+    help="Differential testing of LoRA fine-tunes: is the adapter's effect beyond noise?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sway {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """sway: did the adapter change the model the way you trained it, or is it noise?"""
+
+
+app.command("run")(run_cmd)
+app.command("gate")(gate_cmd)
+app.command("check")(check_cmd)
+app.command("demo")(demo_cmd)
+app.command("list-probes")(list_probes_cmd)
+app.command("doctor")(doctor_cmd)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]
