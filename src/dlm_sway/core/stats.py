@@ -35,7 +35,7 @@ class NullStats:
             mean=float(arr.mean()),
             std=max(std, MIN_STD),
             n=int(arr.size),
-            degenerate=arr.size <= 1 or std == 0.0,
+            degenerate=arr.size <= 1 or float(np.ptp(arr)) == 0.0,
             samples=tuple(xs),
         )
 

@@ -1,0 +1,271 @@
+"""Number formatting and footer helpers shared by every report format.
+
+One rule runs through all of them: a value that is missing (None) or not
+finite renders as an em dash. A report must never print ``0.00`` for a number
+that was never measured, nor leak ``nan``/``inf`` into a table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
+from dlm_sway.probes.base import registry
+
+DASH = "—"
+NULL_ADAPTER_KIND = "null_adapter"
+FALLBACK_CATEGORY = "adherence"
+
+
+def category_of(kind: str) -> str:
+    """The category a probe kind scores under; kinds nobody registered count as adherence."""
+    cls = registry().get(kind)
+    return FALLBACK_CATEGORY if cls is None else str(cls.category)
+
+
+def is_scored(result: ProbeResult) -> bool:
+    """Whether a result enters the composite: not SKIP/ERROR and a finite score."""
+    if result.verdict in (Verdict.SKIP, Verdict.ERROR) or result.score is None:
+        return False
+    return math.isfinite(float(result.score))
+
+
+def scored_categories(suite: SuiteResult) -> set[str]:
+    """Categories with at least one result that entered the composite."""
+    return {category_of(result.kind) for result in suite.probes if is_scored(result)}
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a finite float, or None when it is missing, not numeric or not finite."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def format_score(value: float | None) -> str:
+    """A [0, 1] score: two decimals."""
+    number = _number(value)
+    return DASH if number is None else f"{number:.2f}"
+
+
+def format_raw(value: float | None) -> str:
+    """A probe's own metric: three decimals, grouped thousands, scientific when tiny."""
+    number = _number(value)
+    if number is None:
+        return DASH
+    if number != 0 and abs(number) < 1e-3:
+        return f"{number:.2e}"
+    return f"{number:,.3f}"
+
+
+def format_z(value: float | None) -> str:
+    """A z-score: signed, two decimals, grouped thousands, σ suffix (``+9.41σ``)."""
+    number = _number(value)
+    return DASH if number is None else f"{number:+,.2f}σ"
+
+
+def format_p(value: float | None) -> str:
+    """A p-value: ``p=0.003``; ``p=0.0004`` below 1e-3; ``p<1e-4`` below that."""
+    number = _number(value)
+    if number is None:
+        return DASH
+    if number < 1e-4:
+        return "p<1e-4"
+    if number < 1e-3:
+        return f"p={number:.4f}"
+    return f"p={number:.3f}"
+
+
+def format_ratio(value: float | None) -> str:
+    """An effect ratio (metric ÷ median null metric): ``×12.3``, ``×0.42``, ``×3.1e-04``."""
+    number = _number(value)
+    if number is None:
+        return DASH
+    if abs(number) >= 10:
+        return f"×{number:,.1f}"
+    if number != 0 and abs(number) < 0.01:
+        return f"×{number:.1e}"
+    return f"×{number:.2f}"
+
+
+def format_ci(ci: tuple[float, float] | None) -> str:
+    """A confidence interval ``[lo, hi]``, each bound formatted like a raw value."""
+    if ci is None:
+        return DASH
+    lo, hi = (_number(bound) for bound in ci)
+    if lo is None or hi is None:
+        return DASH
+    return f"[{format_raw(lo)}, {format_raw(hi)}]"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``4.21s`` below 10 s, ``42.1s`` below 100 s, whole seconds (``1,234s``) above."""
+    number = _number(seconds)
+    if number is None:
+        return DASH
+    if round(number, 2) < 10:
+        return f"{number:.2f}s"
+    if round(number, 1) < 100:
+        return f"{number:.1f}s"
+    return f"{round(number):,}s"
+
+
+def format_percent(fraction: float | None) -> str:
+    """A fraction in [0, 1] as a whole percentage (``67%``)."""
+    number = _number(fraction)
+    return DASH if number is None else f"{number * 100:.0f}%"
+
+
+def adapter_label(adapter_id: str) -> str:
+    """The last three path segments of an adapter path, quoted if they contain spaces."""
+    if not adapter_id.strip():
+        return "(base only)"
+    segments = [part for part in re.split(r"[\\/]+", adapter_id) if part]
+    label = "/".join(segments[-3:]) if segments else adapter_id
+    return f'"{label}"' if any(ch.isspace() for ch in label) else label
+
+
+def rank_profile(evidence: Mapping[str, Any]) -> str:
+    """``+4.20σ @ 0.5x / +6.80σ @ 1x`` from ``evidence["z_by_rank"]``; empty below two ranks.
+
+    Keys are rank multipliers (numbers or strings such as ``"1.0"``/``"rank_1.00"``).
+    """
+    by_rank = evidence.get("z_by_rank")
+    if not isinstance(by_rank, Mapping) or len(by_rank) < 2:
+        return ""
+    entries: list[tuple[float, str, str]] = []
+    for key, z in by_rank.items():
+        multiplier = _multiplier(key)
+        label = str(key) if multiplier is None else f"{multiplier:g}x"
+        order = math.inf if multiplier is None else multiplier
+        entries.append((order, label, format_z(z)))
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return " / ".join(f"{z} @ {label}" for _, label, z in entries)
+
+
+def _multiplier(key: object) -> float | None:
+    if isinstance(key, int | float) and not isinstance(key, bool):
+        return float(key)
+    match = re.search(r"\d+(?:\.\d+)?", str(key))
+    return float(match.group()) if match else None
+
+
+def probe_note(message: str, evidence: Mapping[str, Any]) -> str:
+    """A probe's message, with its rank profile appended when it has one."""
+    profile = rank_profile(evidence)
+    if not profile:
+        return message
+    return f"{message} | rank profile: {profile}" if message else f"rank profile: {profile}"
+
+
+_EXTRA_PATTERN = re.compile(r"dlm-sway\[([A-Za-z0-9_,\-]+)\]")
+
+
+def collect_missing_extras(suite: SuiteResult) -> list[str]:
+    """Extras named in SKIP messages (``pip install 'dlm-sway[hf]'``), sorted and unique."""
+    extras: set[str] = set()
+    for result in suite.probes:
+        if result.verdict is not Verdict.SKIP:
+            continue
+        for match in _EXTRA_PATTERN.finditer(result.message):
+            extras.update(name for name in match.group(1).split(",") if name)
+    return sorted(extras)
+
+
+def count_missing_extra_skips(suite: SuiteResult) -> int:
+    """How many SKIP results point at a missing extra."""
+    return sum(
+        1
+        for result in suite.probes
+        if result.verdict is Verdict.SKIP and _EXTRA_PATTERN.search(result.message)
+    )
+
+
+def collect_null_opt_outs(suite: SuiteResult) -> list[tuple[str, str]]:
+    """(label, reason) for every suite entry the null-calibration step did not calibrate.
+
+    Entries of ``evidence["skipped_kinds"]`` carry a ``kind`` and usually the entry
+    ``name``; the label is ``"name (kind)"`` when both are known and differ.
+    """
+    opt_outs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for result in suite.probes:
+        if result.kind != NULL_ADAPTER_KIND:
+            continue
+        skipped = result.evidence.get("skipped_kinds")
+        if not isinstance(skipped, list | tuple):
+            continue
+        for entry in skipped:
+            if isinstance(entry, Mapping):
+                kind, name = str(entry.get("kind") or ""), str(entry.get("name") or "")
+                reason = str(entry.get("reason") or "")
+            else:
+                kind, name, reason = str(entry), "", ""
+            label = f"{name} ({kind})" if name and kind and name != kind else name or kind or "?"
+            if label not in seen:
+                seen.add(label)
+                opt_outs.append((label, reason))
+    return opt_outs
+
+
+def collect_degenerate_null_kinds(suite: SuiteResult) -> list[str]:
+    """Kinds whose null distribution had no usable spread (flag true or ≥ 0.5), sorted."""
+    kinds = []
+    for kind, stats in suite.null_stats.items():
+        flag = stats.get("degenerate") if isinstance(stats, Mapping) else None
+        number = _number(flag)
+        if flag is True or (number is not None and number >= 0.5):
+            kinds.append(kind)
+    return sorted(kinds)
+
+
+def backend_line(stats: Mapping[str, Any]) -> str:
+    """``forwards: 120, tokens: 8,192, cache hit 67%, batches: 15 (avg 8.0)``.
+
+    Each part appears only when its counters are present in ``backend_stats``.
+    """
+    parts: list[str] = []
+    forwards = _number(stats.get("forward_passes"))
+    if forwards is not None:
+        parts.append(f"forwards: {forwards:,.0f}")
+    tokens = _number(stats.get("scored_tokens"))
+    if tokens is not None:
+        parts.append(f"tokens: {tokens:,.0f}")
+    hits = _number(stats.get("cache_hits"))
+    misses = _number(stats.get("cache_misses"))
+    if hits is not None and misses is not None and hits + misses > 0:
+        parts.append(f"cache hit {format_percent(hits / (hits + misses))}")
+    batches = _number(stats.get("batches_sent"))
+    prompts = _number(stats.get("batched_prompts"))
+    if batches and prompts is not None:
+        parts.append(f"batches: {batches:,.0f} (avg {prompts / batches:.1f})")
+    return ", ".join(parts)
+
+
+__all__ = [
+    "DASH",
+    "FALLBACK_CATEGORY",
+    "adapter_label",
+    "backend_line",
+    "category_of",
+    "collect_degenerate_null_kinds",
+    "collect_missing_extras",
+    "collect_null_opt_outs",
+    "count_missing_extra_skips",
+    "format_ci",
+    "format_duration",
+    "format_p",
+    "format_percent",
+    "format_ratio",
+    "format_raw",
+    "format_score",
+    "format_z",
+    "is_scored",
+    "probe_note",
+    "rank_profile",
+    "scored_categories",
+]

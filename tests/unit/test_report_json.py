@@ -1,0 +1,284 @@
+"""JSON report: the schema, the no-NaN rule, and an exact round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from dlm_sway.core.errors import SpecValidationError
+from dlm_sway.core.result import (
+    SCHEMA_VERSION,
+    DeterminismReport,
+    ProbeResult,
+    SuiteResult,
+    SwayScore,
+    Verdict,
+)
+from dlm_sway.report.json_report import from_json, to_json, to_json_dict
+
+TOP_LEVEL_KEYS = {
+    "schema_version",
+    "sway_version",
+    "spec_path",
+    "base_model_id",
+    "adapter_id",
+    "started_at",
+    "finished_at",
+    "wall_seconds",
+    "determinism",
+    "backend_stats",
+    "timings",
+    "versions",
+    "score",
+    "null_stats",
+    "probes",
+}
+PROBE_KEYS = {
+    "name",
+    "kind",
+    "verdict",
+    "score",
+    "raw",
+    "z_score",
+    "p_value",
+    "effect_ratio",
+    "base_value",
+    "ft_value",
+    "ci_95",
+    "evidence",
+    "message",
+    "duration_s",
+}
+
+
+def full_run() -> tuple[SuiteResult, SwayScore]:
+    start = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
+    probes = (
+        ProbeResult(
+            "null",
+            "null_adapter",
+            Verdict.PASS,
+            score=1.0,
+            evidence={
+                "weight": 1.0,
+                "skipped_kinds": [{"kind": "adapter_ablation", "reason": "opted out"}],
+                "runs": 3,
+            },
+            message="calibrated 1 probe(s) over 3 null seed(s)",
+            duration_s=2.5,
+        ),
+        ProbeResult(
+            "kl",
+            "delta_kl",
+            Verdict.PASS,
+            score=0.93,
+            raw=1.7,
+            z_score=9.4,
+            p_value=0.0004,
+            effect_ratio=170.0,
+            base_value=0.0,
+            ft_value=1.7,
+            ci_95=(1.5, 1.9),
+            evidence={"weight": 2.0, "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0}},
+            message="mean KL 1.700 nats",
+            duration_s=0.75,
+        ),
+        ProbeResult(
+            "abl",
+            "adapter_ablation",
+            Verdict.ERROR,
+            evidence={"non_finite_inputs": {"raw": "nan"}},
+            message="non-finite raw",
+        ),
+    )
+    suite = SuiteResult(
+        spec_path="examples/sway.yaml",
+        started_at=start,
+        finished_at=start + timedelta(seconds=12.5),
+        base_model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        adapter_id="/runs/exp1/adapter",
+        sway_version="0.1.0",
+        probes=probes,
+        null_stats={"kl": {"mean": 0.01, "std": 0.002, "n": 3, "degenerate": False}},
+        determinism=DeterminismReport(class_="strict", seed=7, notes=("cpu", "fp32")),
+        backend_stats={"forward_passes": 12, "cache_hits": 3, "cache_misses": 9},
+        timings={"load_s": 0.2, "probes_s": 12.1},
+        versions={"torch": "2.13.0", "python": "3.11"},
+    )
+    score = SwayScore(
+        overall=0.93,
+        band="suspicious",
+        components={"adherence": 0.93, "baseline": 1.0, "ablation": 0.0},
+        weights={"adherence": 0.3, "baseline": 0.0, "ablation": 0.15},
+        findings=("1 probe(s) errored — see messages",),
+    )
+    return suite, score
+
+
+def test_top_level_and_probe_schema() -> None:
+    suite, score = full_run()
+    data = to_json_dict(suite, score)
+    assert set(data) == TOP_LEVEL_KEYS
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["started_at"] == "2025-03-04T05:06:07.123456+00:00"
+    assert data["wall_seconds"] == 12.5
+    assert data["determinism"] == {"class": "strict", "seed": 7, "notes": ["cpu", "fp32"]}
+    assert set(data["score"]) == {"overall", "band", "components", "weights", "findings"}
+    assert all(set(p) == PROBE_KEYS for p in data["probes"])
+    assert [p["verdict"] for p in data["probes"]] == ["pass", "pass", "error"]
+    assert data["probes"][1]["ci_95"] == [1.5, 1.9]
+    assert data["probes"][0]["ci_95"] is None
+
+
+def test_to_json_is_indented_sorted_and_parses_back_to_the_dict() -> None:
+    suite, score = full_run()
+    text = to_json(suite, score)
+    assert text.startswith('{\n  "adapter_id": ')
+    assert json.loads(text) == to_json_dict(suite, score)
+
+
+def test_round_trip_is_exact() -> None:
+    suite, score = full_run()
+    first = to_json(suite, score)
+    suite2, score2 = from_json(json.loads(first))
+    assert to_json(suite2, score2) == first
+    assert suite2 == suite
+    assert score2 == score
+
+
+def test_non_finite_values_are_written_as_null_and_round_trip() -> None:
+    suite, score = full_run()
+    weird = ProbeResult(
+        "weird",
+        "delta_kl",
+        Verdict.WARN,
+        score=math.nan,
+        raw=math.inf,
+        ci_95=(math.nan, 1.0),
+        evidence={"per_cluster": [0.1, math.nan, -math.inf], "nested": {"x": (1, math.nan)}},
+        duration_s=math.nan,
+    )
+    suite = SuiteResult(
+        **{**_fields(suite), "probes": (*suite.probes, weird), "timings": {"t": math.inf}}
+    )
+    score = SwayScore(math.nan, "noise", {"adherence": math.nan}, {"adherence": 0.3})
+    text = to_json(suite, score)
+    for token in ("NaN", "Infinity"):
+        assert token not in text
+    entry = json.loads(text)["probes"][-1]
+    assert entry["score"] is None and entry["raw"] is None and entry["duration_s"] is None
+    assert entry["ci_95"] is None
+    assert entry["evidence"] == {"per_cluster": [0.1, None, None], "nested": {"x": [1, None]}}
+    assert to_json(*from_json(json.loads(text))) == text
+
+
+def test_numpy_values_in_evidence_are_plain_json() -> None:
+    np = pytest.importorskip("numpy")
+    suite, score = full_run()
+    extra = ProbeResult(
+        "np",
+        "delta_kl",
+        Verdict.PASS,
+        score=np.float64(0.5),
+        evidence={"arr": np.array([1.0, np.nan]), "i": np.int64(3), "f": np.float32(0.25)},
+    )
+    suite = SuiteResult(**{**_fields(suite), "probes": (extra,)})
+    data = json.loads(to_json(suite, score))
+    assert data["probes"][0]["evidence"] == {"arr": [1.0, None], "i": 3, "f": 0.25}
+
+
+def test_naive_timestamps_are_written_as_utc_and_offsets_are_kept() -> None:
+    suite, score = full_run()
+    naive = SuiteResult(
+        **{
+            **_fields(suite),
+            "started_at": datetime(2025, 1, 1, 0, 0, 0),
+            "finished_at": datetime(2025, 1, 1, 2, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+        }
+    )
+    data = to_json_dict(naive, score)
+    assert data["started_at"] == "2025-01-01T00:00:00+00:00"
+    assert data["finished_at"] == "2025-01-01T02:00:01+02:00"
+    assert data["wall_seconds"] == 1.0
+    back, _ = from_json(data)
+    assert back.finished_at.utcoffset() == timedelta(hours=2)
+
+
+def test_from_json_tolerates_a_minimal_payload() -> None:
+    suite, score = from_json(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "score": {"overall": 0.42},
+            "probes": [{"name": "kl", "kind": "delta_kl", "verdict": "PASS"}],
+        }
+    )
+    assert suite.started_at == datetime(1970, 1, 1, tzinfo=UTC)
+    assert suite.wall_seconds == 0.0
+    assert suite.determinism is None
+    assert suite.probes[0].verdict is Verdict.PASS
+    assert suite.probes[0].score is None and suite.probes[0].ci_95 is None
+    assert suite.probes[0].duration_s == 0.0
+    assert score.band == "partial"
+    assert score.weights == {} and score.findings == ()
+    determinism_default, _ = from_json(
+        {"schema_version": 1, "score": {"overall": 0}, "probes": [], "determinism": {}}
+    )
+    assert determinism_default.determinism == DeterminismReport("best_effort", 0, ())
+
+
+@pytest.mark.parametrize(
+    ("payload", "pattern"),
+    [
+        ([], "not a sway JSON report"),
+        ({"probes": []}, "not a sway JSON report"),
+        ({"schema_version": 2, "score": {"overall": 0}, "probes": []}, "schema_version 2"),
+        ({"schema_version": "1", "score": {"overall": 0}, "probes": []}, "schema_version '1'"),
+        ({"schema_version": True, "score": {"overall": 0}, "probes": []}, "schema_version True"),
+        ({"schema_version": 1, "score": {"overall": 0}}, "missing 'probes'"),
+        ({"schema_version": 1, "probes": []}, "missing 'score'"),
+        ({"schema_version": 1, "score": {}, "probes": []}, "score.overall is missing"),
+        (
+            {"schema_version": 1, "score": {"overall": 0}, "probes": [{"name": "a", "kind": "k"}]},
+            r"probes\[0\].verdict: expected a string",
+        ),
+        (
+            {
+                "schema_version": 1,
+                "score": {"overall": 0},
+                "probes": [{"name": "a", "kind": "k", "verdict": "maybe"}],
+            },
+            r"probes\[0\].verdict: 'maybe' is not one of pass, fail",
+        ),
+        (
+            {
+                "schema_version": 1,
+                "score": {"overall": 0},
+                "probes": [{"name": "a", "kind": "k", "verdict": "pass", "raw": "1.0"}],
+            },
+            r"probes\[0\].raw: expected a number or null",
+        ),
+        (
+            {
+                "schema_version": 1,
+                "score": {"overall": 0},
+                "probes": [{"name": "a", "kind": "k", "verdict": "pass", "ci_95": [1]}],
+            },
+            r"probes\[0\].ci_95: expected \[lo, hi\]",
+        ),
+        (
+            {"schema_version": 1, "score": {"overall": 0}, "probes": [], "started_at": "soon"},
+            "started_at: expected an ISO-8601 timestamp",
+        ),
+    ],
+)
+def test_from_json_rejects_foreign_or_broken_payloads(payload: Any, pattern: str) -> None:
+    with pytest.raises(SpecValidationError, match=pattern):
+        from_json(payload)
+
+
+def _fields(suite: SuiteResult) -> dict[str, Any]:
+    return {name: getattr(suite, name) for name in SuiteResult.__dataclass_fields__}

@@ -1,0 +1,277 @@
+"""Terminal report: what a user reads in the console after a run."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+from rich.console import Console
+
+from dlm_sway.core.result import (
+    DeterminismReport,
+    ProbeResult,
+    SuiteResult,
+    SwayScore,
+    Verdict,
+)
+from dlm_sway.report.json_report import from_json, to_json
+from dlm_sway.report.terminal import VERDICT_STYLES, render_terminal
+from dlm_sway.suite.score import compute
+
+LONG_NOTE = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+)
+
+
+def run() -> SuiteResult:
+    start = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    probes = (
+        ProbeResult(
+            "calibrate",
+            "null_adapter",
+            Verdict.PASS,
+            score=1.0,
+            evidence={
+                "weight": 1.0,
+                "skipped_kinds": [
+                    {"kind": "adapter_ablation", "name": "ablate", "reason": "probe opted out"}
+                ],
+            },
+            message="calibrated 1 probe(s) over 3 null seed(s)",
+            duration_s=2.5,
+        ),
+        ProbeResult(
+            "moves_tokens",
+            "delta_kl",
+            Verdict.PASS,
+            score=0.93,
+            raw=1.7,
+            z_score=9.4,
+            p_value=0.00004,
+            effect_ratio=170.0,
+            ci_95=(1.5, 1.9),
+            evidence={"weight": 1.0, "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0}},
+            message="mean KL 1.700 nats",
+            duration_s=0.75,
+        ),
+        ProbeResult(
+            "wordy",
+            "delta_kl",
+            Verdict.FAIL,
+            score=0.1,
+            raw=0.02,
+            z_score=-0.3,
+            p_value=0.6,
+            effect_ratio=1.02,
+            ci_95=(0.01, 0.03),
+            message=LONG_NOTE,
+            duration_s=0.5,
+        ),
+        ProbeResult(
+            "ablate",
+            "adapter_ablation",
+            Verdict.SKIP,
+            message="needs pip install 'dlm-sway[hf]' for [bold]scaling[/bold]",
+            duration_s=0.01,
+        ),
+        ProbeResult(
+            "broken",
+            "delta_kl",
+            Verdict.ERROR,
+            raw=math.nan,
+            message="ProbeError: boom",
+            duration_s=0.02,
+        ),
+    )
+    return SuiteResult(
+        spec_path="sway.yaml",
+        started_at=start,
+        finished_at=start + timedelta(seconds=12.5),
+        base_model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        adapter_id="/home/me/runs/exp1/checkpoint-500/adapter",
+        sway_version="0.1.0",
+        probes=probes,
+        null_stats={
+            "moves_tokens": {"mean": 0.01, "std": 0.002, "n": 3, "degenerate": False},
+            "wordy": {"mean": 0.02, "std": 1e-6, "n": 1, "degenerate": True},
+        },
+        determinism=DeterminismReport(class_="strict", seed=7),
+        backend_stats={
+            "forward_passes": 1200,
+            "scored_tokens": 45678,
+            "cache_hits": 30,
+            "cache_misses": 10,
+        },
+    )
+
+
+def render(suite: SuiteResult, score: SwayScore | None = None, *, width: int = 200) -> str:
+    console = Console(width=width, record=True, color_system=None, file=io.StringIO())
+    render_terminal(suite, score if score is not None else compute(suite), console=console)
+    return console.export_text()
+
+
+def test_report_shows_every_probe_verdict_and_finding() -> None:
+    suite = run()
+    score = compute(suite)
+    text = render(suite, score)
+    for result in suite.probes:
+        assert result.name in text
+        assert result.kind in text
+        assert result.verdict.value.upper() in text
+    assert "top findings:" in text
+    for i, finding in enumerate(score.findings, start=1):
+        assert f"{i}. {finding}" in text
+    assert "wordy (delta_kl) failed" in text
+    assert "1 probe(s) errored — see messages" in text
+
+
+def test_header_panel_names_models_score_band_and_components() -> None:
+    suite = run()
+    score = compute(suite)
+    text = render(suite, score)
+    assert "sway — HuggingFaceTB/SmolLM2-135M-Instruct vs exp1/checkpoint-500/adapter" in text
+    assert f"overall: {score.overall:.2f}  [ {score.band} ]" in text
+    assert "(informational, weight=0)" in text
+    baseline = next(line for line in text.splitlines() if "baseline" in line)
+    assert "1.00" in baseline and "██████████" in baseline
+    adherence = next(line for line in text.splitlines() if " adherence " in line)
+    filled = round(score.components["adherence"] * 10)
+    assert "█" * filled + "░" * (10 - filled) in adherence
+    # No probe scored under calibration: a dash, not a fake 0.00.
+    calibration = next(line for line in text.splitlines() if "calibration" in line)
+    assert "—" in calibration and "0.00" not in calibration
+    assert "no scored probes" in calibration
+
+
+def test_probe_columns_use_the_shared_formatters() -> None:
+    text = render(run())
+    row = next(line for line in text.splitlines() if "moves_tokens" in line)
+    for cell in ("0.93", "1.700", "×170.0", "[1.500, 1.900]", "+9.40σ", "p<1e-4", "0.75s"):
+        assert cell in row
+    assert "rank profile: +12.00σ @ 0.5x / +9.40σ @ 1x" in " ".join(text.split())
+
+
+def test_missing_and_non_finite_numbers_are_dashes_never_nan() -> None:
+    text = render(run())
+    assert "nan" not in text.lower()
+    assert "inf" not in text.lower().replace("info", "")
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("broken"))
+    cells = row.split()
+    assert cells[2] == "ERROR"
+    assert cells[3:9] == ["—"] * 6  # score, raw, effect, ci95, z, p: all unmeasured
+    assert cells[9] == "0.02s"
+    assert "0.00 " not in row
+
+
+def test_messages_print_verbatim_not_as_markup() -> None:
+    text = render(run())
+    assert "pip install 'dlm-sway[hf]' for [bold]scaling[/bold]" in text
+
+
+def test_long_notes_wrap_and_are_never_truncated() -> None:
+    for width in (140, 100, 80, 60):
+        text = render(run(), width=width)
+        assert "…" not in text, width
+        words = set(text.split())
+        assert set(LONG_NOTE.split()) <= words, width
+        assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+
+
+def test_narrow_console_stacks_probes_instead_of_crushing_columns() -> None:
+    text = render(run(), width=80)
+    assert "moves_tokens (delta_kl)  score 0.93" in text
+    assert "z +9.40σ" in text and "ci95 [1.500, 1.900]" in text
+    wide = render(run(), width=200)
+    assert "moves_tokens (delta_kl)" not in wide  # the table has separate columns
+
+
+def test_footers_list_opt_outs_degenerate_nulls_extras_and_run_stats() -> None:
+    text = " ".join(render(run()).split())
+    assert "not null-calibrated" in text and "ablate (adapter_ablation): probe opted out" in text
+    assert "degenerate null distribution for: wordy" in text
+    assert "1 probe(s) skipped for missing extras: pip install 'dlm-sway[hf]'" in text
+    assert (
+        "wall 12.5s | sway 0.1.0 | det: strict (seed=7) | "
+        "forwards: 1,200, tokens: 45,678, cache hit 75%"
+    ) in text
+
+
+def test_footers_are_absent_when_not_applicable() -> None:
+    suite = SuiteResult(
+        spec_path="s.yaml",
+        started_at=datetime(2025, 1, 1, tzinfo=UTC),
+        finished_at=datetime(2025, 1, 1, 0, 0, 3, tzinfo=UTC),
+        base_model_id="base",
+        adapter_id="",
+        sway_version="0.1.0",
+        probes=(ProbeResult("kl", "delta_kl", Verdict.PASS, score=0.7, raw=0.5),),
+    )
+    text = render(suite)
+    assert "sway — base vs (base only)" in text
+    for absent in ("top findings", "not null-calibrated", "degenerate", "extras", "det:", "cache"):
+        assert absent not in text
+    assert text.rstrip().endswith("wall 3.00s | sway 0.1.0")
+
+
+def test_preflight_abort_renders_with_its_reason() -> None:
+    suite = SuiteResult(
+        spec_path="s.yaml",
+        started_at=datetime(2025, 1, 1, tzinfo=UTC),
+        finished_at=datetime(2025, 1, 1, tzinfo=UTC),
+        base_model_id="base",
+        adapter_id="runs/a",
+        sway_version="0.1.0",
+        probes=(
+            ProbeResult(
+                "__preflight__",
+                "preflight",
+                Verdict.ERROR,
+                message="aborted before any probe ran: non-finite logits in the fine-tuned view",
+            ),
+        ),
+    )
+    text = " ".join(render(suite, width=120).split())
+    assert "overall: 0.00 [ noise ]" in text
+    assert "1. preflight check failed, no probe ran: aborted before any probe ran" in text
+
+
+def test_empty_suite_renders() -> None:
+    suite = SuiteResult(
+        spec_path="s.yaml",
+        started_at=datetime(2025, 1, 1, tzinfo=UTC),
+        finished_at=datetime(2025, 1, 1, tzinfo=UTC),
+        base_model_id="base",
+        adapter_id="a",
+        sway_version="0.1.0",
+        probes=(),
+    )
+    text = render(suite)
+    assert "(this run has no probe results)" in text
+    assert "no probe produced a score" in text
+
+
+def test_verdicts_and_band_are_coloured() -> None:
+    assert VERDICT_STYLES[Verdict.PASS].endswith("green")
+    assert VERDICT_STYLES[Verdict.FAIL].endswith("red")
+    assert VERDICT_STYLES[Verdict.WARN].endswith("yellow")
+    assert VERDICT_STYLES[Verdict.SKIP] == "dim"
+    assert VERDICT_STYLES[Verdict.ERROR].endswith("magenta")
+    out = io.StringIO()
+    console = Console(width=200, file=out, force_terminal=True, color_system="standard")
+    suite = run()
+    render_terminal(suite, compute(suite), console=console)
+    ansi = out.getvalue()
+    assert "\x1b[1;32mPASS" in ansi
+    assert "\x1b[1;31mFAIL" in ansi
+    assert "\x1b[1;35mERROR" in ansi
+
+
+def test_saved_json_re_renders_identically() -> None:
+    suite = run()
+    score = compute(suite)
+    restored = from_json(json.loads(to_json(suite, score)))
+    assert render(*restored) == render(suite, score)
