@@ -1,0 +1,305 @@
+"""Hugging Face transformers + PEFT backend: one loaded model, many views.
+
+The base weights load once with the LoRA adapter attached; views differ only
+in adapter state (disabled, enabled, scalings × λ, A/B swapped for seeded
+noise). Every view change is undone in a ``finally``, so the model is always
+back to the trained adapter when no view is open. Heavy imports happen in the
+constructor so importing this module (and ``sway --help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dlm_sway.backends.instrumentation import BackendStats, Instrumentation
+from dlm_sway.core.errors import BackendNotAvailableError, ViewError
+from dlm_sway.core.scoring import ScoringModel
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+    from dlm_sway.backends.hf_lora import NullWeights
+    from dlm_sway.backends.hf_views import HFScorer, HFView
+
+PREFLIGHT_PROMPT = "The quick brown fox"
+
+
+def require_hf_stack() -> None:
+    """Fail with an install hint (not an ImportError trace) when the hf extra is missing."""
+    try:
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise BackendNotAvailableError("hf", extra="hf", hint=str(exc)) from exc
+
+
+class HFDifferentialBackend:
+    """Differential backend over a transformers causal LM with a PEFT LoRA adapter.
+
+    Implements ``DifferentialBackend``, ``ScalableDifferentialBackend``,
+    ``NullCalibratedBackend`` and ``PreflightCheckable``. Views share one set
+    of weights, so only one may be open at a time.
+    """
+
+    safe_for_concurrent_views = False
+
+    def __init__(
+        self,
+        base: str,
+        adapter: str | Path,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        gguf_file: str | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int = 16,
+        cache_size: int = 4096,
+    ) -> None:
+        require_hf_stack()
+        from dlm_sway.backends import hf_load, hf_lora
+        from dlm_sway.backends.hf_views import HFScorer
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        location = hf_load.resolve_base(base, gguf_file)
+        adapter_info = hf_load.inspect_adapter(adapter)
+        torch_device = hf_load.resolve_device(device)
+        torch_dtype = hf_load.resolve_dtype(dtype, torch_device)
+
+        tokenizer = hf_load.load_tokenizer(
+            location, adapter_info, trust_remote_code=trust_remote_code
+        )
+        model = hf_load.load_model(
+            location,
+            adapter_info,
+            dtype=torch_dtype,
+            device=torch_device,
+            trust_remote_code=trust_remote_code,
+        )
+        self.base_id = location.source + (f"/{location.gguf_file}" if location.gguf_file else "")
+        self.adapter_path = adapter_info.path
+        self.dtype = hf_load.dtype_name(torch_dtype)
+        self.device = str(torch_device)
+        self._adapter_sha256 = adapter_info.weights_sha256
+        self._instr = Instrumentation(cache_size)
+        self._model: PeftModel | None = model
+        self._scorer: HFScorer | None = HFScorer(
+            model,
+            tokenizer,
+            device=torch_device,
+            batch_size=batch_size,
+            instrumentation=self._instr,
+        )
+        # Read once at load: views later rewrite the live weights and scalings.
+        self._norms = hf_lora.adapter_norms(model)
+        self._summary = hf_lora.adapter_summary(model)
+        self._dora = hf_lora.uses_dora(model)
+        self._active: str | None = None
+        self._token: object | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def stats(self) -> BackendStats:
+        return self._instr.stats
+
+    @property
+    def instrumentation(self) -> Instrumentation:
+        return self._instr
+
+    @property
+    def peft_model(self) -> PeftModel:
+        """The live model, for inspection; mutate it only through views."""
+        if self._model is None:
+            raise ViewError("the HF backend is closed")
+        return self._model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._live_scorer().tokenizer
+
+    @property
+    def batch_size(self) -> int:
+        return self._live_scorer().batch_size
+
+    def _live_scorer(self) -> HFScorer:
+        if self._scorer is None:
+            raise ViewError("the HF backend is closed; build a new one to keep scoring")
+        return self._scorer
+
+    # ------------------------------------------------------------------ views
+
+    @contextmanager
+    def _claim(self, view_id: str, cache_ns: str) -> Iterator[HFView]:
+        """Mark a view active (refusing a second one) and release it whatever happens."""
+        from dlm_sway.backends.hf_views import HFView
+
+        scorer = self._live_scorer()
+        if self._active is not None:
+            raise ViewError(
+                f"cannot open view {view_id!r} while view {self._active!r} is active: views "
+                "share one set of weights; exit the open view first"
+            )
+        token = object()
+        self._active, self._token = view_id, token
+        try:
+            yield HFView(scorer, view_id, cache_ns, lambda: self._token is token)
+        finally:
+            self._active, self._token = None, None
+
+    @contextmanager
+    def _base_view(self) -> Iterator[ScoringModel]:
+        with self._claim("base", "base") as view, self.peft_model.disable_adapter():
+            yield view
+
+    @contextmanager
+    def _ft_view(self) -> Iterator[ScoringModel]:
+        with self._claim("ft", "ft") as view:
+            yield view
+
+    def as_base(self) -> AbstractContextManager[ScoringModel]:
+        """Adapter disabled through PEFT's toggle: exactly the base model's forward."""
+        return self._base_view()
+
+    def as_finetuned(self) -> AbstractContextManager[ScoringModel]:
+        return self._ft_view()
+
+    def as_scaled_adapter(self, lam: float) -> AbstractContextManager[ScoringModel]:
+        """LoRA term × λ (0 = base, 1 = fine-tune); scalings restored on exit."""
+        if not math.isfinite(lam):
+            raise ValueError(f"lam must be finite, got {lam!r}")
+        self._refuse_dora("scaled")
+        return self._scaled_view(float(lam))
+
+    @contextmanager
+    def _scaled_view(self, lam: float) -> Iterator[ScoringModel]:
+        from dlm_sway.backends import hf_lora
+
+        with (
+            self._claim(f"scaled_{lam:g}", f"scaled_{lam!r}") as view,
+            hf_lora.scaled_lora(self.peft_model, lam),
+        ):
+            yield view
+
+    def as_null_adapter(
+        self, seed: int, *, init_scale: float = 0.02, rank_scale: float = 1.0
+    ) -> AbstractContextManager[ScoringModel]:
+        """LoRA A/B replaced by N(0, (init_scale·√rank_scale)²) noise from ``seed``."""
+        from dlm_sway.backends import hf_lora
+
+        weights = hf_lora.gaussian_null(init_scale, rank_scale)
+        return self.null_view(
+            seed,
+            weights,
+            view_id=f"null_{seed}_s{init_scale:g}_r{rank_scale:g}",
+            cache_ns=f"null_{seed}_s{init_scale!r}_r{rank_scale!r}",
+        )
+
+    def null_view(
+        self, seed: int, weights: NullWeights, *, view_id: str, cache_ns: str | None = None
+    ) -> AbstractContextManager[ScoringModel]:
+        """A null view with a custom per-module weight construction (e.g. norm-matched).
+
+        ``cache_ns`` (default ``view_id``) must identify ``weights`` and ``seed``
+        exactly: results are memoised under it for the backend's lifetime.
+        """
+        self._refuse_dora("null")
+        return self._null_view(int(seed), weights, view_id, cache_ns or view_id)
+
+    @contextmanager
+    def _null_view(
+        self, seed: int, weights: NullWeights, view_id: str, cache_ns: str
+    ) -> Iterator[ScoringModel]:
+        from dlm_sway.backends import hf_lora
+
+        with (
+            self._claim(view_id, cache_ns) as view,
+            hf_lora.null_lora(self.peft_model, seed, weights),
+        ):
+            yield view
+
+    def _refuse_dora(self, kind: str) -> None:
+        if self._dora:
+            raise ViewError(
+                f"{kind} views are not defined for DoRA adapters (use_dora=True): DoRA "
+                "renormalises the weight, so the LoRA term is not a separable additive delta"
+            )
+
+    # ------------------------------------------------------------------ checks
+
+    def preflight_finite_check(self) -> tuple[bool, str]:
+        """One uncached forward per view on a fixed prompt; NaN/inf means broken weights."""
+        scorer = self._live_scorer()
+        for opener, label in ((self.as_base, "base"), (self.as_finetuned, "fine-tuned")):
+            with opener():
+                try:
+                    dist = scorer.next_token_dists([PREFLIGHT_PROMPT], 8, batched=False)[0]
+                except (RuntimeError, ValueError) as exc:
+                    return (
+                        False,
+                        f"{label} view: forward pass failed on the preflight prompt: {exc}",
+                    )
+            tail_bad = dist.tail_logprob is not None and not math.isfinite(dist.tail_logprob)
+            if not np.all(np.isfinite(dist.logprobs)) or tail_bad:
+                culprit = "adapter" if label == "fine-tuned" else "base model"
+                return False, (
+                    f"{label} view produced non-finite log-probs (NaN/inf) on the preflight "
+                    f"prompt: the {culprit} weights likely contain NaN or inf values "
+                    f"(adapter: {self.adapter_path}). Re-export or retrain it; "
+                    "no probe results would be meaningful"
+                )
+        return True, "base and fine-tuned views give finite log-probs"
+
+    def cache_identity(self) -> str:
+        """Changes whenever the adapter's weight bytes change, even at the same path."""
+        return f"hf:{self.base_id}:{self._adapter_sha256[:16]}:{self.dtype}"
+
+    def adapter_norms(self) -> dict[str, float]:
+        """Per LoRA module, ‖scaling·B·A‖_F of the trained adapter (computed at load)."""
+        return dict(self._norms)
+
+    def adapter_summary(self) -> dict[str, Any]:
+        """num_modules, ranks, alphas, target_modules, total_params of the adapter."""
+        return dict(self._summary)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Drop the model and free accelerator memory; safe to call twice."""
+        if self._active is not None:
+            raise ViewError(f"cannot close the backend while view {self._active!r} is open")
+        if self._model is None:
+            return
+        device = self.device
+        self._model = None
+        self._scorer = None
+        self._instr.cache.clear()
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> HFDifferentialBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"HFDifferentialBackend(base={self.base_id!r}, adapter={str(self.adapter_path)!r}, "
+            f"dtype={self.dtype!r}, device={self.device!r})"
+        )
+
+
+__all__ = ["HFDifferentialBackend", "require_hf_stack"]

@@ -1,0 +1,356 @@
+"""Batched scoring on a loaded PEFT model, and the view objects probes see.
+
+:class:`HFScorer` owns the forwards: it tokenizes, groups sequences of similar
+length into padded chunks, runs one forward per chunk under
+``torch.inference_mode()`` and takes log-softmax in float32. :class:`HFView`
+is what a backend's ``as_*`` context managers yield: it routes every call
+through the run's forward cache under its own namespace and refuses to work
+once its with-block has exited (the weights would no longer be its weights).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from dlm_sway.backends.instrumentation import Instrumentation, pair_key
+from dlm_sway.core.errors import ProbeError, ViewError
+from dlm_sway.core.scoring import RollingLogprob, TokenDist
+
+#: Padded tokens per forward chunk: bounds the B×T×V logits tensor on long texts.
+MAX_BATCH_TOKENS = 8192
+#: A tail below this mass is reported as 0.0 ("exists but underflowed").
+TAIL_FLOOR = 1e-12
+
+
+def _frozen(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Results are cached and shared between callers, so make them read-only."""
+    array.flags.writeable = False
+    return array
+
+
+def token_dist_from_row(row: torch.Tensor, top_k: int) -> TokenDist:
+    """Top-k of one float32 log-prob row plus the three-state tail (shared by all paths)."""
+    vocab = int(row.shape[-1])
+    k = min(top_k, vocab)
+    values, indices = torch.topk(row, k)
+    tail: float | None = None
+    if k < vocab:
+        rest = row.clone()
+        rest[indices] = -math.inf
+        # log of the mass outside the top-k; exact where 1 - Σexp(top-k) would cancel.
+        tail_lp = float(torch.logsumexp(rest, dim=-1))
+        tail = tail_lp if math.isnan(tail_lp) or math.exp(tail_lp) > TAIL_FLOOR else 0.0
+    return TokenDist(
+        token_ids=_frozen(indices.to("cpu", torch.int64).numpy()),
+        logprobs=_frozen(values.to("cpu", torch.float32).numpy()),
+        vocab_size=vocab,
+        tail_logprob=tail,
+    )
+
+
+def _chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by similar length, at most ``batch_size`` and ~MAX_BATCH_TOKENS each."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[i]  # sorted ascending: this sequence sets the chunk's width
+        if current and (
+            len(current) >= batch_size or (len(current) + 1) * width > MAX_BATCH_TOKENS
+        ):
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class HFScorer:
+    """Tokenize, pad, forward and gather on one PEFT model (whatever view is active)."""
+
+    def __init__(
+        self,
+        model: PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        device: torch.device,
+        batch_size: int,
+        instrumentation: Instrumentation,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.batch_size = batch_size
+        self.instr = instrumentation
+        self.pad_id = int(tokenizer.pad_token_id)
+        forward_params = inspect.signature(model.get_base_model().forward).parameters
+        self._logits_to_keep = "logits_to_keep" in forward_params
+        # Left padding needs explicit positions; a model that takes none gets the default.
+        self._position_ids = "position_ids" in forward_params
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer(text)["input_ids"]
+        return ids
+
+    def forward(
+        self,
+        seqs: Sequence[Sequence[int]],
+        *,
+        side: Literal["left", "right"],
+        last_only: bool,
+        batched: bool,
+    ) -> torch.Tensor:
+        """Logits for a padded batch; explicit position ids so padding never shifts positions."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, span] = 1
+        kwargs: dict[str, Any] = {}
+        if self._position_ids:
+            positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = positions.to(self.device)
+        if last_only and side == "left" and self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                use_cache=False,
+                **kwargs,
+            )
+        self.instr.stats.record_forward(
+            num_prompts=len(seqs), real_tokens=sum(len(s) for s in seqs), batched=batched
+        )
+        logits: torch.Tensor = out.logits
+        return logits
+
+    def next_token_dists(
+        self, prompts: Sequence[str], top_k: int, *, batched: bool
+    ) -> list[TokenDist]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        encoded = [self.encode(p) for p in prompts]
+        for prompt, ids in zip(prompts, encoded, strict=True):
+            if not ids:
+                raise ProbeError(
+                    "next_token_dist",
+                    f"prompt {prompt[:40]!r} encodes to zero tokens and the tokenizer adds "
+                    "no BOS token: there is no position to predict from",
+                )
+        results: list[TokenDist | None] = [None] * len(prompts)
+        for chunk in _chunks([len(e) for e in encoded], self.batch_size):
+            logits = self.forward(
+                [encoded[i] for i in chunk], side="left", last_only=True, batched=batched
+            )
+            with torch.inference_mode():
+                rows = logits[:, -1, :].float().log_softmax(dim=-1)
+                for row, i in enumerate(chunk):
+                    results[i] = token_dist_from_row(rows[row], top_k)
+        return [r for r in results if r is not None]
+
+    def logprobs_of(self, pairs: Sequence[tuple[str, str]], *, batched: bool) -> list[float]:
+        seqs: list[list[int]] = []
+        starts: list[int] = []
+        for prompt, completion in pairs:
+            full = self.encode(prompt + completion)
+            # Position 0 has no context, so at least one token is always conditioning.
+            start = max(len(self.encode(prompt)), 1)
+            if len(full) <= start:
+                raise ProbeError(
+                    "logprob_of",
+                    f"completion {completion[:40]!r} adds no tokens after prompt "
+                    f"{prompt[:40]!r}; nothing to score",
+                )
+            seqs.append(full)
+            starts.append(start)
+        results: list[float] = [0.0] * len(pairs)
+        for chunk in _chunks([len(s) for s in seqs], self.batch_size):
+            logits = self.forward(
+                [seqs[i] for i in chunk], side="right", last_only=False, batched=batched
+            )
+            with torch.inference_mode():
+                for row, i in enumerate(chunk):
+                    per_token = self._gather(logits[row], seqs[i], starts[i])
+                    results[i] = float(per_token.double().sum())
+        return results
+
+    def rollings(self, texts: Sequence[str], *, batched: bool) -> list[RollingLogprob]:
+        encoded = [self.encode(t) for t in texts]
+        results: list[RollingLogprob] = [_rolling(ids, None) for ids in encoded]
+        scorable = [i for i, ids in enumerate(encoded) if len(ids) >= 2]
+        for chunk in _chunks([len(encoded[i]) for i in scorable], self.batch_size):
+            members = [scorable[c] for c in chunk]
+            logits = self.forward(
+                [encoded[i] for i in members], side="right", last_only=False, batched=batched
+            )
+            with torch.inference_mode():
+                for row, i in enumerate(members):
+                    per_token = self._gather(logits[row], encoded[i], 1)
+                    results[i] = _rolling(encoded[i], per_token)
+        return results
+
+    def _gather(self, logits: torch.Tensor, seq: Sequence[int], start: int) -> torch.Tensor:
+        """Log-probs of ``seq[start:]``, each predicted from the position before it."""
+        n = len(seq)
+        lp = logits[start - 1 : n - 1].float().log_softmax(dim=-1)
+        targets = torch.tensor(list(seq[start:n]), dtype=torch.long, device=lp.device)
+        return lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def generate(
+        self, prompt: str, max_new_tokens: int, *, temperature: float, top_p: float, seed: int
+    ) -> str:
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if max_new_tokens == 0:
+            return ""
+        enc = self.tokenizer(prompt, return_tensors="pt")
+        sample = temperature > 0
+        eos = self.model.generation_config.eos_token_id
+        config = GenerationConfig(  # type: ignore[no-untyped-call]
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=top_p if sample else None,
+            top_k=None,
+            pad_token_id=self.pad_id,
+            eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
+        )
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        # fork_rng: seeding for sampling must not perturb the caller's global RNG stream.
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
+            out = self.model.generate(  # type: ignore[no-untyped-call]
+                input_ids=enc["input_ids"].to(self.device),
+                attention_mask=enc["attention_mask"].to(self.device),
+                generation_config=config,
+            )
+        new_tokens = out[0, enc["input_ids"].shape[1] :]
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return text if isinstance(text, str) else "".join(text)
+
+
+def _rolling(ids: Sequence[int], per_token: torch.Tensor | None) -> RollingLogprob:
+    token_ids = _frozen(np.asarray(ids, dtype=np.int64))
+    if per_token is None:
+        return RollingLogprob(token_ids, _frozen(np.zeros(0, dtype=np.float32)), len(ids), 0.0)
+    logprobs = per_token.to("cpu", torch.float32).numpy()
+    total = float(per_token.double().sum())
+    return RollingLogprob(token_ids, _frozen(logprobs), len(ids), total)
+
+
+class HFView:
+    """One view of the backend's model; valid only inside the with-block that made it.
+
+    ``id`` is the human-readable name used in reports; ``cache_ns`` is the
+    exact cache namespace (it keeps full float precision, so λ=0.1234567 and
+    λ=0.1234568 never share cached results even though their ids print alike).
+    """
+
+    def __init__(
+        self, scorer: HFScorer, view_id: str, cache_ns: str, is_live: Callable[[], bool]
+    ) -> None:
+        self._scorer = scorer
+        self._id = view_id
+        self.cache_ns = cache_ns
+        self._is_live = is_live
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"HFView(id={self._id!r})"
+
+    def _check(self) -> HFScorer:
+        if not self._is_live():
+            raise ViewError(
+                f"view {self._id!r} was used after its with-block exited; score inside the block"
+            )
+        return self._scorer
+
+    def logprob_of(self, prompt: str, completion: str) -> float:
+        scorer = self._check()
+        return scorer.instr.cached(
+            "logprob_of",
+            self.cache_ns,
+            pair_key(prompt, completion),
+            0,
+            lambda: scorer.logprobs_of([(prompt, completion)], batched=False)[0],
+        )
+
+    def logprob_of_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        scorer = self._check()
+        pairs = list(pairs)
+        return scorer.instr.cached_batch(
+            "logprob_of",
+            self.cache_ns,
+            [pair_key(p, c) for p, c in pairs],
+            0,
+            lambda idx: scorer.logprobs_of([pairs[i] for i in idx], batched=True),
+        )
+
+    def rolling_logprob(self, text: str) -> RollingLogprob:
+        scorer = self._check()
+        return scorer.instr.cached(
+            "rolling", self.cache_ns, text, 0, lambda: scorer.rollings([text], batched=False)[0]
+        )
+
+    def rolling_logprob_batch(self, texts: Sequence[str]) -> list[RollingLogprob]:
+        scorer = self._check()
+        texts = list(texts)
+        return scorer.instr.cached_batch(
+            "rolling",
+            self.cache_ns,
+            texts,
+            0,
+            lambda idx: scorer.rollings([texts[i] for i in idx], batched=True),
+        )
+
+    def next_token_dist(self, prompt: str, top_k: int = 256) -> TokenDist:
+        scorer = self._check()
+        return scorer.instr.cached(
+            "next_token",
+            self.cache_ns,
+            prompt,
+            top_k,
+            lambda: scorer.next_token_dists([prompt], top_k, batched=False)[0],
+        )
+
+    def next_token_dist_batch(self, prompts: Sequence[str], top_k: int = 256) -> list[TokenDist]:
+        scorer = self._check()
+        prompts = list(prompts)
+        return scorer.instr.cached_batch(
+            "next_token",
+            self.cache_ns,
+            prompts,
+            top_k,
+            lambda idx: scorer.next_token_dists([prompts[i] for i in idx], top_k, batched=True),
+        )
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str:
+        """Not cached: generation is cheap to reason about and rarely repeated."""
+        return self._check().generate(
+            prompt, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        )
