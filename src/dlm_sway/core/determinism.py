@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 
@@ -18,10 +19,9 @@ def seed_everything(seed: int) -> DeterminismReport:
     """
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    try:
-        import torch
-    except ImportError:
-        return DeterminismReport("best_effort", seed, ("torch not installed",))
+    torch = sys.modules.get("torch")  # only seed torch if a backend already loaded it
+    if torch is None:
+        return DeterminismReport("best_effort", seed, ("torch not loaded: python/numpy seeded",))
     torch.manual_seed(seed)
     notes: list[str] = []
     if torch.cuda.is_available():

@@ -28,9 +28,14 @@ def _check(dist: TokenDist, side: str) -> None:
     lp = np.asarray(dist.logprobs, dtype=np.float64)
     if lp.size == 0:
         raise ProbeError("divergence", f"{side} distribution is empty")
-    if not np.all(np.isfinite(lp)):
-        raise ProbeError("divergence", f"{side} distribution has non-finite log-probs")
-    if lp.size >= 2 and float(lp.max() - lp.min()) < 1e-9:
+    if np.any(np.isnan(lp)) or np.any(lp == np.inf):
+        raise ProbeError("divergence", f"{side} distribution has non-finite (NaN/+inf) log-probs")
+    finite = lp[np.isfinite(lp)]
+    if finite.size == 0:
+        raise ProbeError("divergence", f"{side} distribution has no finite log-prob")
+    if dist.tail_logprob is not None and not math.isfinite(dist.tail_logprob):
+        raise ProbeError("divergence", f"{side} distribution has a non-finite tail_logprob")
+    if lp.size >= 2 and finite.size == lp.size and float(lp.max() - lp.min()) < 1e-9:
         raise ProbeError(
             "divergence",
             f"{side} distribution is effectively uniform (broken lm_head or zeroed logits?)",

@@ -30,15 +30,16 @@ class Calibration:
 
 
 def null_for(ctx: RunContext, spec: ProbeSpec) -> NullStats | None:
-    """Stats calibrated for this entry (by name), else for its kind."""
-    return ctx.null_stats.get(spec.name) or ctx.null_stats.get(spec.kind)
+    """Stats calibrated for this very entry. Keyed by name: two entries of one kind
+    with different prompts have different nulls."""
+    return ctx.null_stats.get(spec.name)
 
 
 def calibrate(raw: float | None, ctx: RunContext, spec: ProbeSpec, *, sign: int = 1) -> Calibration:
     stats = null_for(ctx, spec)
     by_rank: dict[str, float] = {}
     for rank_key, group in ctx.null_stats_by_rank.items():
-        rs = group.get(spec.name) or group.get(spec.kind)
+        rs = group.get(spec.name)
         z = z_score(raw, rs, sign=sign)
         if z is not None:
             by_rank[rank_key] = z

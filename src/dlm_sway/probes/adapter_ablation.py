@@ -117,9 +117,12 @@ class AdapterAblationProbe(Probe):
                     [divergence(r, s, spec.divergence) for r, s in zip(ref, scaled, strict=True)]
                 )
             )
-        lin = r_squared(lams, curve)
+        flat = not max(curve) > 0.0
+        # A flat curve is a perfect line, but "R²=1, linear" would be a false comfort.
+        lin = 0.0 if flat else r_squared(lams, curve)
         sat, reason = saturation_lambda(lams, curve)
         over = overshoot(lams, curve)
+        over_measured = any(x > 1.0 + 1e-6 for x in lams) and not flat
         lo, hi = spec.assert_saturation_between
         ones = [i for i, x in enumerate(lams) if abs(x - 1.0) < 1e-6]
         effect_at_1 = curve[ones[0]] if ones and lams[0] == 0.0 else None
@@ -127,18 +130,21 @@ class AdapterAblationProbe(Probe):
         ok_effect = cal.z is None or cal.z >= spec.assert_z_gte
         ok_lin = lin >= spec.assert_linearity_gte
         ok_sat = sat is not None and lo <= sat <= hi
-        ok_over = over >= spec.assert_overshoot_gte
+        ok_over = over >= spec.assert_overshoot_gte if over_measured else not flat
         score = (
             0.4 * min(1.0, max(0.0, lin / max(spec.assert_linearity_gte, 1e-9)))
             + 0.3 * (1.0 if ok_sat else 0.3)
-            + 0.3 * min(1.0, max(0.0, (over - 1.0) / 0.2))
+            + 0.3 * (min(1.0, max(0.0, (over - 1.0) / 0.2)) if over_measured else float(ok_over))
         )
         sat_text = (
             f"saturation λ={sat:g} ({'in' if ok_sat else 'out of'} band [{lo:g}, {hi:g}])"
             if sat is not None
             else f"saturation undetected ({reason})"
         )
-        shape = f"R²={lin:.3f} ({'ok' if ok_lin else 'low'}), {sat_text}, overshoot={over:.3f}"
+        over_text = (
+            f"overshoot={over:.3f}" if over_measured else "overshoot not measured (no λ > 1)"
+        )
+        shape = f"R²={lin:.3f} ({'ok' if ok_lin else 'low'}), {sat_text}, {over_text}"
         if cal.z is None:
             msg = f"{shape} {no_calibration_note(self.kind)}"
         elif ok_effect:
@@ -166,7 +172,7 @@ class AdapterAblationProbe(Probe):
                     "linearity": lin,
                     "saturation_lambda": sat,
                     "saturation_reason": reason,
-                    "overshoot": over,
+                    "overshoot": over if over_measured else None,
                     "passed_linearity": ok_lin,
                     "passed_saturation": ok_sat,
                     "passed_overshoot": ok_over,

@@ -62,7 +62,9 @@ class DeltaKLProbe(Probe):
         if cal.z is not None:
             passed = cal.z >= spec.assert_z_gte
             score = cal.score()
-            ratio = f", {cal.effect_ratio:.3g}× the null median" if cal.effect_ratio else ""
+            ratio = (
+                f", {cal.effect_ratio:.3g}× the null median" if cal.effect_ratio is not None else ""
+            )
             verdict_text = "above noise" if passed else "indistinguishable from noise"
             msg = f"{verdict_text}: {head}; z={cal.z:+.2f}σ vs null{ratio}"
         else:

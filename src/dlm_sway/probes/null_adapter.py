@@ -89,8 +89,9 @@ class NullAdapterProbe(Probe):
                 continue
             try:
                 calib = type(probe).calibrate_spec(ctx, target)
-            except SwayError as exc:
-                skipped.append({"kind": target.kind, "name": target.name, "reason": str(exc)})
+            except Exception as exc:  # noqa: BLE001 — a plugin's bug must not sink calibration
+                reason = f"calibrate_spec raised {type(exc).__name__}: {exc}"
+                skipped.append({"kind": target.kind, "name": target.name, "reason": reason})
                 continue
             if calib is None:
                 skipped.append(
@@ -164,7 +165,9 @@ class NullAdapterProbe(Probe):
                 if xs:
                     group[name] = NullStats.from_samples(xs).to_dict()
             by_rank[rank_key(mult)] = group
-        if key is not None:
+        if key is not None and all(by_rank.values()):
+            # Never cache a calibration that failed: the next run should retry and
+            # show the reasons again.
             _null_cache.save(key, {"by_rank": by_rank, "sway_version": __version__})
         return self._result(spec, base_evidence, by_rank, errors, from_cache=False)
 
@@ -195,16 +198,21 @@ class NullAdapterProbe(Probe):
         ranks = ""
         if len(spec.rank_multipliers) > 1:
             ranks = " × ranks [" + ", ".join(f"{m:g}x" for m in spec.rank_multipliers) + "]"
+            if primary_key != rank_key(1.0):
+                ranks += f"; verdicts use the {primary_key.removeprefix('rank_')}x null"
         msg = f"calibrated {len(primary)} probe(s){ranks} over {spec.runs} null seed(s)"
         if skipped:
             msg += f" ({len(skipped)} not calibrated)"
         if from_cache:
             msg += " (loaded from cache)"
+        if not primary:
+            first = next((s["reason"] for s in skipped), "no finite null samples")
+            msg = f"calibration failed for every probe; they use fixed thresholds ({first})"
         return ProbeResult(
             name=spec.name,
             kind=self.kind,
-            verdict=Verdict.PASS,
-            score=1.0,
+            verdict=Verdict.PASS if primary else Verdict.WARN,
+            score=1.0 if primary else None,
             message=msg,
             evidence=evidence,
         )
@@ -216,6 +224,8 @@ def _sample(probe: Probe, calib: ProbeSpec, ctx: RunContext) -> tuple[float | No
         result = probe.run(calib, ctx)
     except SwayError as exc:
         return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 — recorded per seed, reported in evidence
+        return None, f"{type(exc).__name__}: {exc}"
     if result.raw is None or not math.isfinite(result.raw):
         return None, result.message or f"verdict {result.verdict.value} with no raw"
     return float(result.raw), ""

@@ -56,16 +56,24 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
         raise SpecValidationError(
             "the top level must be a mapping with 'models' and 'suite'", source=source
         )
-    try:
-        spec = SwaySpec.model_validate(dict(data))
-    except ValidationError as exc:
-        raise SpecValidationError(format_validation_error(exc), source=source) from None
-    spec = _resolve_paths(spec, base_dir or Path.cwd())
-
     errors: list[str] = []
+    try:
+        spec: SwaySpec | None = SwaySpec.model_validate(dict(data))
+    except ValidationError as exc:
+        spec = None
+        errors.append(format_validation_error(exc))
+    if spec is not None:
+        spec = _resolve_paths(spec, base_dir or Path.cwd())
+        entries = spec.suite
+    else:
+        raw_suite = data.get("suite")
+        entries = (
+            [e for e in raw_suite if isinstance(e, dict)] if isinstance(raw_suite, list) else []
+        )
+
     probes: list[tuple[Probe, ProbeSpec]] = []
     seen: set[str] = set()
-    for i, entry in enumerate(spec.suite):
+    for i, entry in enumerate(entries):
         label = f"suite[{i}]" + (
             f" ({entry['name']})" if isinstance(entry.get("name"), str) else ""
         )
@@ -78,21 +86,18 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
             errors.append(f"{label}: duplicate probe name {pspec.name!r} (names must be unique)")
         seen.add(pspec.name)
         probes.append((probe, pspec))
-    if not spec.suite:
+    if spec is not None and not spec.suite:
         errors.append("suite: is empty; add at least one probe (see `sway list-probes`)")
 
-    weights: dict[str, float] = {}
-    try:
-        from dlm_sway.suite.score import DEFAULT_WEIGHTS, validate_weights
+    from dlm_sway.suite.score import DEFAULT_WEIGHTS, validate_weights
 
-        weights = (
-            validate_weights(spec.defaults.score_weights, source="defaults.score_weights")
-            if spec.defaults.score_weights is not None
-            else dict(DEFAULT_WEIGHTS)
-        )
-    except SpecValidationError as exc:
-        errors.append(str(exc))
-    if errors:
+    weights: dict[str, float] = dict(DEFAULT_WEIGHTS)
+    if spec is not None and spec.defaults.score_weights is not None:
+        try:
+            weights = validate_weights(spec.defaults.score_weights, source="defaults.score_weights")
+        except SpecValidationError as exc:
+            errors.append(str(exc))
+    if errors or spec is None:
         detail = "\n  - ".join(errors)
         raise SpecValidationError(
             f"{len(errors)} problem(s) in the spec:\n  - {detail}", source=source
