@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dlm_sway.backends.builtin_models import resolve_base
-from dlm_sway.demo import DEMO_BASE, load_document, load_prompts
+from dlm_sway.demo.assets import DEMO_BASE, document_path, prompts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "src" / "dlm_sway" / "demo" / "adapters"
@@ -52,7 +52,7 @@ class Recipe:
 
 
 RECIPES = (
-    Recipe(name="strong", steps=80, lr=4e-4, batch=4),
+    Recipe(name="strong", steps=110, lr=5e-4, batch=4),
     Recipe(name="weak", steps=2, lr=1e-6, batch=4),
 )
 
@@ -163,18 +163,31 @@ def save_adapter(peft_model: Any, out_dir: Path) -> None:
     try:
         config = peft_model.peft_config["default"]
         config.base_model_name_or_path = DEMO_BASE
+        config.inference_mode = True
         config.save_pretrained(str(tmp))
+        normalise_config(tmp / "adapter_config.json")
         state = {
             k: v.detach().to(torch.bfloat16).contiguous()
             for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()
         }
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        tmp.chmod(0o755)  # mkdtemp and safetensors create private modes; these ship
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def normalise_config(path: Path) -> None:
+    """Sorted keys and target modules, so reruns write byte-identical configs."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def measure(
@@ -246,7 +259,7 @@ def write_readme(out: Path, rows: dict[str, dict[str, Any]], *, seed: int, base_
         f"windows (stride {STRIDE}) of the document in a seeded shuffled order. Weights are stored",
         "in bf16; the numbers below were measured on the stored files.",
         "",
-        "| adapter | steps | batch | lr | train loss first → last | document NLL (base "
+        "| adapter | steps | batch | lr | train loss, first → last step | document NLL (base "
         f"{base_nll:.3f}) | mean JS@{JS_TOP_K} on prompts.txt | file |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -282,18 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = resolve_base(DEMO_BASE)
     log(f"base: {base_dir} ({time.perf_counter() - t0:.1f}s)")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    doc_list = tokenizer(load_document()).input_ids
+    doc_list = tokenizer(document_path().read_text(encoding="utf-8")).input_ids
     doc_ids = torch.tensor([doc_list])
     chunks = windows(doc_list)
-    prompts = load_prompts()
+    prompt_list = prompts()
     log(
-        f"document: {len(doc_list)} tokens -> {len(chunks)} windows of {WINDOW}; {len(prompts)} prompts"
+        f"document: {len(doc_list)} tokens -> {len(chunks)} windows of {WINDOW}; {len(prompt_list)} prompts"
     )
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     base.eval()
     base_nll = document_nll(base, doc_ids)
-    base_next = next_token_logprobs(base, tokenizer, prompts)
+    base_next = next_token_logprobs(base, tokenizer, prompt_list)
     del base
     log(f"base document NLL {base_nll:.4f}")
 
@@ -315,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch": recipe.batch,
             "lr": recipe.lr,
             "loss_first": losses[0],
-            "loss_last": sum(losses[-5:]) / len(losses[-5:]),
+            "loss_last": losses[-1],
             "train_s": train_s,
         }
         row.update(
@@ -325,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 out_dir=args.out / recipe.name,
                 doc_ids=doc_ids,
                 tokenizer=tokenizer,
-                prompts=prompts,
+                prompts=prompt_list,
                 base_next=base_next,
             )
         )
