@@ -208,6 +208,10 @@ def load_model(
     trust_remote_code: bool,
 ) -> PeftModel:
     """Load the base weights once and attach the LoRA adapter (inference only)."""
+    from transformers.utils import logging as hf_logging
+
+    # sway draws its own progress; transformers' per-load weight bar is noise in reports.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if base.gguf_file is not None:
         kwargs["gguf_file"] = base.gguf_file
