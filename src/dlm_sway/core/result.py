@@ -35,6 +35,8 @@ class ProbeResult:
     raw: float | None = None
     z_score: float | None = None
     p_value: float | None = None
+    #: p after Holm's correction across the suite's calibrated probes (the gate uses it).
+    p_adjusted: float | None = None
     effect_ratio: float | None = None
     base_value: float | None = None
     ft_value: float | None = None
@@ -48,7 +50,16 @@ class ProbeResult:
         return replace(self, duration_s=seconds)
 
 
-_NUMERIC_FIELDS = ("score", "raw", "z_score", "p_value", "effect_ratio", "base_value", "ft_value")
+_NUMERIC_FIELDS = (
+    "score",
+    "raw",
+    "z_score",
+    "p_value",
+    "p_adjusted",
+    "effect_ratio",
+    "base_value",
+    "ft_value",
+)
 
 
 def _finite(value: object) -> bool:
@@ -81,6 +92,7 @@ def safe_finalize(
             raw=None,
             z_score=None,
             p_value=None,
+            p_adjusted=None,
             effect_ratio=None,
             base_value=None,
             ft_value=None,
@@ -97,6 +109,16 @@ def safe_finalize(
     for name in bad:
         object.__setattr__(out, name, None)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """A plain-sentence statement about whether the evidence can support a claim."""
+
+    level: str  # "warn" | "error" | "info"
+    code: str  # stable identifier, e.g. "too_few_nulls"
+    message: str
+    fix: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +144,9 @@ class SuiteResult:
     backend_stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    #: Base vs base under another batch layout: the numerical floor an effect must clear.
+    noise_floor: dict[str, Any] = field(default_factory=dict)
+    health: tuple[HealthCheck, ...] = ()
 
     @property
     def wall_seconds(self) -> float:
@@ -162,6 +187,7 @@ __all__ = [
     "SwayScore",
     "band_for",
     "DeterminismReport",
+    "HealthCheck",
     "ProbeResult",
     "SuiteResult",
     "Verdict",
