@@ -1,10 +1,16 @@
 """A torch-free, deterministic backend implementing every protocol, for tests.
 
 Each text maps (via md5, so across processes too) to pseudo-random logits over
-a small vocabulary. The fine-tune adds ``strength`` times a fixed "trained"
-direction; λ-scaling scales that direction; a null adapter adds a seeded random
-direction of size ``null_scale · init_scale · √rank_scale``. Strength 0 is a
-no-op adapter.
+a small vocabulary. The fine-tune adds a logit shift of norm ``strength·√V``
+along a per-text direction drawn from ``adapter_seed``; λ-scaling scales it.
+With ``planted=0`` that direction is statistically just a random one, so the
+"trained" adapter is exactly a null (what a false-positive test needs);
+``planted>0`` mixes in a real signal (mass moved off each prompt's top token),
+which a random direction of the same norm does not produce (what a power test
+needs). Null views: ``init_scale`` adds a random shift of norm
+``null_scale·init_scale·√rank_scale·√V``; ``norm_matched`` a random shift of the
+trained norm (×√rank_scale); ``permuted`` the trained shift with its
+coordinates shuffled. Strength 0 is a no-op adapter.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dlm_sway.core.errors import ProbeError, ViewError
-from dlm_sway.core.scoring import RollingLogprob, ScoringModel, TokenDist
+from dlm_sway.core.scoring import NullConstruction, RollingLogprob, ScoringModel, TokenDist
 
 VOCAB = 256
 _ADAPTER_SEED = 7
@@ -135,6 +141,8 @@ class DummyDifferentialBackend:
         strength: float = 1.0,
         null_scale: float = 10.0,
         nan: bool = False,
+        planted: float = 0.0,
+        adapter_seed: int = _ADAPTER_SEED,
     ) -> None:
         if not math.isfinite(strength) or not math.isfinite(null_scale):
             raise ValueError("dummy backend: strength and null_scale must be finite")
@@ -143,6 +151,8 @@ class DummyDifferentialBackend:
         self.strength = strength
         self.null_scale = null_scale
         self.nan = nan
+        self.planted = planted
+        self.adapter_seed = adapter_seed
         self.stats = _Counters()
         self._active: str | None = None
 
@@ -156,8 +166,23 @@ class DummyDifferentialBackend:
         finally:
             self._active = None
 
+    def _direction(self, seed: int) -> NDArray[np.float64]:
+        """The trained shift's unit-RMS direction for one text."""
+        v = _unit(seed, self.adapter_seed)
+        if self.planted:
+            base = _unit(seed, 0)
+            top, second = np.argsort(-base, kind="stable")[:2]
+            signal = np.zeros(VOCAB)
+            signal[top], signal[second] = -math.sqrt(VOCAB / 2), math.sqrt(VOCAB / 2)
+            v = v + self.planted * signal
+            v = v / np.linalg.norm(v) * math.sqrt(VOCAB)
+        return v
+
     def _trained(self, lam: float) -> Any:
-        return lambda seed: lam * self.strength * _unit(seed, _ADAPTER_SEED)
+        return lambda seed: lam * self.strength * self._direction(seed)
+
+    def adapter_norms(self) -> dict[str, float]:
+        return {"dummy": abs(self.strength) * math.sqrt(VOCAB)}
 
     def as_base(self) -> Any:
         return self._view("base", lambda seed: 0.0)
@@ -169,15 +194,42 @@ class DummyDifferentialBackend:
         return self._view(f"scaled_{lam:g}", self._trained(lam))
 
     def as_null_adapter(
-        self, seed: int, *, init_scale: float = 0.02, rank_scale: float = 1.0
+        self,
+        seed: int,
+        *,
+        init_scale: float = 0.02,
+        rank_scale: float = 1.0,
+        construction: NullConstruction = "init_scale",
     ) -> Any:
         if not math.isfinite(rank_scale) or rank_scale <= 0:
             raise ValueError(f"rank_scale must be > 0, got {rank_scale}")
-        scale = self.null_scale * init_scale * math.sqrt(rank_scale)
-        return self._view(
-            f"null_{seed}_s{init_scale:g}_r{rank_scale:g}",
-            lambda s: scale * _unit(s, 1_000_003 + seed),
-        )
+        root = math.sqrt(rank_scale)
+        salt = 1_000_003 + seed
+        shift: Any
+        if construction == "init_scale":
+            scale = self.null_scale * init_scale * root
+            shift = lambda s: scale * _unit(s, salt)  # noqa: E731
+        elif construction == "norm_matched":
+            size = self.strength * root
+            shift = lambda s: size * _unit(s, salt)  # noqa: E731
+        elif construction == "permuted":
+            size = self.strength * root
+
+            def shift(s: int) -> NDArray[np.float64]:
+                perm = np.random.default_rng([s, salt]).permutation(VOCAB)
+                return size * self._direction(s)[perm]
+        else:
+            raise ValueError(f"unknown null construction {construction!r}")
+        return self._view(f"null_{construction}_{seed}_s{init_scale:g}_r{rank_scale:g}", shift)
+
+    def base_layout_pairs(
+        self, prompts: Sequence[str], top_k: int
+    ) -> list[tuple[TokenDist, TokenDist]]:
+        """The dummy has no batching numerics: both layouts agree exactly."""
+        with self.as_base() as view:
+            return [
+                (view.next_token_dist(p, top_k), view.next_token_dist(p, top_k)) for p in prompts
+            ]
 
     def preflight_finite_check(self) -> tuple[bool, str]:
         for opener in (self.as_base, self.as_finetuned):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ import numpy as np
 
 from dlm_sway.backends.instrumentation import BackendStats, Instrumentation
 from dlm_sway.core.errors import BackendNotAvailableError, ViewError
-from dlm_sway.core.scoring import ScoringModel
+from dlm_sway.core.scoring import NullConstruction, ScoringModel, TokenDist
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -191,17 +191,28 @@ class HFDifferentialBackend:
             yield view
 
     def as_null_adapter(
-        self, seed: int, *, init_scale: float = 0.02, rank_scale: float = 1.0
+        self,
+        seed: int,
+        *,
+        init_scale: float = 0.02,
+        rank_scale: float = 1.0,
+        construction: NullConstruction = "init_scale",
     ) -> AbstractContextManager[ScoringModel]:
-        """LoRA A/B replaced by N(0, (init_scale·√rank_scale)²) noise from ``seed``."""
+        """The adapter's structure with seeded random weights.
+
+        ``init_scale``: A, B ~ N(0, (init_scale·√rank_scale)²) (the reference null);
+        ``norm_matched``: random A, B rescaled per module to the trained ‖scaling·B·A‖_F;
+        ``permuted``: the trained B rows / A columns shuffled.
+        """
         from dlm_sway.backends import hf_lora
 
-        weights = hf_lora.gaussian_null(init_scale, rank_scale)
+        weights = hf_lora.null_weights(construction, init_scale=init_scale, rank_scale=rank_scale)
+        tag = {"init_scale": "", "norm_matched": "_nm", "permuted": "_perm"}[construction]
         return self.null_view(
             seed,
             weights,
-            view_id=f"null_{seed}_s{init_scale:g}_r{rank_scale:g}",
-            cache_ns=f"null_{seed}_s{init_scale!r}_r{rank_scale!r}",
+            view_id=f"null{tag}_{seed}_s{init_scale:g}_r{rank_scale:g}",
+            cache_ns=f"null{tag}_{seed}_s{init_scale!r}_r{rank_scale!r}",
         )
 
     def null_view(
@@ -258,6 +269,16 @@ class HFDifferentialBackend:
                     "no probe results would be meaningful"
                 )
         return True, "base and fine-tuned views give finite log-probs"
+
+    def base_layout_pairs(
+        self, prompts: Sequence[str], top_k: int
+    ) -> list[tuple[TokenDist, TokenDist]]:
+        """Base dists from padded batches and from one prompt per forward, both uncached."""
+        scorer = self._live_scorer()
+        with self.as_base():
+            batched = scorer.next_token_dists(list(prompts), top_k, batched=True)
+            single = scorer.next_token_dists(list(prompts), top_k, batched=False)
+        return list(zip(batched, single, strict=True))
 
     def cache_identity(self) -> str:
         """Changes whenever the adapter's weight bytes change, even at the same path."""

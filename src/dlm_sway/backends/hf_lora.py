@@ -153,11 +153,64 @@ def gaussian_null_weights(
 
 def gaussian_null(init_scale: float, rank_scale: float) -> NullWeights:
     """The reference null: std = init_scale·√rank_scale (rank_scale mimics another rank)."""
-    if not math.isfinite(rank_scale) or rank_scale <= 0:
-        raise ValueError(f"rank_scale must be a finite number > 0, got {rank_scale!r}")
+    _check_rank_scale(rank_scale)
     if not math.isfinite(init_scale) or init_scale < 0:
         raise ValueError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
     return partial(gaussian_null_weights, std=init_scale * math.sqrt(rank_scale))
+
+
+def _check_rank_scale(rank_scale: float) -> None:
+    if not math.isfinite(rank_scale) or rank_scale <= 0:
+        raise ValueError(f"rank_scale must be a finite number > 0, got {rank_scale!r}")
+
+
+def norm_matched_weights(
+    slot: LoraSlot, generator: torch.Generator, *, rank_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random A, B rescaled so ‖scaling·B·A‖_F equals the trained module's (× √rank_scale).
+
+    The null then asks "is this adapter's effect beyond a random change of the same
+    size?" instead of comparing against arbitrary fixed-std noise.
+    """
+    a = torch.randn(tuple(slot.a.shape), generator=generator, dtype=torch.float32)
+    b = torch.randn(tuple(slot.b.shape), generator=generator, dtype=torch.float32)
+    target = delta_norm(slot.a, slot.b, slot.scaling) * math.sqrt(rank_scale)
+    current = delta_norm(a, b, slot.scaling)
+    if target == 0.0 or current == 0.0:
+        return a * 0.0, b * 0.0
+    c = math.sqrt(target / current)
+    return a * c, b * c
+
+
+def permuted_weights(
+    slot: LoraSlot, generator: torch.Generator, *, rank_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained B rows and A columns shuffled: same spectrum and norm, random placement."""
+    a = slot.a.detach().to(device="cpu", dtype=torch.float32)
+    b = slot.b.detach().to(device="cpu", dtype=torch.float32)
+    a2 = a.reshape(a.shape[0], -1)
+    b2 = b.reshape(b.shape[0], -1)
+    perm_in = torch.randperm(a2.shape[1], generator=generator)
+    perm_out = torch.randperm(b2.shape[0], generator=generator)
+    c = rank_scale**0.25
+    return (a2[:, perm_in] * c).reshape(a.shape), (b2[perm_out, :] * c).reshape(b.shape)
+
+
+NULL_CONSTRUCTIONS = ("norm_matched", "init_scale", "permuted")
+
+
+def null_weights(construction: str, *, init_scale: float, rank_scale: float) -> NullWeights:
+    """The per-module weight construction for a named null."""
+    _check_rank_scale(rank_scale)
+    if construction == "init_scale":
+        return gaussian_null(init_scale, rank_scale)
+    if construction == "norm_matched":
+        return partial(norm_matched_weights, rank_scale=rank_scale)
+    if construction == "permuted":
+        return partial(permuted_weights, rank_scale=rank_scale)
+    raise ValueError(
+        f"unknown null construction {construction!r}; use one of {', '.join(NULL_CONSTRUCTIONS)}"
+    )
 
 
 @contextmanager

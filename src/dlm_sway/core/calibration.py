@@ -280,13 +280,9 @@ def compare_to_null(
 
     dropped_note = f" ({n_dropped} non-finite dropped)" if n_dropped else ""
     if k == 0:
-        return _degenerate(
-            f"no finite null samples{dropped_note}: need at least 2 (raise runs:)"
-        )
+        return _degenerate(f"no finite null samples{dropped_note}: need at least 2 (raise runs:)")
     if k == 1:
-        return _degenerate(
-            f"only 1 null sample{dropped_note}: need at least 2 (raise runs:)"
-        )
+        return _degenerate(f"only 1 null sample{dropped_note}: need at least 2 (raise runs:)")
     scale_word = "log-scale " if log_scale else ""
     if float(np.ptp(ns)) == 0.0:
         if float(np.ptp(finite)) == 0.0:

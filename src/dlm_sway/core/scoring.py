@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -107,12 +107,28 @@ class ScalableDifferentialBackend(DifferentialBackend, Protocol):
     def as_scaled_adapter(self, lam: float) -> AbstractContextManager[ScoringModel]: ...
 
 
+#: How a null adapter's weights are drawn. ``norm_matched``: random directions with the
+#: trained adapter's per-module ‖scaling·B·A‖_F; ``init_scale``: fixed-std noise (the
+#: reference behaviour); ``permuted``: the trained weights shuffled within each module.
+NullConstruction = Literal["norm_matched", "init_scale", "permuted"]
+NULL_CONSTRUCTIONS: tuple[NullConstruction, ...] = ("norm_matched", "init_scale", "permuted")
+
+
 @runtime_checkable
 class NullCalibratedBackend(DifferentialBackend, Protocol):
-    """Adds null views: the adapter's structure with seeded random weights."""
+    """Adds null views: the adapter's structure with seeded random weights.
+
+    ``construction`` defaults to ``init_scale`` so callers of the seed contract
+    (``as_null_adapter(seed, init_scale=, rank_scale=)``) keep its meaning.
+    """
 
     def as_null_adapter(
-        self, seed: int, *, init_scale: float = 0.02, rank_scale: float = 1.0
+        self,
+        seed: int,
+        *,
+        init_scale: float = 0.02,
+        rank_scale: float = 1.0,
+        construction: NullConstruction = "init_scale",
     ) -> AbstractContextManager[ScoringModel]: ...
 
 
@@ -121,6 +137,19 @@ class PreflightCheckable(Protocol):
     """One forward per view; ``(False, reason)`` when any logit is non-finite."""
 
     def preflight_finite_check(self) -> tuple[bool, str]: ...
+
+
+@runtime_checkable
+class NoiseFloorMeasurable(Protocol):
+    """Base view scored under two batch layouts, bypassing any cache.
+
+    The divergence between the two is pure numerics (padding, kernel order): an
+    adapter effect that does not clear it is not an effect.
+    """
+
+    def base_layout_pairs(
+        self, prompts: Sequence[str], top_k: int
+    ) -> list[tuple[TokenDist, TokenDist]]: ...
 
 
 def loop_batch(model: ScoringModel, prompts: Sequence[str], top_k: int) -> list[TokenDist]:
@@ -139,7 +168,10 @@ def iter_views(backend: DifferentialBackend) -> Iterator[str]:
 
 
 __all__ = [
+    "NULL_CONSTRUCTIONS",
     "DifferentialBackend",
+    "NoiseFloorMeasurable",
+    "NullConstruction",
     "NullCalibratedBackend",
     "PreflightCheckable",
     "RollingLogprob",

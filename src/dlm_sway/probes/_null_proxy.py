@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dlm_sway.core.scoring import NullCalibratedBackend, ScoringModel
+from dlm_sway.core.scoring import NullCalibratedBackend, NullConstruction, ScoringModel
 
 
 class NullCalibrationBackendProxy:
@@ -27,11 +27,13 @@ class NullCalibrationBackendProxy:
         seed: int,
         init_scale: float = 0.02,
         rank_scale: float = 1.0,
+        construction: NullConstruction = "init_scale",
     ) -> None:
         self._inner = inner
         self._seed = seed
         self._init_scale = init_scale
         self._rank_scale = rank_scale
+        self._construction: NullConstruction = construction
 
     @property
     def seed(self) -> int:
@@ -45,7 +47,10 @@ class NullCalibrationBackendProxy:
     @contextmanager
     def as_finetuned(self) -> Iterator[ScoringModel]:
         with self._inner.as_null_adapter(
-            self._seed, init_scale=self._init_scale, rank_scale=self._rank_scale
+            self._seed,
+            init_scale=self._init_scale,
+            rank_scale=self._rank_scale,
+            construction=self._construction,
         ) as view:
             yield view
 

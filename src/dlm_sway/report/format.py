@@ -80,6 +80,69 @@ def format_p(value: float | None) -> str:
     return f"p={number:.3f}"
 
 
+def format_p_holm(p_value: float | None, p_adjusted: float | None) -> str:
+    """``p=0.003 (Holm 0.009)``; just the p when there is no Holm-adjusted value."""
+    raw = format_p(p_value)
+    adjusted = format_p(p_adjusted)
+    if adjusted == DASH:
+        return raw
+    holm = adjusted.removeprefix("p=").removeprefix("p")  # "0.009" / "<1e-4"
+    return f"{raw} (Holm {holm})"
+
+
+NULL_CONSTRUCTIONS: Mapping[str, str] = {
+    "norm_matched": "norm",
+    "init_scale": "init",
+    "permuted": "perm",
+}
+NULL_METHODS: Mapping[str, str] = {"t_prediction": "t", "reference_z": "ref"}
+DEFAULT_NULL_METHOD = "t_prediction"
+
+
+def null_marker(evidence: Mapping[str, Any]) -> str:
+    """``norm×10`` from ``evidence["null"]``; ``init×3 ref`` for the reference z; else a dash.
+
+    The construction is shortened (norm | init | perm) and followed by the number of
+    nulls K; the method is named only when it is not the default t prediction.
+    """
+    null = evidence.get("null")
+    if not isinstance(null, Mapping) or not null:
+        return DASH
+    construction = str(null.get("construction") or "")
+    label = NULL_CONSTRUCTIONS.get(construction, construction[:4] or "null")
+    k = _number(null.get("k"))
+    if k is not None:
+        label += f"×{k:.0f}"
+    method = str(null.get("method") or DEFAULT_NULL_METHOD)
+    if method != DEFAULT_NULL_METHOD:
+        label += f" {NULL_METHODS.get(method, method)}"
+    return label
+
+
+def format_js(value: float | None) -> str:
+    """A Jensen–Shannon divergence (nats, ≤ ln 2): ``1.2e-12`` when tiny, else ``0.0123``."""
+    number = _number(value)
+    if number is None:
+        return DASH
+    if number == 0:
+        return "0"
+    if abs(number) < 1e-3:
+        return f"{number:.1e}"
+    return f"{number:.4f}"
+
+
+def noise_floor_line(noise_floor: Mapping[str, Any]) -> str:
+    """``noise floor: JS ≤ 1.2e-12 over 14 prompts``; empty when no finite ``js_max``."""
+    js_max = _number(noise_floor.get("js_max"))
+    if js_max is None:
+        return ""
+    line = f"noise floor: JS ≤ {format_js(js_max)}"
+    prompts = _number(noise_floor.get("prompts"))
+    if prompts is not None:
+        line += f" over {prompts:,.0f} prompt{'' if prompts == 1 else 's'}"
+    return line
+
+
 def format_ratio(value: float | None) -> str:
     """An effect ratio (metric ÷ median null metric): ``×12.3``, ``×0.42``, ``×3.1e-04``."""
     number = _number(value)
@@ -258,13 +321,17 @@ __all__ = [
     "count_missing_extra_skips",
     "format_ci",
     "format_duration",
+    "format_js",
     "format_p",
+    "format_p_holm",
     "format_percent",
     "format_ratio",
     "format_raw",
     "format_score",
     "format_z",
     "is_scored",
+    "noise_floor_line",
+    "null_marker",
     "probe_note",
     "rank_profile",
     "scored_categories",

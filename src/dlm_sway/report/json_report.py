@@ -19,6 +19,7 @@ from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.result import (
     SCHEMA_VERSION,
     DeterminismReport,
+    HealthCheck,
     ProbeResult,
     SuiteResult,
     SwayScore,
@@ -58,6 +59,11 @@ def to_json_dict(suite: SuiteResult, score: SwayScore) -> dict[str, Any]:
         "timings": suite.timings,
         "versions": suite.versions,
         "null_stats": suite.null_stats,
+        "noise_floor": suite.noise_floor,
+        "health": [
+            {"level": c.level, "code": c.code, "message": c.message, "fix": c.fix}
+            for c in suite.health
+        ],
         "score": {
             "overall": score.overall,
             "band": score.band,
@@ -81,6 +87,7 @@ def _probe_dict(result: ProbeResult) -> dict[str, Any]:
         "raw": result.raw,
         "z_score": result.z_score,
         "p_value": result.p_value,
+        "p_adjusted": result.p_adjusted,
         "effect_ratio": result.effect_ratio,
         "base_value": result.base_value,
         "ft_value": result.ft_value,
@@ -124,7 +131,8 @@ def _plain(value: Any) -> Any:
 def from_json(data: Mapping[str, Any]) -> tuple[SuiteResult, SwayScore]:
     """Rebuild a run from :func:`to_json_dict` output (or a parsed ``to_json`` file).
 
-    Optional fields may be missing (older snapshots); the payload must carry
+    Optional fields may be missing (older snapshots: no ``p_adjusted``,
+    ``noise_floor`` or ``health``); the payload must carry
     this version's ``schema_version``, a ``score`` with an ``overall`` and a
     ``probes`` list.
     """
@@ -178,6 +186,11 @@ def from_json(data: Mapping[str, Any]) -> tuple[SuiteResult, SwayScore]:
             str(k): _str(v, f"versions.{k}")
             for k, v in _mapping(data.get("versions") or {}, "versions").items()
         },
+        noise_floor=dict(_mapping(data.get("noise_floor") or {}, "noise_floor")),
+        health=tuple(
+            _health(_mapping(entry, f"health[{i}]"), f"health[{i}]")
+            for i, entry in enumerate(_list(data.get("health"), "health"))
+        ),
     )
     return suite, _score(data.get("score"))
 
@@ -231,6 +244,7 @@ def _probe(entry: Mapping[str, Any], where: str) -> ProbeResult:
         raw=_opt_float(entry.get("raw"), f"{where}.raw"),
         z_score=_opt_float(entry.get("z_score"), f"{where}.z_score"),
         p_value=_opt_float(entry.get("p_value"), f"{where}.p_value"),
+        p_adjusted=_opt_float(entry.get("p_adjusted"), f"{where}.p_adjusted"),
         effect_ratio=_opt_float(entry.get("effect_ratio"), f"{where}.effect_ratio"),
         base_value=_opt_float(entry.get("base_value"), f"{where}.base_value"),
         ft_value=_opt_float(entry.get("ft_value"), f"{where}.ft_value"),
@@ -238,6 +252,15 @@ def _probe(entry: Mapping[str, Any], where: str) -> ProbeResult:
         evidence=dict(_mapping(entry.get("evidence") or {}, f"{where}.evidence")),
         message=_str(entry.get("message", ""), f"{where}.message"),
         duration_s=_req_float(entry.get("duration_s", 0.0), f"{where}.duration_s"),
+    )
+
+
+def _health(entry: Mapping[str, Any], where: str) -> HealthCheck:
+    return HealthCheck(
+        level=_str(entry.get("level", "info"), f"{where}.level"),
+        code=_str(entry.get("code", ""), f"{where}.code"),
+        message=_str(entry.get("message", ""), f"{where}.message"),
+        fix=_str(entry.get("fix") or "", f"{where}.fix"),
     )
 
 

@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from dlm_sway.core.result import ProbeResult, SuiteResult, SwayScore, Verdict
+from dlm_sway.core.result import HealthCheck, ProbeResult, SuiteResult, SwayScore, Verdict
 from dlm_sway.probes.base import CATEGORIES
 from dlm_sway.report.format import (
     DASH,
@@ -28,11 +28,13 @@ from dlm_sway.report.format import (
     count_missing_extra_skips,
     format_ci,
     format_duration,
-    format_p,
+    format_p_holm,
     format_ratio,
     format_raw,
     format_score,
     format_z,
+    noise_floor_line,
+    null_marker,
     probe_note,
     scored_categories,
 )
@@ -49,6 +51,7 @@ PROBE_COLUMNS = (
     "ci95",
     "z",
     "p",
+    "null",
     "time",
     "note",
 )
@@ -59,6 +62,11 @@ VERDICT_STYLES: Mapping[Verdict, str] = {
     Verdict.WARN: "bold yellow",
     Verdict.SKIP: "dim",
     Verdict.ERROR: "bold magenta",
+}
+HEALTH_STYLES: Mapping[str, str] = {
+    "error": "bold red",
+    "warn": "yellow",
+    "info": "cyan",
 }
 BAND_STYLES: Mapping[str, str] = {
     "noise": "bold red",
@@ -75,7 +83,7 @@ def render_terminal(
     out = console if console is not None else Console()
     out.print(_header_panel(suite, score))
     out.print(_probe_section(suite, out))
-    for block in (_findings(score), _footers(suite)):
+    for block in (_findings(score), _health(suite.health), _footers(suite)):
         if block is not None:
             out.print(block)
     out.print(_status_line(suite), style="dim", overflow="fold")
@@ -182,7 +190,8 @@ def _probe_cells(result: ProbeResult) -> list[Text]:
         Text(format_ratio(result.effect_ratio)),
         Text(format_ci(result.ci_95)),
         Text(format_z(result.z_score)),
-        Text(format_p(result.p_value)),
+        Text(format_p_holm(result.p_value, result.p_adjusted)),
+        Text(null_marker(result.evidence)),
         Text(format_duration(result.duration_s)),
         Text(probe_note(result.message, result.evidence)),
     ]
@@ -196,14 +205,20 @@ def _probe_stack(suite: SuiteResult) -> Table:
         head = Text(result.name, style="bold")
         head.append(f" ({result.kind})", style="cyan")
         head.append(f"  score {format_score(result.score)}")
-        p_value = format_p(result.p_value)
-        numbers = Text(
+        # Two short lines rather than one that wraps at 80 columns: the measurement,
+        # then its standing against the nulls.
+        measured = Text(
             f"raw {format_raw(result.raw)} · effect {format_ratio(result.effect_ratio)} · "
-            f"ci95 {format_ci(result.ci_95)} · z {format_z(result.z_score)} · "
-            f"{'p ' if p_value == DASH else ''}{p_value} · {format_duration(result.duration_s)}",
+            f"ci95 {format_ci(result.ci_95)} · {format_duration(result.duration_s)}",
             style="dim",
         )
-        body = [head, numbers]
+        p_value = format_p_holm(result.p_value, result.p_adjusted)
+        calibrated = Text(
+            f"z {format_z(result.z_score)} · {'p ' if p_value.startswith(DASH) else ''}"
+            f"{p_value} · null {null_marker(result.evidence)}",
+            style="dim",
+        )
+        body = [head, measured, calibrated]
         note = probe_note(result.message, result.evidence)
         if note:
             body.append(Text(note))
@@ -224,6 +239,23 @@ def _findings(score: SwayScore) -> RenderableType | None:
     for i, finding in enumerate(score.findings, start=1):
         grid.add_row(Text(f"  {i}."), Text(finding))
     return Group(Text("top findings:", style="bold"), grid)
+
+
+def _health(checks: tuple[HealthCheck, ...]) -> RenderableType | None:
+    """``[level] message — fix`` for each check, coloured by level, in the order given."""
+    if not checks:
+        return None
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for check in checks:
+        level = check.level or "info"
+        style = HEALTH_STYLES.get(level.lower(), "bold")
+        line = Text(check.message, style=style)
+        if check.fix:
+            line.append(f" — {check.fix}")
+        grid.add_row(Text(f"  [{level}]", style=style), line)
+    return Group(Text("health:", style="bold"), grid)
 
 
 def _footers(suite: SuiteResult) -> RenderableType | None:
@@ -264,6 +296,9 @@ def _status_line(suite: SuiteResult) -> Text:
     backend = backend_line(suite.backend_stats)
     if backend:
         parts.append(backend)
+    floor = noise_floor_line(suite.noise_floor)
+    if floor:
+        parts.append(floor)
     return Text(" | ".join(parts))
 
 
