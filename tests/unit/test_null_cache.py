@@ -128,8 +128,9 @@ def test_null_adapter_hits_the_cache_on_the_second_run(
     # the fine-tune is judged exactly as when the nulls were computed
     assert second.by_name("dkl").z_score == first.by_name("dkl").z_score
     assert second.null_stats == first.null_stats
-    # only the real views ran: preflight (2 forwards) + delta_kl (2 views x 4 prompts)
-    assert be.stats.forward_passes == 2 + 2 * len(prompts)
+    # only the real views ran: preflight (2 forwards) + noise floor (2 layouts x 4
+    # prompts) + delta_kl (2 views x 4 prompts); no null view was opened
+    assert be.stats.forward_passes == 2 + 2 * len(prompts) + 2 * len(prompts)
 
 
 def test_corrupt_cache_file_is_recomputed_and_rewritten(

@@ -21,13 +21,17 @@ from dlm_sway.report.format import (
     count_missing_extra_skips,
     format_ci,
     format_duration,
+    format_js,
     format_p,
+    format_p_holm,
     format_percent,
     format_ratio,
     format_raw,
     format_score,
     format_z,
     is_scored,
+    noise_floor_line,
+    null_marker,
     probe_note,
     rank_profile,
     scored_categories,
@@ -41,6 +45,7 @@ NUMERIC_FORMATTERS: list[Callable[[Any], str]] = [
     format_ratio,
     format_duration,
     format_percent,
+    format_js,
 ]
 
 
@@ -269,3 +274,69 @@ def test_category_lookup_and_scored_categories() -> None:
     assert scored_categories(suite) == {"baseline"}
     assert not is_scored(ProbeResult("w", "delta_kl", Verdict.WARN, score=math.nan))
     assert is_scored(ProbeResult("w", "delta_kl", Verdict.WARN, score=0.0))
+
+
+@pytest.mark.parametrize(
+    ("p_value", "p_adjusted", "expected"),
+    [
+        (0.003, 0.009, "p=0.003 (Holm 0.009)"),
+        (0.0004, 0.0012, "p=0.0004 (Holm 0.001)"),
+        (0.00001, 0.00005, "p<1e-4 (Holm <1e-4)"),
+        (0.00001, 0.0004, "p<1e-4 (Holm 0.0004)"),
+        (0.3, 1.0, "p=0.300 (Holm 1.000)"),
+        (0.003, None, "p=0.003"),
+        (0.003, math.nan, "p=0.003"),
+        (None, None, DASH),
+        (math.nan, 0.01, f"{DASH} (Holm 0.010)"),
+    ],
+)
+def test_p_with_holm(p_value: Any, p_adjusted: Any, expected: str) -> None:
+    assert format_p_holm(p_value, p_adjusted) == expected
+
+
+@pytest.mark.parametrize(
+    ("null", "expected"),
+    [
+        ({"construction": "norm_matched", "k": 10, "method": "t_prediction"}, "norm×10"),
+        ({"construction": "init_scale", "k": 3, "method": "reference_z"}, "init×3 ref"),
+        ({"construction": "permuted", "k": 19, "method": "t_prediction"}, "perm×19"),
+        ({"construction": "norm_matched", "k": 10}, "norm×10"),  # t prediction is the default
+        ({"construction": "norm_matched", "k": 8.0, "method": "bootstrap"}, "norm×8 bootstrap"),
+        ({"construction": "spectral", "k": 5}, "spec×5"),
+        ({"construction": "norm_matched"}, "norm"),
+        ({"construction": "norm_matched", "k": math.nan}, "norm"),
+        ({"k": 4}, "null×4"),
+        ({}, DASH),
+        (None, DASH),
+        ("norm_matched", DASH),
+    ],
+)
+def test_null_marker(null: Any, expected: str) -> None:
+    evidence = {} if null is None else {"null": null}
+    assert null_marker(evidence) == expected
+
+
+def test_js_values_are_readable_at_any_scale() -> None:
+    assert format_js(1.234e-12) == "1.2e-12"
+    assert format_js(0.0) == "0"
+    assert format_js(0.01234) == "0.0123"
+
+
+@pytest.mark.parametrize(
+    ("floor", "expected"),
+    [
+        (
+            {"js_max": 1.2e-12, "js_mean": 4e-13, "prompts": 14, "method": "batch_layout"},
+            "noise floor: JS ≤ 1.2e-12 over 14 prompts",
+        ),
+        ({"js_max": 0.0, "prompts": 1}, "noise floor: JS ≤ 0 over 1 prompt"),
+        ({"js_max": 2e-7}, "noise floor: JS ≤ 2.0e-07"),
+        ({"js_max": 2e-7, "prompts": math.nan}, "noise floor: JS ≤ 2.0e-07"),
+        ({}, ""),
+        ({"js_max": None, "prompts": 14}, ""),
+        ({"js_max": math.nan, "prompts": 14}, ""),
+        ({"js_max": "tiny", "prompts": 14}, ""),
+    ],
+)
+def test_noise_floor_line(floor: dict[str, Any], expected: str) -> None:
+    assert noise_floor_line(floor) == expected

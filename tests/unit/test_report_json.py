@@ -13,6 +13,7 @@ from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.result import (
     SCHEMA_VERSION,
     DeterminismReport,
+    HealthCheck,
     ProbeResult,
     SuiteResult,
     SwayScore,
@@ -35,6 +36,8 @@ TOP_LEVEL_KEYS = {
     "versions",
     "score",
     "null_stats",
+    "noise_floor",
+    "health",
     "probes",
 }
 PROBE_KEYS = {
@@ -45,6 +48,7 @@ PROBE_KEYS = {
     "raw",
     "z_score",
     "p_value",
+    "p_adjusted",
     "effect_ratio",
     "base_value",
     "ft_value",
@@ -79,11 +83,23 @@ def full_run() -> tuple[SuiteResult, SwayScore]:
             raw=1.7,
             z_score=9.4,
             p_value=0.0004,
+            p_adjusted=0.0012,
             effect_ratio=170.0,
             base_value=0.0,
             ft_value=1.7,
             ci_95=(1.5, 1.9),
-            evidence={"weight": 2.0, "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0}},
+            evidence={
+                "weight": 2.0,
+                "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0},
+                "null": {
+                    "construction": "norm_matched",
+                    "k": 10,
+                    "method": "t_prediction",
+                    "p_empirical": None,
+                    "log_scale": True,
+                    "degenerate": None,
+                },
+            },
             message="mean KL 1.700 nats",
             duration_s=0.75,
         ),
@@ -108,6 +124,11 @@ def full_run() -> tuple[SuiteResult, SwayScore]:
         backend_stats={"forward_passes": 12, "cache_hits": 3, "cache_misses": 9},
         timings={"load_s": 0.2, "probes_s": 12.1},
         versions={"torch": "2.13.0", "python": "3.11"},
+        noise_floor={"js_max": 1.2e-12, "js_mean": 3.5e-13, "prompts": 14, "method": "batch"},
+        health=(
+            HealthCheck("warn", "too_few_nulls", "only 3 nulls", "raise runs to 19"),
+            HealthCheck("error", "adapter_norm_zero", "the adapter has zero norm"),
+        ),
     )
     score = SwayScore(
         overall=0.93,
@@ -132,6 +153,28 @@ def test_top_level_and_probe_schema() -> None:
     assert [p["verdict"] for p in data["probes"]] == ["pass", "pass", "error"]
     assert data["probes"][1]["ci_95"] == [1.5, 1.9]
     assert data["probes"][0]["ci_95"] is None
+    assert data["probes"][1]["p_adjusted"] == 0.0012
+    assert data["probes"][0]["p_adjusted"] is None
+    assert data["noise_floor"] == {
+        "js_max": 1.2e-12,
+        "js_mean": 3.5e-13,
+        "prompts": 14,
+        "method": "batch",
+    }
+    assert data["health"] == [
+        {
+            "level": "warn",
+            "code": "too_few_nulls",
+            "message": "only 3 nulls",
+            "fix": "raise runs to 19",
+        },
+        {
+            "level": "error",
+            "code": "adapter_norm_zero",
+            "message": "the adapter has zero norm",
+            "fix": "",
+        },
+    ]
 
 
 def test_to_json_is_indented_sorted_and_parses_back_to_the_dict() -> None:
@@ -148,6 +191,36 @@ def test_round_trip_is_exact() -> None:
     assert to_json(suite2, score2) == first
     assert suite2 == suite
     assert score2 == score
+    assert suite2.probes[1].p_adjusted == 0.0012
+    assert suite2.noise_floor == suite.noise_floor
+    assert suite2.health == suite.health
+
+
+def test_run_without_statistics_writes_empty_defaults_and_round_trips() -> None:
+    suite, score = full_run()
+    bare = SuiteResult(**{**_fields(suite), "noise_floor": {}, "health": ()})
+    text = to_json(bare, score)
+    data = json.loads(text)
+    assert data["noise_floor"] == {} and data["health"] == []
+    assert to_json(*from_json(data)) == text
+
+
+def test_non_finite_statistics_are_written_as_null() -> None:
+    suite, score = full_run()
+    odd = ProbeResult("odd", "delta_kl", Verdict.WARN, p_value=0.1, p_adjusted=math.nan)
+    suite = SuiteResult(
+        **{
+            **_fields(suite),
+            "probes": (odd,),
+            "noise_floor": {"js_max": math.nan, "prompts": 3},
+        }
+    )
+    text = to_json(suite, score)
+    assert "NaN" not in text
+    data = json.loads(text)
+    assert data["probes"][0]["p_adjusted"] is None
+    assert data["noise_floor"] == {"js_max": None, "prompts": 3}
+    assert to_json(*from_json(data)) == text
 
 
 def test_non_finite_values_are_written_as_null_and_round_trip() -> None:
@@ -224,6 +297,20 @@ def test_from_json_tolerates_a_minimal_payload() -> None:
     assert suite.probes[0].duration_s == 0.0
     assert score.band == "partial"
     assert score.weights == {} and score.findings == ()
+    # Written before the statistics fields existed: they read back as their defaults.
+    assert suite.probes[0].p_adjusted is None
+    assert suite.noise_floor == {} and suite.health == ()
+    partial_check, _ = from_json(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "score": {"overall": 0},
+            "probes": [],
+            "noise_floor": None,
+            "health": [{"level": "warn", "message": "m", "fix": None}],
+        }
+    )
+    assert partial_check.noise_floor == {}
+    assert partial_check.health == (HealthCheck("warn", "", "m", ""),)
     determinism_default, _ = from_json(
         {"schema_version": 1, "score": {"overall": 0}, "probes": [], "determinism": {}}
     )
@@ -268,6 +355,35 @@ def test_from_json_tolerates_a_minimal_payload() -> None:
                 "probes": [{"name": "a", "kind": "k", "verdict": "pass", "ci_95": [1]}],
             },
             r"probes\[0\].ci_95: expected \[lo, hi\]",
+        ),
+        (
+            {"schema_version": 1, "score": {"overall": 0}, "probes": [], "health": "ok"},
+            "health: expected a list",
+        ),
+        (
+            {"schema_version": 1, "score": {"overall": 0}, "probes": [], "health": ["ok"]},
+            r"health\[0\]: expected an object",
+        ),
+        (
+            {
+                "schema_version": 1,
+                "score": {"overall": 0},
+                "probes": [],
+                "health": [{"level": "warn", "message": 3}],
+            },
+            r"health\[0\].message: expected a string",
+        ),
+        (
+            {"schema_version": 1, "score": {"overall": 0}, "probes": [], "noise_floor": [1]},
+            "noise_floor: expected an object",
+        ),
+        (
+            {
+                "schema_version": 1,
+                "score": {"overall": 0},
+                "probes": [{"name": "a", "kind": "k", "verdict": "pass", "p_adjusted": "0.1"}],
+            },
+            r"probes\[0\].p_adjusted: expected a number or null",
         ),
         (
             {"schema_version": 1, "score": {"overall": 0}, "probes": [], "started_at": "soon"},

@@ -5,24 +5,38 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 
 from dlm_sway.core.result import (
     DeterminismReport,
+    HealthCheck,
     ProbeResult,
     SuiteResult,
     SwayScore,
     Verdict,
 )
 from dlm_sway.report.json_report import from_json, to_json
-from dlm_sway.report.terminal import VERDICT_STYLES, render_terminal
+from dlm_sway.report.terminal import HEALTH_STYLES, VERDICT_STYLES, render_terminal
 from dlm_sway.suite.score import compute
 
 LONG_NOTE = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliett kilo lima mike "
     "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+)
+
+
+HEALTH = (
+    HealthCheck(
+        "warn",
+        "too_few_nulls",
+        "only 3 null adapters: the p-values rest on a rough t approximation",
+        "raise the null_adapter probe's runs to 19 or more",
+    ),
+    HealthCheck("error", "adapter_norm_zero", "the adapter's update has zero norm"),
+    HealthCheck("info", "noise_floor", "the noise floor is far below every effect", ""),
 )
 
 
@@ -51,9 +65,21 @@ def run() -> SuiteResult:
             raw=1.7,
             z_score=9.4,
             p_value=0.00004,
+            p_adjusted=0.0002,
             effect_ratio=170.0,
             ci_95=(1.5, 1.9),
-            evidence={"weight": 1.0, "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0}},
+            evidence={
+                "weight": 1.0,
+                "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0},
+                "null": {
+                    "construction": "norm_matched",
+                    "k": 10,
+                    "method": "t_prediction",
+                    "p_empirical": None,
+                    "log_scale": True,
+                    "degenerate": None,
+                },
+            },
             message="mean KL 1.700 nats",
             duration_s=0.75,
         ),
@@ -65,8 +91,10 @@ def run() -> SuiteResult:
             raw=0.02,
             z_score=-0.3,
             p_value=0.6,
+            p_adjusted=1.0,
             effect_ratio=1.02,
             ci_95=(0.01, 0.03),
+            evidence={"null": {"construction": "init_scale", "k": 3, "method": "reference_z"}},
             message=LONG_NOTE,
             duration_s=0.5,
         ),
@@ -105,6 +133,8 @@ def run() -> SuiteResult:
             "cache_hits": 30,
             "cache_misses": 10,
         },
+        noise_floor={"js_max": 1.2e-12, "js_mean": 3e-13, "prompts": 14, "method": "batch_layout"},
+        health=HEALTH,
     )
 
 
@@ -162,8 +192,8 @@ def test_missing_and_non_finite_numbers_are_dashes_never_nan() -> None:
     row = next(line for line in text.splitlines() if line.lstrip().startswith("broken"))
     cells = row.split()
     assert cells[2] == "ERROR"
-    assert cells[3:9] == ["—"] * 6  # score, raw, effect, ci95, z, p: all unmeasured
-    assert cells[9] == "0.02s"
+    assert cells[3:10] == ["—"] * 7  # score, raw, effect, ci95, z, p, null: all unmeasured
+    assert cells[10] == "0.02s"
     assert "0.00 " not in row
 
 
@@ -212,9 +242,25 @@ def test_footers_are_absent_when_not_applicable() -> None:
     )
     text = render(suite)
     assert "sway — base vs (base only)" in text
-    for absent in ("top findings", "not null-calibrated", "degenerate", "extras", "det:", "cache"):
+    for absent in (
+        "top findings",
+        "health:",
+        "noise floor",
+        "Holm",
+        "×",
+        "not null-calibrated",
+        "degenerate",
+        "extras",
+        "det:",
+        "cache",
+    ):
         assert absent not in text
     assert text.rstrip().endswith("wall 3.00s | sway 0.1.0")
+    # Not calibrated: every number that comes from the nulls is a dash, the raw still shows.
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("kl "))
+    assert row.split()[3:11] == ["0.70", "0.500", "—", "—", "—", "—", "—", "0.00s"]
+    narrow = render(suite, width=80)
+    assert "health:" not in narrow and "noise floor" not in narrow
 
 
 def test_preflight_abort_renders_with_its_reason() -> None:
@@ -275,3 +321,106 @@ def test_saved_json_re_renders_identically() -> None:
     score = compute(suite)
     restored = from_json(json.loads(to_json(suite, score)))
     assert render(*restored) == render(suite, score)
+
+
+def test_calibrated_probes_show_holm_adjusted_p_and_null_marker() -> None:
+    text = render(run(), width=200)
+    row = next(line for line in text.splitlines() if "moves_tokens" in line)
+    for cell in ("×170.0", "[1.500, 1.900]", "+9.40σ", "p<1e-4 (Holm 0.0002)", "norm×10"):
+        assert cell in row
+    assert " t " not in row  # the default t prediction carries no marker
+    wordy = next(line for line in text.splitlines() if line.lstrip().startswith("wordy"))
+    assert "p=0.600 (Holm 1.000)" in wordy and "init×3 ref" in wordy
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("name"))
+    assert header.split()[7:11] == ["z", "p", "null", "time"]
+
+
+def test_p_without_holm_shows_just_the_p() -> None:
+    suite = run()
+    plain = replace(suite.probes[1], p_adjusted=None)
+    text = render(replace(suite, probes=(plain,)), width=200)
+    row = next(line for line in text.splitlines() if "moves_tokens" in line)
+    assert "p<1e-4" in row and "Holm" not in text
+
+
+def test_narrow_layout_shows_calibration_on_its_own_line() -> None:
+    text = render(run(), width=80)
+    lines = [line.strip() for line in text.splitlines()]
+    assert "raw 1.700 · effect ×170.0 · ci95 [1.500, 1.900] · 0.75s" in lines
+    assert "z +9.40σ · p<1e-4 (Holm 0.0002) · null norm×10" in lines
+    assert "z -0.30σ · p=0.600 (Holm 1.000) · null init×3 ref" in lines
+    assert "z — · p — · null —" in lines  # uncalibrated probes
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
+
+
+def test_medium_console_keeps_the_table_with_holm_on_a_second_line() -> None:
+    medium = render(run(), width=150)
+    assert "moves_tokens (delta_kl)" not in medium  # still the table
+    lines = medium.splitlines()
+    i = next(n for n, line in enumerate(lines) if "moves_tokens" in line)
+    assert "p<1e-4" in lines[i] and "Holm" not in lines[i]
+    assert "(Holm 0.0002)" in lines[i + 1]
+    assert max(len(line.rstrip()) for line in lines) <= 150
+    wide = render(run(), width=160)
+    assert "p<1e-4 (Holm 0.0002)" in wide
+    for width in range(100, 201, 5):
+        text = render(run(), width=width)
+        assert max(len(line.rstrip()) for line in text.splitlines()) <= width, width
+
+
+def test_health_section_lists_every_check_after_the_findings() -> None:
+    for width in (200, 80):
+        text = render(run(), width=width)
+        flat = " ".join(text.split())
+        assert text.index("top findings:") < text.index("health:") < text.index("wall ")
+        assert (
+            "[warn] only 3 null adapters: the p-values rest on a rough t approximation — "
+            "raise the null_adapter probe's runs to 19 or more"
+        ) in flat
+        assert "[error] the adapter's update has zero norm [info]" in flat  # no fix, no dash
+        assert "[info] the noise floor is far below every effect" in flat
+
+
+def test_health_levels_are_coloured() -> None:
+    assert HEALTH_STYLES["error"].endswith("red")
+    assert HEALTH_STYLES["warn"].endswith("yellow")
+    out = io.StringIO()
+    console = Console(width=200, file=out, force_terminal=True, color_system="standard")
+    suite = run()
+    render_terminal(suite, compute(suite), console=console)
+    ansi = out.getvalue()
+    assert "\x1b[1;31m  [error]" in ansi
+    assert "\x1b[33m  [warn]" in ansi
+
+
+def test_noise_floor_closes_the_status_line() -> None:
+    text = " ".join(render(run()).split())
+    assert "cache hit 75% | noise floor: JS ≤ 1.2e-12 over 14 prompts" in text
+
+
+def test_broken_statistics_never_print_nan() -> None:
+    suite = run()
+    odd = ProbeResult(
+        "odd",
+        "delta_kl",
+        Verdict.WARN,
+        score=0.5,
+        raw=0.2,
+        z_score=math.nan,
+        p_value=math.inf,
+        p_adjusted=math.nan,
+        effect_ratio=math.nan,
+        ci_95=(math.nan, 0.3),
+        evidence={"null": {"construction": None, "k": math.nan, "method": None}},
+    )
+    broken = replace(
+        suite,
+        probes=(*suite.probes, odd),
+        noise_floor={"js_max": math.nan, "prompts": math.nan},
+        health=(HealthCheck("", "", "", ""),),
+    )
+    for width in (200, 150, 80):
+        text = render(broken, width=width)
+        assert "nan" not in text.lower()
+        assert "inf" not in text.lower().replace("info", "")
+        assert "noise floor" not in text

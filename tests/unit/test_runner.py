@@ -163,7 +163,7 @@ def test_suite_result_provenance(run_suite: RunSuite) -> None:
     assert isinstance(res.determinism, DeterminismReport)
     assert res.determinism.seed == 11
     assert res.determinism.class_ in {"strict", "best_effort", "loose"}
-    assert {"preflight_s", "probes_s"} <= set(res.timings)
+    assert {"preflight_s", "noise_floor_s", "total_s"} <= set(res.timings)
     assert res.versions["sway"] == res.sway_version
     assert "python" in res.versions and "numpy" in res.versions
     assert res.backend_stats["forward_passes"] == be.stats.forward_passes > 0
@@ -226,7 +226,12 @@ _SCRIPT = textwrap.dedent(
     """
     import json
     import sys
-    sys.modules["torch"] = None  # the torch-free core must not need it (and it is faster)
+    class _NoTorch:  # the torch-free core must not need torch (and it is faster)
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch blocked in this test")
+            return None
+    sys.meta_path.insert(0, _NoTorch())
     from dlm_sway.backends.dummy import DummyDifferentialBackend
     from dlm_sway.suite.loader import from_dict
     from dlm_sway.suite.runner import run

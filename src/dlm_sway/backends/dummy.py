@@ -131,17 +131,22 @@ class DummyView:
 
 
 class DummyDifferentialBackend:
-    """Deterministic synthetic backend; ``strength=0`` is a no-op adapter."""
+    """Deterministic synthetic backend.
+
+    Defaults stand in for a trained adapter (a planted signal that norm-matched
+    nulls do not reproduce); ``planted=0`` makes the adapter a pure random
+    direction (a null in disguise); ``strength=0`` a no-op adapter.
+    """
 
     def __init__(
         self,
         *,
         base: str = "dummy-base",
         adapter: str | None = "dummy-adapter",
-        strength: float = 1.0,
+        strength: float = 0.5,
         null_scale: float = 10.0,
         nan: bool = False,
-        planted: float = 0.0,
+        planted: float = 1.0,
         adapter_seed: int = _ADAPTER_SEED,
     ) -> None:
         if not math.isfinite(strength) or not math.isfinite(null_scale):

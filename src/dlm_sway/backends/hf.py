@@ -90,6 +90,7 @@ class HFDifferentialBackend:
         self.dtype = hf_load.dtype_name(torch_dtype)
         self.device = str(torch_device)
         self._adapter_sha256 = adapter_info.weights_sha256
+        self._adapter_info = adapter_info
         self._instr = Instrumentation(cache_size)
         self._model: PeftModel | None = model
         self._scorer: HFScorer | None = HFScorer(
@@ -287,6 +288,21 @@ class HFDifferentialBackend:
     def adapter_norms(self) -> dict[str, float]:
         """Per LoRA module, ‖scaling·B·A‖_F of the trained adapter (computed at load)."""
         return dict(self._norms)
+
+    def null_coverage(self) -> list[str]:
+        """Adapter tensors a null adapter does not replace (e.g. ``modules_to_save``)."""
+        from safetensors import safe_open
+
+        path = self._adapter_info.weights_file
+        if path.suffix != ".safetensors":
+            return []
+        with safe_open(str(path), framework="pt") as fh:
+            keys = list(fh.keys())
+        return [
+            k
+            for k in keys
+            if "lora_A" not in k and "lora_B" not in k and "lora_embedding_" not in k
+        ]
 
     def adapter_summary(self) -> dict[str, Any]:
         """num_modules, ranks, alphas, target_modules, total_params of the adapter."""

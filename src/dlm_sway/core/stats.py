@@ -22,9 +22,18 @@ class NullStats:
     n: int
     degenerate: bool
     samples: tuple[float, ...] = ()
+    #: How the nulls were drawn and how a raw is compared with them.
+    construction: str = "init_scale"
+    method: str = "t_prediction"
 
     @classmethod
-    def from_samples(cls, samples: Sequence[float]) -> NullStats:
+    def from_samples(
+        cls,
+        samples: Sequence[float],
+        *,
+        construction: str = "init_scale",
+        method: str = "t_prediction",
+    ) -> NullStats:
         """Population std; degenerate when K ≤ 1 or every null gave the same value."""
         xs = [float(x) for x in samples if math.isfinite(float(x))]
         if not xs:
@@ -37,6 +46,8 @@ class NullStats:
             n=int(arr.size),
             degenerate=arr.size <= 1 or float(np.ptp(arr)) == 0.0,
             samples=tuple(xs),
+            construction=construction,
+            method=method,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -46,6 +57,8 @@ class NullStats:
             "n": self.n,
             "degenerate": self.degenerate,
             "samples": list(self.samples),
+            "construction": self.construction,
+            "method": self.method,
         }
 
     @classmethod
@@ -56,6 +69,8 @@ class NullStats:
             n=int(data["n"]),
             degenerate=bool(data.get("degenerate", False)),
             samples=tuple(float(x) for x in data.get("samples", ())),
+            construction=str(data.get("construction", "init_scale")),
+            method=str(data.get("method", "t_prediction")),
         )
 
     @property

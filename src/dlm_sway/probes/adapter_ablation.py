@@ -31,6 +31,7 @@ from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.scoring import ScalableDifferentialBackend, TokenDist
 from dlm_sway.core.stats import r_squared
 from dlm_sway.probes._dists import dists
+from dlm_sway.probes._judge import Judgement, judge_effect
 from dlm_sway.probes._verdict import calibrate, no_calibration_note
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
@@ -47,6 +48,8 @@ class AdapterAblationSpec(ProbeSpec):
     assert_saturation_between: tuple[float, float] = (0.3, 1.05)
     assert_overshoot_gte: float = 1.02
     assert_z_gte: float = 3.0
+    #: The effect at λ=1 (mean divergence) below which the curve's shape is not evidence.
+    assert_mean_gte: float = Field(default=0.02, ge=0.0)
 
     @field_validator("lambdas")
     @classmethod
@@ -126,8 +129,19 @@ class AdapterAblationProbe(Probe):
         lo, hi = spec.assert_saturation_between
         ones = [i for i, x in enumerate(lams) if abs(x - 1.0) < 1e-6]
         effect_at_1 = curve[ones[0]] if ones and lams[0] == 0.0 else None
-        cal = calibrate(effect_at_1, ctx, spec)
-        ok_effect = cal.z is None or cal.z >= spec.assert_z_gte
+        cal = calibrate(effect_at_1, ctx, spec, log_scale=True)
+        effect: Judgement | None = None
+        if effect_at_1 is not None:
+            effect = judge_effect(
+                effect_at_1,
+                cal,
+                kind=self.kind,
+                what=f"effect at λ=1 {effect_at_1:.3g} nats",
+                z_threshold=spec.assert_z_gte,
+                min_effect=spec.assert_mean_gte,
+                noise_floor=ctx.noise_floor,
+            )
+        ok_effect = effect is None or effect.passed
         ok_lin = lin >= spec.assert_linearity_gte
         ok_sat = sat is not None and lo <= sat <= hi
         ok_over = over >= spec.assert_overshoot_gte if over_measured else not flat
@@ -145,14 +159,13 @@ class AdapterAblationProbe(Probe):
             f"overshoot={over:.3f}" if over_measured else "overshoot not measured (no λ > 1)"
         )
         shape = f"R²={lin:.3f} ({'ok' if ok_lin else 'low'}), {sat_text}, {over_text}"
-        if cal.z is None:
+        if effect is None:
             msg = f"{shape} {no_calibration_note(self.kind)}"
         elif ok_effect:
-            msg = f"{shape}; effect at λ=1 z={cal.z:+.2f}σ vs null"
+            msg = f"{shape}; {effect.detail}"
         else:
             msg = (
-                f"effect at λ=1 indistinguishable from noise (z={cal.z:+.2f}σ vs null), "
-                f"so the curve's shape is not evidence; {shape}"
+                f"{effect.headline}: {effect.detail}, so the curve's shape is not evidence; {shape}"
             )
             score *= 0.25
         return safe_finalize(
@@ -165,6 +178,7 @@ class AdapterAblationProbe(Probe):
                 score=score,
                 raw=lin,
                 z_score=cal.z,
+                p_value=cal.p_value,
                 effect_ratio=cal.effect_ratio,
                 evidence={
                     "lambdas": lams,
@@ -177,7 +191,8 @@ class AdapterAblationProbe(Probe):
                     "passed_saturation": ok_sat,
                     "passed_overshoot": ok_over,
                     "effect_at_1": effect_at_1,
-                    "passed_effect_vs_null": ok_effect if cal.z is not None else None,
+                    "passed_effect_vs_null": ok_effect if effect is not None else None,
+                    "null": cal.evidence(spec.assert_z_gte),
                     "z_statistic": "mean divergence at λ=1 vs null adapters",
                     "weight": spec.weight,
                 },

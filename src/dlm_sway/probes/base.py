@@ -71,6 +71,8 @@ class RunContext:
     downstream: tuple[tuple[Probe, ProbeSpec], ...] = ()
     doc_text: str | None = None
     progress: ProgressFn = _no_progress
+    #: Largest JS between two batch layouts of the base view (pure numerics), if measured.
+    noise_floor: float | None = None
 
     @property
     def downstream_kinds(self) -> tuple[str, ...]:

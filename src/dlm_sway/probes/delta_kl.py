@@ -18,7 +18,8 @@ from dlm_sway.core.divergence import LN2, DivergenceKind, divergence
 from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._dists import dists
-from dlm_sway.probes._verdict import calibrate, no_calibration_note
+from dlm_sway.probes._judge import judge_effect
+from dlm_sway.probes._verdict import calibrate
 from dlm_sway.probes.base import SENTINEL_PROMPTS, Probe, ProbeSpec, RunContext
 
 
@@ -56,22 +57,25 @@ class DeltaKLProbe(Probe):
             ft = dists(view, spec.prompts, top_k)
         per_prompt = [divergence(b, f, spec.divergence) for b, f in zip(base, ft, strict=True)]
         raw = float(np.mean(per_prompt))
-        cal = calibrate(raw, ctx, spec)
+        cal = calibrate(raw, ctx, spec, log_scale=True)
         unit = "JS" if spec.divergence == "js" else "KL(ft‖base)"
-        head = f"mean {unit} {raw:.4g} nats over {len(per_prompt)} prompt(s)"
-        if cal.z is not None:
-            passed = cal.z >= spec.assert_z_gte
+        what = f"mean {unit} {raw:.4g} nats over {len(per_prompt)} prompt(s)"
+        verdict = judge_effect(
+            raw,
+            cal,
+            kind=self.kind,
+            what=what,
+            z_threshold=spec.assert_z_gte,
+            min_effect=spec.assert_mean_gte,
+            noise_floor=ctx.noise_floor,
+        )
+        if cal.usable:
             score = cal.score()
-            ratio = (
-                f", {cal.effect_ratio:.3g}× the null median" if cal.effect_ratio is not None else ""
-            )
-            verdict_text = "above noise" if passed else "indistinguishable from noise"
-            msg = f"{verdict_text}: {head}; z={cal.z:+.2f}σ vs null{ratio}"
+            if not verdict.passed and score is not None:
+                score = min(score, 0.25)
         else:
-            passed = raw >= spec.assert_mean_gte
-            scale = LN2 if spec.divergence == "js" else 1.0
-            score = min(1.0, raw / scale)
-            msg = f"{head} (threshold {spec.assert_mean_gte:g}) {no_calibration_note(self.kind)}"
+            score = min(1.0, raw / (LN2 if spec.divergence == "js" else 1.0))
+        msg = f"{verdict.headline}: {verdict.detail}"
         evidence: dict[str, Any] = {
             "divergence_kind": spec.divergence,
             "per_prompt": per_prompt,
@@ -83,15 +87,16 @@ class DeltaKLProbe(Probe):
         if cal.z_by_rank:
             evidence["z_by_rank"] = cal.z_by_rank
         if cal.stats is not None:
-            evidence["null"] = {"mean": cal.stats.mean, "std": cal.stats.std, "n": cal.stats.n}
+            evidence["null"] = cal.evidence(spec.assert_z_gte)
         return safe_finalize(
             ProbeResult(
                 name=spec.name,
                 kind=self.kind,
-                verdict=Verdict.PASS if passed else Verdict.FAIL,
+                verdict=Verdict.PASS if verdict.passed else Verdict.FAIL,
                 score=score,
                 raw=raw,
                 z_score=cal.z,
+                p_value=cal.p_value,
                 effect_ratio=cal.effect_ratio,
                 ci_95=bootstrap_ci(per_prompt, seed=ctx.seed),
                 evidence=evidence,

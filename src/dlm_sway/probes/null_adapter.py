@@ -15,9 +15,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from dlm_sway import __version__
+from dlm_sway.core.calibration import Method
 from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import ProbeResult, Verdict
-from dlm_sway.core.scoring import NullCalibratedBackend
+from dlm_sway.core.scoring import NullCalibratedBackend, NullConstruction
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import _null_cache
 from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
@@ -28,9 +29,19 @@ def rank_key(multiplier: float) -> str:
     return f"rank_{multiplier:.2f}"
 
 
+#: Default number of null adapters. Chosen from the quality study in docs/statistics.md:
+#: with the t-prediction test, K=10 keeps the false-positive rate at nominal and gives
+#: a trained adapter enough degrees of freedom to clear z ≥ 3.
+DEFAULT_RUNS = 10
+
+
 class NullAdapterSpec(ProbeSpec):
     kind: Literal["null_adapter"] = "null_adapter"
-    runs: int = Field(default=3, ge=1, le=100)
+    runs: int = Field(default=DEFAULT_RUNS, ge=1, le=200)
+    #: How null weights are drawn (see :data:`dlm_sway.core.scoring.NullConstruction`).
+    null: NullConstruction = "norm_matched"
+    #: ``t_prediction`` (small-sample correct) or ``reference_z`` ((x−mean)/pstdev).
+    calibration: Method = "t_prediction"
     init_scale: float = Field(default=0.02, gt=0.0)
     seed_base: int = 1000
     calibrate_kinds: list[str] = Field(default_factory=list)
@@ -102,6 +113,8 @@ class NullAdapterProbe(Probe):
 
         base_evidence: dict[str, Any] = {
             "runs": spec.runs,
+            "null": spec.null,
+            "calibration": spec.calibration,
             "init_scale": spec.init_scale,
             "seed_base": spec.seed_base,
             "rank_multipliers": spec.rank_multipliers,
@@ -125,6 +138,8 @@ class NullAdapterProbe(Probe):
         if spec.cache and callable(identity):
             params = {
                 "runs": spec.runs,
+                "null": spec.null,
+                "calibration": spec.calibration,
                 "init_scale": spec.init_scale,
                 "seed_base": spec.seed_base,
                 "top_k": ctx.top_k,
@@ -147,7 +162,11 @@ class NullAdapterProbe(Probe):
                 seed = spec.seed_base + i
                 ctx.progress(f"{spec.name}: null {i + 1}/{spec.runs} @ {mult:g}x", step, total)
                 proxy = NullCalibrationBackendProxy(
-                    backend, seed=seed, init_scale=spec.init_scale, rank_scale=mult
+                    backend,
+                    seed=seed,
+                    init_scale=spec.init_scale,
+                    rank_scale=mult,
+                    construction=spec.null,
                 )
                 null_ctx = ctx.evolve(
                     backend=proxy, seed=seed, null_stats={}, null_stats_by_rank={}, downstream=()
@@ -163,7 +182,9 @@ class NullAdapterProbe(Probe):
             group: dict[str, dict[str, Any]] = {}
             for name, xs in samples.items():
                 if xs:
-                    group[name] = NullStats.from_samples(xs).to_dict()
+                    group[name] = NullStats.from_samples(
+                        xs, construction=spec.null, method=spec.calibration
+                    ).to_dict()
             by_rank[rank_key(mult)] = group
         if key is not None and all(by_rank.values()):
             # Never cache a calibration that failed: the next run should retry and
@@ -200,7 +221,10 @@ class NullAdapterProbe(Probe):
             ranks = " × ranks [" + ", ".join(f"{m:g}x" for m in spec.rank_multipliers) + "]"
             if primary_key != rank_key(1.0):
                 ranks += f"; verdicts use the {primary_key.removeprefix('rank_')}x null"
-        msg = f"calibrated {len(primary)} probe(s){ranks} over {spec.runs} null seed(s)"
+        msg = (
+            f"calibrated {len(primary)} probe(s){ranks} against {spec.runs} "
+            f"{spec.null.replace('_', '-')} null adapter(s)"
+        )
         if skipped:
             msg += f" ({len(skipped)} not calibrated)"
         if from_cache:

@@ -153,20 +153,18 @@ def _probe_section(suite: SuiteResult, console: Console) -> RenderableType:
     """The probe table when it fits the console, else one stacked entry per probe.
 
     Every column but the note is kept on one line, and the note needs room to
-    wrap; when that does not fit (an 80-column CI log), rich would crush the
-    columns to a character or two, so the stacked form is used instead.
+    wrap. When the table is a little too wide, the p cell goes on two lines
+    (``p=…`` over ``(Holm …)``); when even that does not fit (an 80-column CI
+    log), rich would crush the columns to a character or two, so the stacked
+    form is used instead.
     """
     if not suite.probes:
         return Text("(this run has no probe results)", style="dim")
     rows = [_probe_cells(result) for result in suite.probes]
-    fixed = [
-        max([cell_len(header), *(cell_len(row[i].plain) for row in rows)])
-        for i, header in enumerate(PROBE_COLUMNS[:-1])
-    ]
-    # Each column costs at most a separator and a padding cell, plus the two edges.
-    needed = sum(fixed) + NOTE_MIN_WIDTH + 2 * len(PROBE_COLUMNS) + 2
-    if needed > console.options.max_width:
-        return _probe_stack(suite)
+    if _table_width(rows) > console.options.max_width:
+        rows = [_probe_cells(result, split_p=True) for result in suite.probes]
+        if _table_width(rows) > console.options.max_width:
+            return _probe_stack(suite)
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, collapse_padding=True)
     for header in PROBE_COLUMNS:
         if header == "note":
@@ -180,7 +178,25 @@ def _probe_section(suite: SuiteResult, console: Console) -> RenderableType:
     return table
 
 
-def _probe_cells(result: ProbeResult) -> list[Text]:
+def _table_width(rows: list[list[Text]]) -> int:
+    """The table's width with every fixed column unwrapped and the note at its minimum."""
+    fixed = [
+        max(
+            [
+                cell_len(header),
+                *(cell_len(line) for row in rows for line in row[i].plain.split("\n")),
+            ]
+        )
+        for i, header in enumerate(PROBE_COLUMNS[:-1])
+    ]
+    # Between two columns: one divider cell and one (collapsed) padding cell; no outer edges.
+    return sum(fixed) + NOTE_MIN_WIDTH + 2 * len(PROBE_COLUMNS) - 1
+
+
+def _probe_cells(result: ProbeResult, *, split_p: bool = False) -> list[Text]:
+    p_cell = format_p_holm(result.p_value, result.p_adjusted)
+    if split_p:
+        p_cell = p_cell.replace(" (Holm", "\n(Holm", 1)
     return [
         Text(result.name),
         Text(result.kind, style="cyan"),
@@ -190,7 +206,7 @@ def _probe_cells(result: ProbeResult) -> list[Text]:
         Text(format_ratio(result.effect_ratio)),
         Text(format_ci(result.ci_95)),
         Text(format_z(result.z_score)),
-        Text(format_p_holm(result.p_value, result.p_adjusted)),
+        Text(p_cell),
         Text(null_marker(result.evidence)),
         Text(format_duration(result.duration_s)),
         Text(probe_note(result.message, result.evidence)),

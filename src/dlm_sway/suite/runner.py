@@ -12,6 +12,7 @@ import platform
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
 from dlm_sway.core.scoring import DifferentialBackend, PreflightCheckable
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes.base import RunContext
+from dlm_sway.suite.evidence import apply_holm, health_checks, measure_noise_floor
 from dlm_sway.suite.loader import LoadedSpec
 
 
@@ -74,11 +76,21 @@ def run(
                 loaded, started, results, {}, determinism, backend, timings, adapter_label
             )
 
+    noise_floor: dict[str, Any] = {}
+    if backend is not None:
+        tn = time.perf_counter()
+        try:
+            noise_floor = measure_noise_floor(backend, loaded.probes, spec.defaults.top_k)
+        except SwayError as exc:
+            noise_floor = {"error": str(exc)}
+        timings["noise_floor_s"] = time.perf_counter() - tn
+    floor = noise_floor.get("js_max")
     ctx = RunContext(
         backend=backend,
         seed=spec.defaults.seed,
         top_k=spec.defaults.top_k,
         progress=progress.step if progress is not None else RunContext.progress,
+        noise_floor=float(floor) if isinstance(floor, float) else None,
     )
     null_stats: dict[str, NullStats] = {}
     by_rank: dict[str, dict[str, NullStats]] = {}
@@ -110,9 +122,15 @@ def run(
         results.append(result)
         if progress is not None:
             progress.probe_finished(result)
-    timings["probes_s"] = time.perf_counter() - t0
-    return _assemble(
+    results = apply_holm(results)
+    timings["total_s"] = time.perf_counter() - t0
+    suite = _assemble(
         loaded, started, results, null_stats, determinism, backend, timings, adapter_label
+    )
+    return replace(
+        suite,
+        noise_floor=noise_floor,
+        health=health_checks(results, loaded.probes, backend),
     )
 
 

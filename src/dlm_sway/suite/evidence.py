@@ -1,0 +1,179 @@
+"""Suite-level statistics around the probes: noise floor, Holm correction, health checks.
+
+These turn a list of per-probe results into claims that hold up together: no
+effect below the model's own numerical jitter, no PASS that does not survive
+multiplicity, and a plain sentence whenever the evidence cannot carry a claim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from dlm_sway.core.calibration import prediction_threshold
+from dlm_sway.core.divergence import divergence
+from dlm_sway.core.multiplicity import holm, z_from_p
+from dlm_sway.core.result import HealthCheck, ProbeResult, Verdict
+from dlm_sway.core.scoring import DifferentialBackend, NoiseFloorMeasurable
+from dlm_sway.core.stats import score_from_z
+from dlm_sway.probes.base import Probe, ProbeSpec
+
+NOISE_FLOOR_MAX_PROMPTS = 32
+
+
+def measure_noise_floor(
+    backend: DifferentialBackend | None,
+    probes: Sequence[tuple[Probe, ProbeSpec]],
+    top_k: int,
+) -> dict[str, Any]:
+    """JS between the base view under two batch layouts, on the suite's own prompts."""
+    if backend is None or not isinstance(backend, NoiseFloorMeasurable):
+        return {}
+    prompts: list[str] = []
+    for _, spec in probes:
+        for p in getattr(spec, "prompts", None) or []:
+            if isinstance(p, str) and p not in prompts:
+                prompts.append(p)
+    prompts = prompts[:NOISE_FLOOR_MAX_PROMPTS]
+    if not prompts:
+        return {}
+    pairs = backend.base_layout_pairs(prompts, top_k)
+    js = [divergence(a, b, "js") for a, b in pairs]
+    return {
+        "js_max": float(np.max(js)),
+        "js_mean": float(np.mean(js)),
+        "prompts": len(prompts),
+        "method": "base view: padded batches vs one prompt per forward",
+    }
+
+
+def apply_holm(results: list[ProbeResult]) -> list[ProbeResult]:
+    """Holm-adjust the p-values of calibrated probes; a PASS that does not survive FAILs."""
+    family = {
+        r.name: float(r.p_value)
+        for r in results
+        if r.p_value is not None
+        and math.isfinite(r.p_value)
+        and r.verdict in (Verdict.PASS, Verdict.FAIL)
+        and r.kind != "null_adapter"
+    }
+    if not family:
+        return results
+    adjusted = holm(family)
+    out = []
+    for r in results:
+        if r.name not in adjusted:
+            out.append(r)
+            continue
+        p_adj = adjusted[r.name]
+        r = replace(r, p_adjusted=p_adj)
+        threshold = _z_threshold(r)
+        if r.verdict == Verdict.PASS and threshold is not None:
+            z_adj = z_from_p(p_adj)
+            if z_adj < threshold:
+                score = (
+                    score_from_z(z_adj) if r.score is None else min(r.score, score_from_z(z_adj))
+                )
+                r = replace(
+                    r,
+                    verdict=Verdict.FAIL,
+                    score=score,
+                    message=(
+                        f"not significant after Holm correction across {len(family)} "
+                        f"calibrated probes (p_adj={p_adj:.2g}, z={z_adj:+.2f}σ < "
+                        f"{threshold:g}): {r.message}"
+                    ),
+                )
+        out.append(r)
+    return out
+
+
+def _z_threshold(result: ProbeResult) -> float | None:
+    null = result.evidence.get("null")
+    if isinstance(null, dict) and isinstance(null.get("z_threshold"), int | float):
+        return float(null["z_threshold"])
+    return None
+
+
+def health_checks(
+    results: Sequence[ProbeResult],
+    probes: Sequence[tuple[Probe, ProbeSpec]],
+    backend: DifferentialBackend | None,
+) -> tuple[HealthCheck, ...]:
+    """Plain sentences, each with its fix, whenever the evidence cannot support a claim."""
+    checks: list[HealthCheck] = []
+    norms = getattr(backend, "adapter_norms", None)
+    if callable(norms):
+        values = list(norms().values())
+        if values and not any(v > 0 for v in values):
+            checks.append(
+                HealthCheck(
+                    "error",
+                    "adapter_zero_norm",
+                    "the adapter's weight change is exactly zero in every module: it cannot "
+                    "change the model, and norm-matched nulls are zero too",
+                    "check that the trained weights were saved (a LoRA whose B is all zeros "
+                    "never trained)",
+                )
+            )
+    coverage = getattr(backend, "null_coverage", None)
+    if callable(coverage):
+        uncovered = list(coverage())
+        if uncovered:
+            checks.append(
+                HealthCheck(
+                    "warn",
+                    "null_structure_mismatch",
+                    f"the adapter also trains {len(uncovered)} non-LoRA tensor(s) "
+                    f"(e.g. {uncovered[0]}) that null adapters leave as trained, so the "
+                    "null shares part of the real effect and z-scores understate it",
+                    "compare with a LoRA-only adapter, or read z as a lower bound",
+                )
+            )
+    kinds = [s.kind for _, s in probes]
+    null_results = [r for r in results if r.kind == "null_adapter"]
+    if "null_adapter" not in kinds and any(k in kinds for k in ("delta_kl", "adapter_ablation")):
+        checks.append(
+            HealthCheck(
+                "warn",
+                "no_null",
+                "no null_adapter in the suite: verdicts use fixed thresholds, which say "
+                "nothing about whether the effect is beyond a random adapter",
+                "add {name: null_baseline, kind: null_adapter} as the first probe",
+            )
+        )
+    for r in null_results:
+        runs = r.evidence.get("runs")
+        if isinstance(runs, int) and runs < 5:
+            need = prediction_threshold(runs, 0.00135) if runs >= 2 else math.inf
+            checks.append(
+                HealthCheck(
+                    "warn",
+                    "too_few_nulls",
+                    f"only {runs} null adapter(s): to reach z ≥ 3 an effect must sit "
+                    f"{need:.0f} null standard deviations above the null mean, so real "
+                    "effects will often fail",
+                    "set runs: 10 or more on null_adapter (each null costs one pass over "
+                    "the probe prompts)",
+                )
+            )
+    for r in results:
+        null = r.evidence.get("null")
+        if isinstance(null, dict) and null.get("degenerate"):
+            checks.append(
+                HealthCheck(
+                    "warn",
+                    "degenerate_null",
+                    f"{r.name}: the null distribution is unusable ({null['degenerate']}), so "
+                    "this probe fell back to fixed thresholds",
+                    "raise runs: on null_adapter; if the adapter norm is zero, fix the adapter",
+                )
+            )
+    return tuple(checks)
+
+
+__all__ = ["apply_holm", "health_checks", "measure_noise_floor"]
