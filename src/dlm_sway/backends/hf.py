@@ -278,7 +278,7 @@ class HFDifferentialBackend:
         scorer = self._live_scorer()
         with self.as_base():
             batched = scorer.next_token_dists(list(prompts), top_k, batched=True)
-            single = scorer.next_token_dists(list(prompts), top_k, batched=False)
+            single = [scorer.next_token_dists([p], top_k, batched=False)[0] for p in prompts]
         return list(zip(batched, single, strict=True))
 
     def cache_identity(self) -> str:

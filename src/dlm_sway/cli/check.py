@@ -10,7 +10,7 @@ import typer
 
 from dlm_sway.cli._common import err_console, execute, render, user_errors, write_json
 from dlm_sway.core.errors import SpecValidationError
-from dlm_sway.core.result import SuiteResult
+from dlm_sway.core.result import SuiteResult, Verdict
 
 QUICK_PROMPTS: tuple[str, ...] = (
     "The most important thing to remember is",
@@ -65,18 +65,25 @@ def check_spec(
 
 
 def banner(suite: SuiteResult) -> tuple[str, str]:
-    """(colour, text) from delta_kl's z when calibrated, else from its fixed threshold."""
+    """(colour, one line) summarising the delta_kl verdict, the suite's headline check."""
     dkl = next((p for p in suite.probes if p.kind == "delta_kl"), None)
     if dkl is None or dkl.raw is None:
         return "magenta", "no verdict: the divergence probe did not run (see the report)"
-    if dkl.z_score is None:
-        return "yellow", f"uncalibrated: mean divergence {dkl.raw:.4g} (no null adapters ran)"
-    z = dkl.z_score
-    if z >= 3.0:
-        return "green", f"above noise: the adapter moves the model {z:+.1f}σ beyond random adapters"
-    if z >= 1.0:
-        return "yellow", f"marginal: {z:+.1f}σ vs random adapters — weak evidence of an effect"
-    return "red", f"indistinguishable from noise: {z:+.1f}σ vs random adapters of the same size"
+    z = f"{dkl.z_score:+.1f}σ" if dkl.z_score is not None else "uncalibrated"
+    headline = str(dkl.evidence.get("headline", ""))
+    if dkl.verdict == Verdict.PASS:
+        if dkl.z_score is None:
+            return "yellow", f"above threshold, uncalibrated: mean divergence {dkl.raw:.3g}"
+        return "green", f"above noise: the adapter moves the model {z} beyond random adapters"
+    if headline == "real but negligible":
+        return "red", (
+            f"negligible, indistinguishable from noise in practice: mean divergence "
+            f"{dkl.raw:.2g} nats is far below what matters, though its direction is not "
+            f"random ({z})"
+        )
+    if dkl.z_score is not None and dkl.z_score >= 1.0:
+        return "yellow", f"marginal: {z} vs random adapters — not enough evidence of an effect"
+    return "red", f"indistinguishable from noise: {z} vs random adapters of the same size"
 
 
 def check_cmd(

@@ -35,7 +35,7 @@ def demo_spec(adapter: str, prompts: list[str], runs: int) -> dict[str, Any]:
 
 
 def demo_cmd(
-    runs: Annotated[int, typer.Option(min=2, max=100, help="Null adapters per suite.")] = 5,
+    runs: Annotated[int, typer.Option(min=2, max=200, help="Null adapters per suite.")] = 10,
     json_dir: Annotated[
         str | None, typer.Option("--json-dir", help="Write <adapter>.json results here.")
     ] = None,
@@ -72,7 +72,7 @@ def demo_cmd(
         dkl = next(p for p in suite.probes if p.kind == "delta_kl")
         table.add_row(
             name,
-            f"[{colour}]{text.split(':')[0]}[/{colour}]",
+            f"[{colour}]{text.split(':')[0].split(',')[0]}[/{colour}]",
             f"{dkl.raw:.4f}" if dkl.raw is not None else "—",
             f"{dkl.z_score:+.1f}σ" if dkl.z_score is not None else "—",
             f"{dkl.effect_ratio:.3g}" if dkl.effect_ratio is not None else "—",

@@ -77,6 +77,7 @@ class DeltaKLProbe(Probe):
             score = min(1.0, raw / (LN2 if spec.divergence == "js" else 1.0))
         msg = f"{verdict.headline}: {verdict.detail}"
         evidence: dict[str, Any] = {
+            "headline": verdict.headline,
             "divergence_kind": spec.divergence,
             "per_prompt": per_prompt,
             "max": float(np.max(per_prompt)),

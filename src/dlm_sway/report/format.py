@@ -137,6 +137,9 @@ def noise_floor_line(noise_floor: Mapping[str, Any]) -> str:
     if js_max is None:
         return ""
     line = f"noise floor: JS ≤ {format_js(js_max)}"
+    dlogp = _number(noise_floor.get("logprob_max_abs_diff"))
+    if dlogp is not None:
+        line += f", |Δlog p| ≤ {dlogp:.1e}"
     prompts = _number(noise_floor.get("prompts"))
     if prompts is not None:
         line += f" over {prompts:,.0f} prompt{'' if prompts == 1 else 's'}"

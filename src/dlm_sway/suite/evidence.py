@@ -18,7 +18,7 @@ from dlm_sway.core.calibration import prediction_threshold
 from dlm_sway.core.divergence import divergence
 from dlm_sway.core.multiplicity import holm, z_from_p
 from dlm_sway.core.result import HealthCheck, ProbeResult, Verdict
-from dlm_sway.core.scoring import DifferentialBackend, NoiseFloorMeasurable
+from dlm_sway.core.scoring import DifferentialBackend, NoiseFloorMeasurable, TokenDist
 from dlm_sway.core.stats import score_from_z
 from dlm_sway.probes.base import Probe, ProbeSpec
 
@@ -46,9 +46,20 @@ def measure_noise_floor(
     return {
         "js_max": float(np.max(js)),
         "js_mean": float(np.mean(js)),
+        "logprob_max_abs_diff": max(_max_logprob_diff(a, b) for a, b in pairs),
         "prompts": len(prompts),
         "method": "base view: padded batches vs one prompt per forward",
     }
+
+
+def _max_logprob_diff(a: TokenDist, b: TokenDist) -> float:
+    """Largest |Δ log p| over the tokens both layouts list (JS of ~1e-10-level jitter
+    rounds to 0 in float64, so this says how far apart the layouts really are)."""
+    common, ia, ib = np.intersect1d(a.token_ids, b.token_ids, return_indices=True)
+    if common.size == 0:
+        return float("inf")
+    diff = np.abs(a.logprobs[ia].astype(np.float64) - b.logprobs[ib].astype(np.float64))
+    return float(diff.max())
 
 
 def apply_holm(results: list[ProbeResult]) -> list[ProbeResult]:
