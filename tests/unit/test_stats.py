@@ -115,6 +115,10 @@ class TestScoreFromZ:
 
 
 class TestBootstrapCI:
+    def test_single_prompt_has_no_interval(self) -> None:
+        # one prompt says nothing about spread; a zero-width CI would overstate certainty
+        assert bootstrap_ci([0.3]) is None
+
     DATA = [0.11, 0.52, 0.23, 0.91, 0.44, 0.07, 0.63]
 
     def test_deterministic_for_a_seed(self) -> None:

@@ -111,9 +111,14 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap CI of the mean; None for empty or non-finite input."""
+    """Percentile bootstrap CI of the mean over units (prompts): resampling whole
+    prompts keeps each prompt's paired base/ft measurement together.
+
+    None for fewer than 2 units (one prompt says nothing about spread) or
+    non-finite input.
+    """
     arr = np.asarray(samples, dtype=np.float64)
-    if arr.size == 0 or not np.all(np.isfinite(arr)) or not 0.0 < confidence < 1.0:
+    if arr.size < 2 or not np.all(np.isfinite(arr)) or not 0.0 < confidence < 1.0:
         return None
     if np.all(arr == arr[0]):
         return (float(arr[0]), float(arr[0]))
