@@ -103,6 +103,9 @@ class DummyView:
         arr = np.asarray(lps, dtype=np.float32)
         return RollingLogprob(ids, arr, len(words), float(np.sum(arr, dtype=np.float64)))
 
+    def completion_token_count(self, prompt: str, completion: str) -> int:
+        return len(completion.split())
+
     def logprob_of(self, prompt: str, completion: str) -> float:
         head = prompt.split()
         tail = completion.split()

@@ -282,6 +282,11 @@ class HFView:
             )
         return self._scorer
 
+    def completion_token_count(self, prompt: str, completion: str) -> int:
+        """Tokens ``completion`` adds after ``prompt`` (tokenised in context, as scored)."""
+        scorer = self._check()
+        return len(scorer.encode(prompt + completion)) - len(scorer.encode(prompt))
+
     def logprob_of(self, prompt: str, completion: str) -> float:
         scorer = self._check()
         return scorer.instr.cached(

@@ -140,6 +140,23 @@ class PreflightCheckable(Protocol):
 
 
 @runtime_checkable
+class TokenCounting(Protocol):
+    """Views that can say how many tokens a completion adds after a prompt.
+
+    Length normalisation uses real token counts (the reference used chars/4).
+    """
+
+    def completion_token_count(self, prompt: str, completion: str) -> int: ...
+
+
+def completion_tokens(view: ScoringModel, prompt: str, completion: str) -> int:
+    """Real token count where the view can tell, else a whitespace-word count (≥ 1)."""
+    if isinstance(view, TokenCounting):
+        return max(1, view.completion_token_count(prompt, completion))
+    return max(1, len(completion.split()))
+
+
+@runtime_checkable
 class NoiseFloorMeasurable(Protocol):
     """Base view scored under two batch layouts, bypassing any cache.
 
@@ -177,7 +194,9 @@ __all__ = [
     "RollingLogprob",
     "ScalableDifferentialBackend",
     "ScoringModel",
+    "TokenCounting",
     "TokenDist",
+    "completion_tokens",
     "iter_views",
     "loop_batch",
 ]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from dlm_sway.core.errors import SpecValidationError, SwayError
 from dlm_sway.core.result import ProbeResult
 from dlm_sway.core.scoring import DifferentialBackend
+from dlm_sway.core.sections import Section
 from dlm_sway.core.stats import NullStats
 
 Category = Literal["adherence", "attribution", "calibration", "ablation", "baseline"]
@@ -69,6 +70,8 @@ class RunContext:
         default_factory=lambda: MappingProxyType({})
     )
     downstream: tuple[tuple[Probe, ProbeSpec], ...] = ()
+    #: The training document's sections (from ``dlm_source``), or None without one.
+    sections: tuple[Section, ...] | None = None
     doc_text: str | None = None
     progress: ProgressFn = _no_progress
     #: Largest JS between two batch layouts of the base view (pure numerics), if measured.

@@ -44,6 +44,9 @@ class SwaySpec(_Strict):
     models: ModelsSpec
     defaults: SuiteDefaults = SuiteDefaults()
     suite: list[dict[str, Any]] = Field(default_factory=list)
+    #: The training document (markdown or ``.dlm``), relative to this spec file. It gives
+    #: section-based probes their sections; a ``.dlm``'s store can also give the adapter.
+    dlm_source: str | None = None
 
     @field_validator("suite")
     @classmethod
