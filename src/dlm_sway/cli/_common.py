@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import SuiteResult, SwayScore
@@ -64,19 +67,62 @@ def execute(
 
 
 def write_json(suite: SuiteResult, score: SwayScore, target: str) -> None:
+    """The JSON report to ``target`` ('-' for stdout)."""
     from dlm_sway.report.json_report import to_json
 
-    text = to_json(suite, score)
-    if target == "-":
-        sys.stdout.write(text + "\n")
+    write_output(to_json(suite, score) + "\n", target, kind="JSON")
+
+
+def write_markdown(suite: SuiteResult, score: SwayScore, target: str) -> None:
+    """The markdown report to ``target`` ('-' for stdout)."""
+    from dlm_sway.report.markdown import to_markdown
+
+    write_output(to_markdown(suite, score), target, kind="markdown")
+
+
+def write_junit(suite: SuiteResult, score: SwayScore, target: str) -> None:
+    """The JUnit XML report to ``target`` ('-' for stdout)."""
+    from dlm_sway.report.junit import to_junit
+
+    write_output(to_junit(suite, score), target, kind="JUnit")
+
+
+def write_output(text: str, target: str | Path, *, kind: str) -> None:
+    """Write a rendered report: ``'-'`` prints it to stdout; a path is written atomically.
+
+    The text goes to a temporary file next to the target, which is then renamed
+    over it, so a reader never sees half a report and a failed write leaves any
+    previous file intact. Missing parent folders are created. Success prints
+    ``wrote <kind> → <path>`` on stderr; failure raises a :class:`SwayError`
+    naming the path (exit 2).
+    """
+    if str(target) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
         return
     path = Path(target)
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        tmp.chmod(_new_file_mode())  # mkstemp makes 0600; match a plain open()
+        tmp.replace(path)
+        tmp = None
     except OSError as exc:
-        raise SwayError(f"cannot write JSON to {path}: {exc}") from None
-    err_console.print(f"[dim]wrote JSON → {path}[/dim]")
+        raise SwayError(f"cannot write {kind} to {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    err_console.print(Text(f"wrote {kind} → {path}", style="dim"), soft_wrap=True)
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def render(suite: SuiteResult, score: SwayScore, *, console: Console | None = None) -> None:
@@ -100,4 +146,7 @@ __all__ = [
     "render",
     "user_errors",
     "write_json",
+    "write_junit",
+    "write_markdown",
+    "write_output",
 ]

@@ -10,6 +10,7 @@ from dlm_sway import __version__
 from dlm_sway.cli.check import check_cmd
 from dlm_sway.cli.demo import demo_cmd
 from dlm_sway.cli.info import doctor_cmd, list_probes_cmd
+from dlm_sway.cli.report import report_cmd
 from dlm_sway.cli.run import gate_cmd, run_cmd
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ def _root(
 app.command("run")(run_cmd)
 app.command("gate")(gate_cmd)
 app.command("check")(check_cmd)
+app.command("report")(report_cmd)
 app.command("demo")(demo_cmd)
 app.command("list-probes")(list_probes_cmd)
 app.command("doctor")(doctor_cmd)

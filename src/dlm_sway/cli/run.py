@@ -17,6 +17,8 @@ from dlm_sway.cli._common import (
     render,
     user_errors,
     write_json,
+    write_junit,
+    write_markdown,
 )
 from dlm_sway.core.result import SuiteResult, SwayScore, Verdict
 
@@ -24,6 +26,14 @@ SpecArg = Annotated[Path, typer.Argument(help="Path to the sway.yaml spec.")]
 JsonOpt = Annotated[
     str | None,
     typer.Option("--json", "-j", help="Write the JSON result here ('-' for stdout, report off)."),
+]
+MarkdownOpt = Annotated[
+    str | None,
+    typer.Option("--markdown", "-m", help="Write the markdown report here ('-' for stdout)."),
+]
+JunitOpt = Annotated[
+    str | None,
+    typer.Option("--junit", help="Write a JUnit XML report here, one test case per probe."),
 ]
 WeightsOpt = Annotated[
     str | None,
@@ -34,12 +44,14 @@ WeightsOpt = Annotated[
 def run_cmd(
     spec: SpecArg,
     json_out: JsonOpt = None,
+    markdown_out: MarkdownOpt = None,
+    junit_out: JunitOpt = None,
     weights: WeightsOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate the spec and list probes; load nothing.")
     ] = False,
 ) -> None:
-    """Run a suite: terminal report, optional JSON. Exit 0 even when probes fail."""
+    """Run a suite: terminal report, optional JSON/markdown/JUnit files. Exit 0 even on FAIL."""
     from dlm_sway.suite.loader import load_spec
 
     with user_errors():
@@ -47,12 +59,11 @@ def run_cmd(
         if dry_run:
             _dry_run(loaded.path, loaded)
             raise typer.Exit(EXIT_OK)
-        quiet = json_out == "-"
+        quiet = _quiet(json_out, markdown_out, junit_out)
         suite, score = execute(loaded, weights_flag=weights, show_progress=not quiet)
         if not quiet:
             render(suite, score)
-        if json_out:
-            write_json(suite, score, json_out)
+        _write_reports(suite, score, json_out, markdown_out, junit_out)
 
 
 def gate_cmd(
@@ -62,6 +73,8 @@ def gate_cmd(
         typer.Option(help="Minimum composite score (default: defaults.coverage_threshold)."),
     ] = None,
     json_out: JsonOpt = None,
+    markdown_out: MarkdownOpt = None,
+    junit_out: JunitOpt = None,
     weights: WeightsOpt = None,
 ) -> None:
     """Run a suite as a CI gate: exit 1 on any FAIL/ERROR or a composite below threshold."""
@@ -71,12 +84,11 @@ def gate_cmd(
         loaded = load_spec(spec)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise typer.BadParameter("--threshold must be within [0, 1]")
-        quiet = json_out == "-"
+        quiet = _quiet(json_out, markdown_out, junit_out)
         suite, score = execute(loaded, weights_flag=weights, show_progress=not quiet)
         if not quiet:
             render(suite, score)
-        if json_out:
-            write_json(suite, score, json_out)
+        _write_reports(suite, score, json_out, markdown_out, junit_out)
     limit = threshold if threshold is not None else loaded.spec.defaults.coverage_threshold
     ok, reason = gate_decision(suite, score, limit)
     if ok:
@@ -97,6 +109,39 @@ def gate_decision(suite: SuiteResult, score: SwayScore, threshold: float) -> tup
     if score.overall < threshold:
         return False, f"overall={score.overall:.2f} < threshold {threshold:g}"
     return True, ""
+
+
+def _quiet(json_out: str | None, markdown_out: str | None, junit_out: str | None) -> bool:
+    """True when one report goes to stdout (then nothing else may); two on stdout is an error."""
+    on_stdout = [
+        flag
+        for flag, target in (
+            ("--json", json_out),
+            ("--markdown", markdown_out),
+            ("--junit", junit_out),
+        )
+        if target == "-"
+    ]
+    if len(on_stdout) > 1:
+        raise typer.BadParameter(
+            f"only one report can go to stdout ('-'), got {', '.join(on_stdout)}"
+        )
+    return bool(on_stdout)
+
+
+def _write_reports(
+    suite: SuiteResult,
+    score: SwayScore,
+    json_out: str | None,
+    markdown_out: str | None,
+    junit_out: str | None,
+) -> None:
+    if json_out:
+        write_json(suite, score, json_out)
+    if markdown_out:
+        write_markdown(suite, score, markdown_out)
+    if junit_out:
+        write_junit(suite, score, junit_out)
 
 
 def _dry_run(path: str, loaded: object) -> None:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from dlm_sway.core.errors import SpecValidationError
+from dlm_sway.core.sections import Document
 from dlm_sway.probes.base import Probe, ProbeSpec, build_probe, format_validation_error
 from dlm_sway.suite.spec import ModelSpec, SwaySpec
 
@@ -27,6 +28,8 @@ class LoadedSpec:
     path: str
     probes: tuple[tuple[Probe, ProbeSpec], ...]
     weights: dict[str, float]
+    #: The parsed ``dlm_source`` document, when the spec names one.
+    document: Document | None = None
 
 
 def load_spec(path: str | Path) -> LoadedSpec:
@@ -97,12 +100,34 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
             weights = validate_weights(spec.defaults.score_weights, source="defaults.score_weights")
         except SpecValidationError as exc:
             errors.append(str(exc))
+    document: Document | None = None
+    if spec is not None and spec.dlm_source:
+        try:
+            document, spec = _attach_document(spec, base_dir or Path.cwd())
+        except SpecValidationError as exc:
+            errors.append(f"dlm_source: {exc}")
     if errors or spec is None:
         detail = "\n  - ".join(errors)
         raise SpecValidationError(
             f"{len(errors)} problem(s) in the spec:\n  - {detail}", source=source
         )
-    return LoadedSpec(spec=spec, path=source, probes=tuple(probes), weights=weights)
+    return LoadedSpec(
+        spec=spec, path=source, probes=tuple(probes), weights=weights, document=document
+    )
+
+
+def _attach_document(spec: SwaySpec, base_dir: Path) -> tuple[Document, SwaySpec]:
+    """Parse ``dlm_source`` (relative to the spec file); a ``.dlm`` may supply the adapter."""
+    from dlm_sway.core.documents import load_document
+
+    assert spec.dlm_source is not None
+    path = (base_dir / Path(spec.dlm_source).expanduser()).resolve()
+    document = load_document(path)
+    spec = spec.model_copy(update={"dlm_source": str(path)})
+    if spec.models.ft.adapter is None and document.adapter_path:
+        ft = spec.models.ft.model_copy(update={"adapter": document.adapter_path})
+        spec = spec.model_copy(update={"models": spec.models.model_copy(update={"ft": ft})})
+    return document, spec
 
 
 def _resolve_model(model: ModelSpec, base_dir: Path) -> ModelSpec:

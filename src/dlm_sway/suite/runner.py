@@ -91,6 +91,8 @@ def run(
         top_k=spec.defaults.top_k,
         progress=progress.step if progress is not None else RunContext.progress,
         noise_floor=float(floor) if isinstance(floor, float) else None,
+        sections=loaded.document.sections if loaded.document is not None else None,
+        doc_text=loaded.document.text if loaded.document is not None else None,
     )
     null_stats: dict[str, NullStats] = {}
     by_rank: dict[str, dict[str, NullStats]] = {}

@@ -1,0 +1,122 @@
+"""The JUnit XML report: one test case per probe, for CI systems that chart test results.
+
+A pure function of ``(SuiteResult, SwayScore)``. The document is built with
+:mod:`xml.etree.ElementTree`, which escapes attribute values and text, so a
+probe message holding ``<``, ``&`` or quotes cannot break the XML. Characters
+XML 1.0 cannot carry at all (most control characters) are dropped first.
+
+Verdicts map onto JUnit outcomes: FAIL is a ``<failure>``, ERROR an ``<error>``,
+SKIP a ``<skipped>``; PASS and WARN pass, and a WARN's note goes to
+``<system-out>`` so it is visible without failing the build.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from datetime import UTC
+
+from dlm_sway.core.result import ProbeResult, SuiteResult, SwayScore, Verdict
+from dlm_sway.probes.base import CATEGORIES
+from dlm_sway.report.format import probe_note, scored_categories
+
+SUITE_NAME = "sway"
+#: Used when a failing, erroring or skipped probe left no message.
+DEFAULT_MESSAGES = {Verdict.FAIL: "failed", Verdict.ERROR: "error", Verdict.SKIP: "skipped"}
+_OUTCOME_TAGS = {Verdict.FAIL: "failure", Verdict.ERROR: "error", Verdict.SKIP: "skipped"}
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def to_junit(suite: SuiteResult, score: SwayScore) -> str:
+    """The run as a JUnit XML document (with an XML declaration), ending in one newline."""
+    counts = Counter(result.verdict for result in suite.probes)
+    root = ET.Element(
+        "testsuite",
+        {
+            "name": SUITE_NAME,
+            "tests": str(len(suite.probes)),
+            "failures": str(counts[Verdict.FAIL]),
+            "errors": str(counts[Verdict.ERROR]),
+            "skipped": str(counts[Verdict.SKIP]),
+            "time": _seconds(suite.wall_seconds),
+            "timestamp": _timestamp(suite),
+        },
+    )
+    properties = ET.SubElement(root, "properties")
+    for name, value in _properties(suite, score):
+        ET.SubElement(properties, "property", {"name": _xml_safe(name), "value": _xml_safe(value)})
+    for result in suite.probes:
+        root.append(_testcase(result))
+    ET.indent(root, space="  ")
+    body = ET.tostring(root, encoding="unicode")
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n'
+
+
+def _properties(suite: SuiteResult, score: SwayScore) -> list[tuple[str, str]]:
+    props = [
+        ("overall", _fixed(score.overall, 4)),
+        ("band", score.band),
+        ("base_model", suite.base_model_id),
+        ("adapter", suite.adapter_id),
+        ("sway_version", suite.sway_version),
+    ]
+    if suite.determinism is not None:
+        props.append(("determinism", f"{suite.determinism.class_} (seed={suite.determinism.seed})"))
+    # Only categories a probe actually scored: an unscored category's 0.0 is not a measurement.
+    present = set(score.components) & scored_categories(suite)
+    ordered = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
+    props.extend((f"component.{c}", _fixed(score.components[c], 4)) for c in ordered)
+    return props
+
+
+def _testcase(result: ProbeResult) -> ET.Element:
+    case = ET.Element(
+        "testcase",
+        {
+            "classname": _xml_safe(result.kind),
+            "name": _xml_safe(result.name),
+            "time": _seconds(result.duration_s),
+        },
+    )
+    note = _xml_safe(probe_note(result.message, result.evidence))
+    tag = _OUTCOME_TAGS.get(result.verdict)
+    if tag is not None:
+        message = note or DEFAULT_MESSAGES[result.verdict]
+        outcome = ET.SubElement(case, tag, {"message": _one_line(message)})
+        if result.verdict is not Verdict.SKIP:
+            outcome.set("type", result.verdict.value)
+            outcome.text = message
+    elif result.verdict is Verdict.WARN:
+        ET.SubElement(case, "system-out").text = f"WARN: {note}" if note else "WARN"
+    return case
+
+
+def _xml_safe(text: str) -> str:
+    """``text`` without characters XML 1.0 cannot represent (escaping is ElementTree's job)."""
+    return _NOT_XML.sub("", text)
+
+
+def _one_line(text: str) -> str:
+    # Attribute values keep newlines only as &#10;, which many CI viewers print raw.
+    return " ".join(text.split())
+
+
+def _fixed(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "nan"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) and value >= 0 else "0.000"
+
+
+def _timestamp(suite: SuiteResult) -> str:
+    """The start time in UTC without an offset, the form the JUnit schema expects."""
+    moment = suite.started_at
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="seconds")
+
+
+__all__ = ["DEFAULT_MESSAGES", "SUITE_NAME", "to_junit"]
