@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from dlm_sway.core.errors import SwayError
@@ -33,7 +34,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except SwayError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 

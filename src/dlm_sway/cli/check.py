@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from dlm_sway.cli._common import err_console, execute, render, user_errors, write_json
 from dlm_sway.core.errors import SpecValidationError
@@ -106,7 +107,7 @@ def check_cmd(
     with user_errors():
         if base is None:
             base = infer_base(adapter)
-            err_console.print(f"[cyan](inferred base model: {base})[/cyan]")
+            err_console.print(f"[cyan](inferred base model: {escape(base)})[/cyan]")
         prompts = list(QUICK_PROMPTS)
         if prompts_file is not None:
             try:
@@ -133,7 +134,7 @@ def check_cmd(
             write_json(suite, score, json_out)
     if not quiet:
         colour, text = banner(suite)
-        err_console.print(f"[bold {colour}]{text}[/bold {colour}]")
+        err_console.print(f"[bold {colour}]{escape(text)}[/bold {colour}]")
         render(suite, score)
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dlm_sway.cli._common import (
@@ -94,7 +95,7 @@ def gate_cmd(
     if ok:
         err_console.print(f"[green]gate passed[/green] — overall={score.overall:.2f} ≥ {limit:g}")
         raise typer.Exit(EXIT_OK)
-    err_console.print(f"[red]gate FAILED[/red] — {reason}")
+    err_console.print(f"[red]gate FAILED[/red] — {escape(reason)}")
     raise typer.Exit(EXIT_VERDICT)
 
 
@@ -152,7 +153,9 @@ def _dry_run(path: str, loaded: object) -> None:
     for col in ("#", "name", "kind", "category", "enabled"):
         table.add_column(col)
     for i, (probe, spec) in enumerate(loaded.probes):
-        table.add_row(str(i), spec.name, spec.kind, probe.category, "yes" if spec.enabled else "no")
+        table.add_row(
+            str(i), escape(spec.name), spec.kind, probe.category, "yes" if spec.enabled else "no"
+        )
     Console().print(table)
 
 
