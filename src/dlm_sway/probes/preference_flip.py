@@ -1,0 +1,247 @@
+"""``preference_flip``: did preference training (DPO/ORPO) turn the base's wrong preferences?
+
+For each (prompt, chosen, rejected) triple the *margin* of a view is
+``lp(prompt, chosen) − lp(prompt, rejected)``: summed log-probs, not length
+normalised, because that is the quantity DPO-style objectives optimise. The
+fine-tune's *margin shift* on a triple is ``margin_ft − margin_base``, which is
+DPO's implicit reward margin divided by β.
+
+Statistic. ``raw`` is the mean margin shift over the triples, on every branch.
+The reference z-scored the flip rate when enough triples had a wrong base
+preference and a mean margin shift otherwise, so a null sample could mix the
+two (pitfall §12.1); the flip rate is also a coarse, often all-zero statistic
+under nulls, which leaves no spread to calibrate against. The mean shift is
+continuous, defined for any set of triples, and is what the objective moves.
+
+Verdict. The flip rate is the practical bar: among triples whose base margin is
+negative ("base-wrong"), the share the fine-tune turns positive must reach
+``assert_flip_rate_gte``. With null calibration a PASS also needs the shift to
+stand beyond random adapters (z ≥ ``assert_z_gte``); a shift that does not is a
+FAIL whatever the flips. With fewer than ``min_triples_for_decision`` base-wrong
+triples the flip rate cannot be judged and the verdict is WARN (or FAIL when
+the calibrated shift is noise).
+
+Triples come from the spec, or from the preference sections of ``dlm_source``
+when the spec lists none. A triple that cannot be scored (e.g. a completion
+that adds no tokens) is dropped and reported; if all are dropped, ERROR.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.stats import bootstrap_ci, score_from_z
+from dlm_sway.probes._logprob import Pair, try_logprobs
+from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+
+
+class PreferenceTriple(BaseModel):
+    """A prompt with the preferred and the dispreferred completion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+    @field_validator("chosen", "rejected")
+    @classmethod
+    def _non_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PreferenceTriple:
+        if self.chosen == self.rejected:
+            raise ValueError("chosen and rejected are identical; their margin is always 0")
+        return self
+
+
+class PreferenceFlipSpec(ProbeSpec):
+    kind: Literal["preference_flip"] = "preference_flip"
+    #: Empty: use every triple of the preference sections of ``dlm_source``.
+    triples: list[PreferenceTriple] = Field(default_factory=list)
+    assert_flip_rate_gte: float = Field(default=0.7, ge=0.0, le=1.0)
+    assert_z_gte: float = 3.0
+    #: Base-wrong triples needed before the flip rate is judged (fewer: WARN).
+    min_triples_for_decision: int = Field(default=3, ge=1)
+
+
+def _triples(spec: PreferenceFlipSpec, ctx: RunContext) -> tuple[list[PreferenceTriple], str]:
+    if spec.triples:
+        return list(spec.triples), "spec"
+    out = [
+        PreferenceTriple(prompt=t.prompt, chosen=t.chosen, rejected=t.rejected)
+        for s in ctx.sections or ()
+        if s.kind == "preference"
+        for t in s.preferences
+        if t.chosen.strip() and t.rejected.strip() and t.chosen != t.rejected
+    ]
+    return out, "sections"
+
+
+class PreferenceFlipProbe(Probe):
+    """Mean chosen-vs-rejected margin shift and the share of wrong base preferences flipped."""
+
+    kind = "preference_flip"
+    spec_cls = PreferenceFlipSpec
+    category = "attribution"
+
+    def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
+        assert isinstance(spec, PreferenceFlipSpec)
+        triples, origin = _triples(spec, ctx)
+        if not triples:
+            where = (
+                "set dlm_source: to a document with preference sections"
+                if ctx.sections is None
+                else "the document has no preference sections with triples"
+            )
+            return ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=Verdict.SKIP,
+                message=f"no preference triples: add triples: [{{prompt, chosen, rejected}}] or {where}",
+                evidence={"weight": spec.weight},
+            )
+        backend = ctx.require_backend
+        pairs: list[Pair] = [
+            pair for t in triples for pair in ((t.prompt, t.chosen), (t.prompt, t.rejected))
+        ]
+        with backend.as_base() as view:
+            base, why_b = try_logprobs(view, pairs)
+        with backend.as_finetuned() as view:
+            ft, why_f = try_logprobs(view, pairs)
+        reasons = list(dict.fromkeys(why_b + why_f))
+        mb: list[float] = []
+        mf: list[float] = []
+        kept = 0
+        for i in range(len(triples)):
+            cb, rb, cf, rf = base[2 * i], base[2 * i + 1], ft[2 * i], ft[2 * i + 1]
+            if cb is None or rb is None or cf is None or rf is None:
+                continue
+            kept += 1
+            mb.append(cb - rb)
+            mf.append(cf - rf)
+        dropped = len(triples) - kept
+        if not kept:
+            return ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=Verdict.ERROR,
+                message=f"every one of {len(triples)} triple(s) was unscorable: {reasons[0]}",
+                evidence={
+                    "dropped_triples": dropped,
+                    "dropped_reasons": reasons[:5],
+                    "weight": spec.weight,
+                },
+            )
+        shift = [f - b for b, f in zip(mb, mf, strict=True)]
+        raw = float(np.mean(shift))
+        base_wrong = [i for i, m in enumerate(mb) if m < 0.0]
+        flipped = [i for i in base_wrong if mf[i] > 0.0]
+        flip_rate = len(flipped) / len(base_wrong) if base_wrong else None
+        cal = calibrate(raw, ctx, spec, sign=+1, log_scale=False)
+        verdict, headline, detail, score = _judge(
+            spec, cal, raw, flip_rate, len(base_wrong), len(flipped), self.kind
+        )
+        evidence: dict[str, Any] = {
+            "headline": headline,
+            "triples_from": origin,
+            "flip_rate": flip_rate,
+            "flipped": len(flipped),
+            "base_wrong": len(base_wrong),
+            "total": kept,
+            "mean_margin_shift": raw,
+            "implicit_reward_accuracy": float(np.mean([d > 0.0 for d in shift])),
+            "dropped_triples": dropped,
+            "dropped_reasons": reasons[:5],
+            "raw_statistic": "mean margin shift (nats): (lp_c − lp_r)_ft − (lp_c − lp_r)_base",
+            "weight": spec.weight,
+        }
+        if cal.z_by_rank:
+            evidence["z_by_rank"] = cal.z_by_rank
+        if cal.stats is not None:
+            evidence["null"] = cal.evidence(spec.assert_z_gte)
+        return safe_finalize(
+            ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=verdict,
+                score=score,
+                raw=raw,
+                z_score=cal.z,
+                p_value=cal.p_value,
+                effect_ratio=cal.effect_ratio,
+                base_value=float(np.mean(mb)),
+                ft_value=float(np.mean(mf)),
+                ci_95=bootstrap_ci(shift, seed=ctx.seed),
+                evidence=evidence,
+                message=f"{headline}: {detail}",
+            )
+        )
+
+    @classmethod
+    def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:
+        """The entry itself: the same triples, so the base-wrong set is the same too."""
+        if not isinstance(target, PreferenceFlipSpec):
+            return None
+        triples, _ = _triples(target, ctx)
+        return target if triples else None
+
+
+def _judge(
+    spec: PreferenceFlipSpec,
+    cal: Calibration,
+    raw: float,
+    flip_rate: float | None,
+    n_wrong: int,
+    n_flipped: int,
+    kind: str,
+) -> tuple[Verdict, str, str, float | None]:
+    """(verdict, headline, detail, score)."""
+    what = f"mean margin shift {raw:+.3g} nats"
+    decided = flip_rate is not None and n_wrong >= spec.min_triples_for_decision
+    flips = f"{n_flipped}/{n_wrong} base-wrong triple(s) flipped"
+    few = (
+        f"only {n_wrong} triple(s) have a wrong base preference (need "
+        f"{spec.min_triples_for_decision} to judge flips): add triples the base model gets wrong"
+    )
+    if not math.isfinite(raw):
+        return Verdict.ERROR, "non-finite", what, None
+    bar = f"flip rate ≥ {spec.assert_flip_rate_gte:g}"
+    if cal.usable:
+        assert cal.z is not None
+        p = f", p={cal.p_value:.2g}" if cal.p_value is not None else ""
+        stand = f"z={cal.z:+.2f}σ{p} {cal.versus()}"
+        score = score_from_z(cal.z)
+        if cal.z < spec.assert_z_gte:
+            detail = f"{what}; {flips}; {stand}"
+            return Verdict.FAIL, "indistinguishable from noise", detail, min(score, 0.25)
+        if not decided:
+            return Verdict.WARN, "shift real, flips unjudged", f"{what}; {stand}; {few}", score
+        assert flip_rate is not None
+        if flip_rate < spec.assert_flip_rate_gte:
+            detail = f"{flips} ({flip_rate:.0%}), below {bar}; {what}; {stand}"
+            return Verdict.FAIL, "real but too few flips", detail, min(score, 0.25)
+        return Verdict.PASS, "above noise", f"{flips} ({flip_rate:.0%}); {what}; {stand}", score
+    reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
+    note = f"{no_calibration_note(kind)}{reason}"
+    if not decided:
+        score = max(0.0, min(1.0, 0.5 + raw / 4.0))
+        return Verdict.WARN, "flips unjudged", f"{what}; {few} {note}", score
+    assert flip_rate is not None
+    score = min(1.0, flip_rate / max(spec.assert_flip_rate_gte, 1e-9))
+    detail = f"{flips} ({flip_rate:.0%}) vs {bar}; {what} {note}"
+    if flip_rate >= spec.assert_flip_rate_gte:
+        return Verdict.PASS, "above threshold", detail, score
+    return Verdict.FAIL, "below threshold", detail, score
+
+
+__all__ = ["PreferenceFlipProbe", "PreferenceFlipSpec", "PreferenceTriple"]
