@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dlm_sway import __version__
+from dlm_sway.cli.autogen import autogen_cmd
 from dlm_sway.cli.check import check_cmd
 from dlm_sway.cli.demo import demo_cmd
 from dlm_sway.cli.info import doctor_cmd, list_probes_cmd
@@ -42,6 +43,7 @@ app.command("run")(run_cmd)
 app.command("gate")(gate_cmd)
 app.command("check")(check_cmd)
 app.command("report")(report_cmd)
+app.command("autogen")(autogen_cmd)
 app.command("demo")(demo_cmd)
 app.command("list-probes")(list_probes_cmd)
 app.command("doctor")(doctor_cmd)

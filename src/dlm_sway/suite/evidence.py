@@ -62,8 +62,15 @@ def _max_logprob_diff(a: TokenDist, b: TokenDist) -> float:
     return float(diff.max())
 
 
+def _is_harm_test(result: ProbeResult) -> bool:
+    """Forgetting probes test for *harm*: their PASS means "no significant harm", so
+    they must not join the family of "effect beyond null" claims that Holm guards."""
+    null = result.evidence.get("null")
+    return isinstance(null, dict) and null.get("direction") == "harm"
+
+
 def apply_holm(results: list[ProbeResult]) -> list[ProbeResult]:
-    """Holm-adjust the p-values of calibrated probes; a PASS that does not survive FAILs."""
+    """Holm-adjust the p-values of calibrated effect claims; a PASS that does not survive FAILs."""
     family = {
         r.name: float(r.p_value)
         for r in results
@@ -71,6 +78,7 @@ def apply_holm(results: list[ProbeResult]) -> list[ProbeResult]:
         and math.isfinite(r.p_value)
         and r.verdict in (Verdict.PASS, Verdict.FAIL)
         and r.kind != "null_adapter"
+        and not _is_harm_test(r)
     }
     if not family:
         return results

@@ -106,6 +106,8 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
             document, spec = _attach_document(spec, base_dir or Path.cwd())
         except SpecValidationError as exc:
             errors.append(f"dlm_source: {exc}")
+    if spec is not None:
+        errors.extend(_model_errors(spec))
     if errors or spec is None:
         detail = "\n  - ".join(errors)
         raise SpecValidationError(
@@ -114,6 +116,22 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
     return LoadedSpec(
         spec=spec, path=source, probes=tuple(probes), weights=weights, document=document
     )
+
+
+def _model_errors(spec: SwaySpec) -> list[str]:
+    """Backend kind and options are checked now, not when the model loads."""
+    from dlm_sway.backends.registry import backends
+    from dlm_sway.suite.build import backend_options
+
+    kind = spec.models.ft.kind
+    if kind not in backends():
+        known = ", ".join(sorted(backends()))
+        return [f"models.ft.kind: unknown backend kind {kind!r}; known kinds: {known}"]
+    try:
+        backend_options(spec.models.ft)
+    except SpecValidationError as exc:
+        return [str(exc)]
+    return []
 
 
 def _attach_document(spec: SwaySpec, base_dir: Path) -> tuple[Document, SwaySpec]:

@@ -1,0 +1,415 @@
+"""``calibration_drift``: did fitting the document cost the model general knowledge?
+
+Each item is a short prompt with one obvious continuation ("The capital of
+France is" → " Paris"), drawn from the built-in general-knowledge pack
+(:mod:`dlm_sway.data`) and/or the user's own ``extra_items``. Per item,
+
+    Δ = (log p_ft(gold | prompt) − log p_base(gold | prompt)) / n_tokens(gold)
+
+in nats per token, where ``n_tokens`` is the **real** number of tokens the gold
+adds after the prompt under the model's tokenizer
+(:func:`dlm_sway.core.scoring.completion_tokens`), not a characters/4 guess.
+An item *regressed* when Δ < −``regression_margin``. The default margin, 1.0
+nat/token, means the fine-tune gives the gold continuation less than
+e⁻¹ ≈ 37% of the probability the base gave it (per token). ``raw`` is the
+fraction of items that regressed; the mean Δ is reported as ``ft_value``.
+
+Verdict direction. Forgetting is *harm*, so being "beyond the null" is bad
+here, the opposite of adherence probes. The null is the same statistic with a
+random adapter of the same size standing in for the fine-tune. The probe can
+claim one thing: "this adapter forgets significantly more than a random
+adapter of its size" (harm z = −z ≥ ``assert_z_gte``). It FAILs only when that
+claim holds *and* the forgetting is large enough to matter (fraction ≥
+``assert_fraction_regressed_lt`` or mean Δ < ``assert_mean_delta_gte``).
+Requiring the adapter to forget significantly *less* than noise (z ≥ 3 in the
+good direction, as the reference did) would fail every harmless adapter.
+Forgetting that crosses the practical thresholds while random adapters of the
+same size forget as much is a WARN: real loss, caused by the adapter's
+magnitude rather than what it learned. Without a usable null the practical
+thresholds decide alone. ``z_score`` keeps the suite convention (higher is
+better, ``sign=-1`` on the fraction); ``p_value`` is the one-sided p of the
+harm claim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.stats import bootstrap_ci
+from dlm_sway.data import PackItem, load_general_pack, pack_categories
+from dlm_sway.probes._logprob import token_counts, try_logprobs
+from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+
+#: Items a suite entry scores by default (calibration runs score the same items).
+DEFAULT_ITEMS_LIMIT = 60
+#: Category given to ``extra_items`` that name none.
+USER_CATEGORY = "user"
+WORST_SHOWN = 10
+
+
+class GoldItem(BaseModel):
+    """One user item: ``prompt`` should be continued by ``gold`` (keep its leading space)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    gold: str
+    category: str = USER_CATEGORY
+    id: str | None = None
+
+    @field_validator("prompt", "gold")
+    @classmethod
+    def _non_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or whitespace")
+        return value
+
+
+class CalibrationDriftSpec(ProbeSpec):
+    kind: Literal["calibration_drift"] = "calibration_drift"
+    #: ``builtin``: the packaged general-knowledge pack; ``none``: only ``extra_items``.
+    pack: Literal["builtin", "none"] = "builtin"
+    #: How many pack items to score (stratified over categories); None scores all.
+    #: ``extra_items`` are always scored in full, on top of this.
+    items_limit: int | None = Field(default=DEFAULT_ITEMS_LIMIT, ge=1)
+    #: Keep only these categories (pack categories or those of ``extra_items``).
+    categories: list[str] | None = None
+    extra_items: list[GoldItem] = Field(default_factory=list)
+    #: Nats per real token an item must lose to count as regressed.
+    regression_margin: float = Field(default=1.0, gt=0.0)
+    assert_fraction_regressed_lt: float = Field(default=0.15, gt=0.0, le=1.0)
+    assert_mean_delta_gte: float = -0.5
+    assert_z_gte: float = 3.0
+    #: Seed of the item selection; None uses the run's seed. Calibration pins it so
+    #: every null scores exactly the items the real run scores.
+    selection_seed: int | None = None
+
+    @field_validator("categories")
+    @classmethod
+    def _some(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty list keeps no items; omit the key to keep every category")
+        return value
+
+    @model_validator(mode="after")
+    def _has_items(self) -> CalibrationDriftSpec:
+        known = list(pack_categories()) if self.pack == "builtin" else []
+        known += [c for c in dict.fromkeys(i.category for i in self.extra_items) if c not in known]
+        if not known:
+            raise ValueError("no items: pack is 'none' and extra_items is empty; add extra_items")
+        if self.categories is not None:
+            unknown = [c for c in self.categories if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"categories {unknown} match no item; known categories: {', '.join(known)}"
+                )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class HarmJudgement:
+    verdict: Verdict
+    headline: str
+    detail: str
+
+
+def judge_harm(
+    good: Calibration,
+    harm: Calibration,
+    *,
+    kind: str,
+    what: str,
+    practical_ok: bool,
+    threshold_text: str,
+    z_threshold: float,
+) -> HarmJudgement:
+    """PASS/WARN/FAIL for a forgetting metric (see the module docstring for the logic).
+
+    ``good`` is calibrated in the metric's good direction, ``harm`` in the
+    opposite one; ``practical_ok`` says whether the fixed thresholds hold.
+    """
+    if harm.usable and harm.z is not None:
+        p = f", p={harm.p_value:.2g}" if harm.p_value is not None else ""
+        ratio = f", {good.effect_ratio:.3g}× the null median" if good.effect_ratio else ""
+        stand = f"harm z={harm.z:+.2f}σ{p} {harm.versus()}{ratio}"
+        significant = harm.z >= z_threshold
+        if significant and not practical_ok:
+            return HarmJudgement(
+                Verdict.FAIL,
+                "forgets more than random adapters",
+                f"{what} ({threshold_text}); {stand}",
+            )
+        if not practical_ok:
+            return HarmJudgement(
+                Verdict.WARN,
+                "forgetting within what random adapters do",
+                f"{what} ({threshold_text}), but random adapters of the same size forget "
+                f"as much ({stand}): the adapter's magnitude, not its content, costs this",
+            )
+        if significant:
+            return HarmJudgement(
+                Verdict.PASS,
+                "small but real forgetting",
+                f"{what} stays within {threshold_text}, though beyond random adapters ({stand})",
+            )
+        return HarmJudgement(Verdict.PASS, "no forgetting beyond noise", f"{what}; {stand}")
+    reason = f" — null unusable: {harm.degenerate}" if harm.degenerate else ""
+    note = f"{no_calibration_note(kind)}{reason}"
+    if practical_ok:
+        return HarmJudgement(Verdict.PASS, "within threshold", f"{what} ({threshold_text}) {note}")
+    return HarmJudgement(Verdict.FAIL, "forgetting", f"{what} ({threshold_text}) {note}")
+
+
+def harm_null_evidence(good: Calibration, harm: Calibration, z_threshold: float) -> dict[str, Any]:
+    """The ``evidence["null"]`` block of a forgetting probe.
+
+    The harm threshold is stored as ``harm_z_threshold``, not ``z_threshold``: the
+    suite's Holm step demotes PASSes whose p misses ``z_threshold``, which is right
+    for "effect beyond null" claims and wrong here, where a PASS claims no effect.
+    """
+    out = good.evidence(z_threshold)
+    if not out:
+        return out
+    out.pop("z_threshold", None)
+    out.update(
+        direction="harm",
+        harm_z_threshold=z_threshold,
+        harm_z=harm.z,
+        harm_p=harm.p_value,
+    )
+    return out
+
+
+def selection_seed(spec: CalibrationDriftSpec, run_seed: int) -> int:
+    return run_seed if spec.selection_seed is None else spec.selection_seed
+
+
+def select_items(spec: CalibrationDriftSpec, run_seed: int) -> list[PackItem]:
+    """Pack items (filtered, seeded, round-robin over categories) then every extra item.
+
+    The draw uses ``spec.selection_seed`` when set, else ``run_seed``.
+    """
+    seed = selection_seed(spec, run_seed)
+    wanted = set(spec.categories) if spec.categories is not None else None
+    chosen: list[PackItem] = []
+    if spec.pack == "builtin":
+        by_cat: dict[str, list[PackItem]] = {}
+        for item in load_general_pack():
+            if wanted is None or item.category in wanted:
+                by_cat.setdefault(item.category, []).append(item)
+        rng = np.random.default_rng(seed)
+        queues = [[group[i] for i in rng.permutation(len(group))] for group in by_cat.values()]
+        limit = spec.items_limit if spec.items_limit is not None else sum(map(len, queues))
+        depth = 0
+        while len(chosen) < limit and any(depth < len(q) for q in queues):
+            for queue in queues:
+                if depth < len(queue) and len(chosen) < limit:
+                    chosen.append(queue[depth])
+            depth += 1
+    for n, extra in enumerate(spec.extra_items, start=1):
+        if wanted is None or extra.category in wanted:
+            chosen.append(
+                PackItem(
+                    id=extra.id or f"user-{n:03d}",
+                    category=extra.category,
+                    prompt=extra.prompt,
+                    gold=extra.gold,
+                )
+            )
+    return chosen
+
+
+def practical_score(fraction: float, mean_delta: float, spec: CalibrationDriftSpec) -> float:
+    """1 with no forgetting, 0 at (or past) both fixed thresholds; 60/40 weighting."""
+    frac_part = max(0.0, 1.0 - fraction / spec.assert_fraction_regressed_lt)
+    limit = spec.assert_mean_delta_gte
+    if limit < 0.0:
+        delta_part = max(0.0, 1.0 - min(0.0, mean_delta) / limit)
+    else:
+        delta_part = 1.0 if mean_delta >= limit else 0.0
+    return 0.6 * frac_part + 0.4 * delta_part
+
+
+def _by_category(
+    items: Sequence[PackItem], deltas: Sequence[float], margin: float
+) -> dict[str, Any]:
+    groups: dict[str, list[float]] = {}
+    for item, d in zip(items, deltas, strict=True):
+        groups.setdefault(item.category, []).append(d)
+    return {
+        cat: {
+            "n": len(ds),
+            "fraction_regressed": float(np.mean([d < -margin for d in ds])),
+            "mean_delta": float(np.mean(ds)),
+        }
+        for cat, ds in groups.items()
+    }
+
+
+class CalibrationDriftProbe(Probe):
+    """Fraction of general-knowledge items the fine-tune forgot, judged against null adapters."""
+
+    kind = "calibration_drift"
+    spec_cls = CalibrationDriftSpec
+    category = "calibration"
+
+    def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
+        assert isinstance(spec, CalibrationDriftSpec)
+        if ctx.backend is None:
+            return ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=Verdict.SKIP,
+                message="needs a model backend to score items",
+                evidence={"weight": spec.weight},
+            )
+        seed = selection_seed(spec, ctx.seed)
+        items = select_items(spec, ctx.seed)
+        if not items:
+            return self._error(spec, "no items left to score after the category filter")
+        pairs = [(it.prompt, it.gold) for it in items]
+        with ctx.backend.as_base() as view:
+            base_lp, base_why = try_logprobs(view, pairs)
+            counts = token_counts(view, pairs)
+        with ctx.backend.as_finetuned() as view:
+            ft_lp, ft_why = try_logprobs(view, pairs)
+
+        kept: list[PackItem] = []
+        deltas: list[float] = []
+        base_pt: list[float] = []
+        for item, b, f, n in zip(items, base_lp, ft_lp, counts, strict=True):
+            if b is None or f is None:
+                continue
+            kept.append(item)
+            deltas.append((f - b) / n)
+            base_pt.append(b / n)
+        if not kept:
+            reasons = (base_why + ft_why)[:3]
+            return self._error(spec, f"no item could be scored ({'; '.join(reasons)})")
+
+        margin = spec.regression_margin
+        finite = all(math.isfinite(d) for d in deltas)
+        regressed = [float(d < -margin) for d in deltas]
+        fraction = float(np.mean(regressed)) if finite else math.nan
+        mean_delta = float(np.mean(deltas))
+        good = calibrate(fraction, ctx, spec, sign=-1)
+        harm = calibrate(fraction, ctx, spec, sign=+1)
+        practical_ok = (
+            fraction < spec.assert_fraction_regressed_lt
+            and mean_delta >= spec.assert_mean_delta_gte
+        )
+        what = (
+            f"{int(sum(regressed))}/{len(kept)} items regressed by > {margin:g} nats/token "
+            f"({fraction:.1%}), mean Δ {mean_delta:+.3f} nats/token"
+        )
+        limits = (
+            f"limits: fraction < {spec.assert_fraction_regressed_lt:g}, "
+            f"mean Δ ≥ {spec.assert_mean_delta_gte:g}"
+        )
+        judgement = judge_harm(
+            good,
+            harm,
+            kind=self.kind,
+            what=what,
+            practical_ok=practical_ok,
+            threshold_text=limits,
+            z_threshold=spec.assert_z_gte,
+        )
+        score = practical_score(fraction, mean_delta, spec) if finite else None
+        if score is not None and judgement.verdict is Verdict.FAIL:
+            score = min(score, 0.25)
+        elif score is not None and judgement.verdict is Verdict.WARN:
+            score = min(score, 0.5)
+        order = np.argsort(deltas, kind="stable")
+        worst = [
+            {
+                "id": kept[i].id,
+                "category": kept[i].category,
+                "prompt": kept[i].prompt,
+                "gold": kept[i].gold,
+                "delta": deltas[i],
+                "base_logprob_per_token": base_pt[i],
+            }
+            for i in order[:WORST_SHOWN]
+            if deltas[i] < -margin
+        ]
+        evidence: dict[str, Any] = {
+            "headline": judgement.headline,
+            "fraction_regressed": fraction,
+            "mean_delta_nats_per_token": mean_delta,
+            "regressed_count": int(sum(regressed)),
+            "total_items": len(kept),
+            "unscorable": len(items) - len(kept),
+            "regression_margin": margin,
+            "per_category": _by_category(kept, deltas, margin),
+            "worst_items": worst,
+            "mean_delta_ci_95": bootstrap_ci(deltas, seed=ctx.seed),
+            "selection_seed": seed,
+            "weight": spec.weight,
+        }
+        if good.z_by_rank:
+            evidence["z_by_rank"] = good.z_by_rank
+        if good.stats is not None:
+            evidence["null"] = harm_null_evidence(good, harm, spec.assert_z_gte)
+        return safe_finalize(
+            ProbeResult(
+                name=spec.name,
+                kind=self.kind,
+                verdict=judgement.verdict,
+                score=score,
+                raw=fraction,
+                z_score=good.z,
+                p_value=harm.p_value,
+                effect_ratio=good.effect_ratio,
+                ft_value=mean_delta,
+                ci_95=bootstrap_ci(regressed, seed=ctx.seed),
+                evidence=evidence,
+                message=f"{judgement.headline}: {judgement.detail}",
+            )
+        )
+
+    def _error(self, spec: CalibrationDriftSpec, message: str) -> ProbeResult:
+        return ProbeResult(
+            name=spec.name,
+            kind=self.kind,
+            verdict=Verdict.ERROR,
+            message=message,
+            evidence={"weight": spec.weight},
+        )
+
+    @classmethod
+    def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:
+        """The entry itself, with its item selection pinned to this run's seed.
+
+        Null runs get their own seed in their context; pinning keeps every null
+        on the same items as the real run (same ``items_limit``, same draw).
+        """
+        if isinstance(target, CalibrationDriftSpec):
+            if target.selection_seed is not None:
+                return target
+            return target.model_copy(update={"selection_seed": ctx.seed})
+        return CalibrationDriftSpec(
+            name="calibration_drift_null", items_limit=20, selection_seed=ctx.seed
+        )
+
+
+__all__ = [
+    "DEFAULT_ITEMS_LIMIT",
+    "CalibrationDriftProbe",
+    "CalibrationDriftSpec",
+    "GoldItem",
+    "HarmJudgement",
+    "harm_null_evidence",
+    "judge_harm",
+    "practical_score",
+    "select_items",
+    "selection_seed",
+]

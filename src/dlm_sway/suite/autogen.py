@@ -1,0 +1,217 @@
+"""Build a calibrated suite from a training document (``sway autogen``).
+
+The document's own sentences and questions become the prompts, so every probe
+asks about what the adapter was trained on. The null adapter comes first (it
+calibrates everything after it) and the λ ablation last (the most views).
+The output is commented YAML a user can read and edit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlm_sway import __version__
+from dlm_sway.core.sections import Document
+from dlm_sway.probes.null_adapter import DEFAULT_RUNS
+
+MAX_KL_PROMPTS = 16
+MAX_ABLATION_PROMPTS = 6
+MAX_COLLAPSE_PROMPTS = 4
+CLUSTER_MIN_PROMPTS = 20
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z*_\"'(])")
+_MARKUP = re.compile(r"[*_`#>]|\[([^\]]*)\]\([^)]*\)")
+
+
+@dataclass
+class Plan:
+    """The generated suite plus why each probe is there (or is not)."""
+
+    suite: list[dict[str, Any]] = field(default_factory=list)
+    intents: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, entry: dict[str, Any], intent: str) -> None:
+        self.suite.append(entry)
+        self.intents.append(intent)
+
+
+def sentence_openers(text: str, *, limit: int) -> list[str]:
+    """The first ~60% of each sentence (≥ 4 words): prompts the document itself continues."""
+    out: list[str] = []
+    for para in text.split("\n\n"):
+        flat = _MARKUP.sub(lambda m: m.group(1) or "", " ".join(para.split()))
+        if flat.startswith("- "):
+            flat = flat[2:]
+        for sentence in _SENTENCE.split(flat):
+            words = sentence.split()
+            if len(words) < 6:
+                continue
+            cut = max(4, round(len(words) * 0.6))
+            opener = " ".join(words[:cut]).rstrip(",;:")
+            if opener not in out:
+                out.append(opener)
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def _spread(pools: list[list[str]], limit: int) -> list[str]:
+    """Round-robin over per-section pools so every section is represented."""
+    out: list[str] = []
+    depth = 0
+    while len(out) < limit and any(depth < len(p) for p in pools):
+        for pool in pools:
+            if depth < len(pool) and pool[depth] not in out:
+                out.append(pool[depth])
+                if len(out) >= limit:
+                    break
+        depth += 1
+    return out
+
+
+def plan_suite(document: Document) -> Plan:
+    """Choose probes and prompts for ``document``; record deliberate omissions."""
+    plan = Plan()
+    questions = [p.prompt for s in document.sections for p in s.probes]
+    prose_pools = [
+        sentence_openers(s.content, limit=8) for s in document.sections if s.kind == "prose"
+    ]
+    pool = _spread([questions, *prose_pools], 40)
+    kl_prompts = pool[:MAX_KL_PROMPTS]
+    has_prose = any(s.kind == "prose" for s in document.sections)
+    has_prefs = any(s.preferences for s in document.sections)
+    content_sections = [s for s in document.sections if s.content.strip()]
+
+    plan.add(
+        {"name": "null_baseline", "kind": "null_adapter", "runs": DEFAULT_RUNS},
+        "random adapters of the same structure and size: the yardstick for every later probe",
+    )
+    if kl_prompts:
+        plan.add(
+            {"name": "topic_shift", "kind": "delta_kl", "prompts": kl_prompts},
+            "does the adapter move next-token distributions on its own material beyond noise?",
+        )
+    else:
+        plan.skipped.append(("delta_kl", "the document has no sentences long enough to prompt"))
+    if len(content_sections) >= 2:
+        plan.add(
+            {"name": "section_attribution", "kind": "section_internalization"},
+            "which sections of the document moved the model (own lift minus the others')",
+        )
+    else:
+        plan.skipped.append(("section_internalization", "needs at least 2 sections"))
+    if questions:
+        plan.add(
+            {"name": "memorised_or_generalised", "kind": "paraphrase_invariance"},
+            "does the trained answer survive a reworded question?",
+        )
+    else:
+        plan.skipped.append(("paraphrase_invariance", "no Q/A pairs in the document"))
+    if has_prefs:
+        plan.add(
+            {"name": "preferences", "kind": "preference_flip"},
+            "did preference training flip the base model's wrong choices?",
+        )
+    else:
+        plan.skipped.append(("preference_flip", "no preference triples in the document"))
+    plan.add(
+        {"name": "general_knowledge", "kind": "calibration_drift", "items_limit": 60},
+        "did fitting the document break general knowledge (built-in fact pack)?",
+    )
+    if has_prose:
+        plan.add(
+            {"name": "general_english", "kind": "external_perplexity"},
+            "did the adapter raise perplexity on unrelated everyday English?",
+        )
+    else:
+        plan.skipped.append(("external_perplexity", "no prose sections"))
+    if kl_prompts:
+        plan.add(
+            {
+                "name": "context_persistence",
+                "kind": "prompt_collapse",
+                "prompts": kl_prompts[:MAX_COLLAPSE_PROMPTS],
+            },
+            "does the adapter's influence survive a long unrelated context?",
+        )
+    if len(pool) >= CLUSTER_MIN_PROMPTS:
+        plan.add(
+            {"name": "topic_specificity", "kind": "cluster_kl", "prompts": pool},
+            "is the shift concentrated on the document's topics rather than everywhere?",
+        )
+    else:
+        plan.skipped.append(
+            ("cluster_kl", f"needs ≥ {CLUSTER_MIN_PROMPTS} prompts, the document gave {len(pool)}")
+        )
+    if kl_prompts:
+        plan.add(
+            {
+                "name": "scale_response",
+                "kind": "adapter_ablation",
+                "prompts": kl_prompts[:MAX_ABLATION_PROMPTS],
+            },
+            "does the effect grow smoothly with the LoRA scale λ? (last: the most views)",
+        )
+    return plan
+
+
+def _rel(target: str, start: Path) -> str:
+    if target.startswith("builtin:"):
+        return target
+    try:
+        return os.path.relpath(Path(target).expanduser().resolve(), start)
+    except ValueError:  # another drive on Windows
+        return target
+
+
+def build_spec(
+    document: Document, *, base: str, adapter: str, out_dir: Path
+) -> tuple[dict[str, Any], Plan]:
+    """The spec dict (paths relative to ``out_dir``, where the YAML will live)."""
+    plan = plan_suite(document)
+    spec: dict[str, Any] = {
+        "version": 1,
+        "dlm_source": _rel(document.source, out_dir),
+        "models": {"ft": {"kind": "hf", "base": base, "adapter": _rel(adapter, out_dir)}},
+        "defaults": {"seed": 0, "top_k": 256},
+        "suite": plan.suite,
+    }
+    return spec, plan
+
+
+def _dump(value: Any) -> str:
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=100)
+
+
+def render_yaml(spec: dict[str, Any], plan: Plan, *, document: Document) -> str:
+    """Commented YAML: a header, one intent comment per probe, the skipped probes."""
+    lines = [
+        f"# sway suite generated by `sway autogen` {__version__} on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"# from {document.source} ({len(document.sections)} sections)",
+        "# Edit freely; `sway run --dry-run THIS_FILE` validates it without loading a model.",
+        "# Order matters: null_adapter calibrates only the probes after it.",
+        "",
+    ]
+    head = {k: v for k, v in spec.items() if k != "suite"}
+    lines.append(_dump(head).rstrip())
+    lines.append("suite:")
+    for entry, intent in zip(spec["suite"], plan.intents, strict=True):
+        lines.append(f"  # {intent}")
+        body = _dump([entry]).rstrip().splitlines()
+        lines.extend("  " + ln for ln in body)
+    if plan.skipped:
+        lines.append("")
+        lines.append("# not included:")
+        lines.extend(f"#   {kind}: {why}" for kind, why in plan.skipped)
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Plan", "build_spec", "plan_suite", "render_yaml", "sentence_openers"]
