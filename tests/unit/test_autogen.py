@@ -76,7 +76,26 @@ def test_cli_writes_a_valid_commented_spec(tmp_path: Path) -> None:
     assert loaded.spec.models.ft.adapter == str(STRONG)
     assert loaded.spec.models.ft.base == "builtin:smollm2-135m-instruct"  # from adapter_config
     raw = yaml.safe_load(text)
-    assert not Path(raw["dlm_source"]).is_absolute()
+    # outside the spec's folder: absolute, so the spec still works from anywhere
+    assert Path(raw["dlm_source"]).is_absolute()
+
+
+def test_paths_inside_the_spec_folder_are_written_relative(tmp_path: Path) -> None:
+    doc = tmp_path / "notes.md"
+    doc.write_text(DEMO_DOC.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "sway.yaml"
+    res = CliRunner().invoke(app, ["autogen", str(doc), "--adapter", str(STRONG), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    raw = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert raw["dlm_source"] == "notes.md"
+    assert load_spec(out).document is not None
+
+
+def test_list_items_become_separate_short_prompts() -> None:
+    text = "The lights, in order:\n\n- Skerry Dun, the Mother Light: white, one long flash.\n- Gull's Knuckle: white, two short flashes every ten seconds."
+    openers = sentence_openers(text, limit=10)
+    assert all(len(o) < 60 for o in openers)
+    assert any(o.startswith("Gull's Knuckle") for o in openers)
 
 
 def test_cli_refuses_to_overwrite_and_needs_an_adapter(tmp_path: Path) -> None:

@@ -45,10 +45,8 @@ class Plan:
 def sentence_openers(text: str, *, limit: int) -> list[str]:
     """The first ~60% of each sentence (≥ 4 words): prompts the document itself continues."""
     out: list[str] = []
-    for para in text.split("\n\n"):
+    for para in _blocks(text):
         flat = _MARKUP.sub(lambda m: m.group(1) or "", " ".join(para.split()))
-        if flat.startswith("- "):
-            flat = flat[2:]
         for sentence in _SENTENCE.split(flat):
             words = sentence.split()
             if len(words) < 6:
@@ -60,6 +58,30 @@ def sentence_openers(text: str, *, limit: int) -> list[str]:
             if len(out) >= limit:
                 return out
     return out
+
+
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+
+
+def _blocks(text: str) -> list[str]:
+    """Paragraphs, with every list item its own block (never one run-on prompt)."""
+    blocks: list[str] = []
+    for para in text.split("\n\n"):
+        lines = para.splitlines()
+        if any(_LIST_ITEM.match(ln) for ln in lines):
+            item: list[str] = []
+            for ln in lines:
+                if _LIST_ITEM.match(ln):
+                    if item:
+                        blocks.append(" ".join(item))
+                    item = [_LIST_ITEM.sub("", ln)]
+                else:
+                    item.append(ln)
+            if item:
+                blocks.append(" ".join(item))
+        else:
+            blocks.append(para)
+    return blocks
 
 
 def _spread(pools: list[list[str]], limit: int) -> list[str]:
@@ -163,12 +185,14 @@ def plan_suite(document: Document) -> Plan:
 
 
 def _rel(target: str, start: Path) -> str:
+    """Relative to the spec's folder when inside it (a committed spec then works on any
+    checkout), absolute otherwise."""
     if target.startswith("builtin:"):
         return target
-    try:
-        return os.path.relpath(Path(target).expanduser().resolve(), start)
-    except ValueError:  # another drive on Windows
-        return target
+    path = Path(target).expanduser().resolve()
+    if path.is_relative_to(start):
+        return os.path.relpath(path, start)
+    return str(path)
 
 
 def build_spec(
