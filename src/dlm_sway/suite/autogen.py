@@ -111,9 +111,16 @@ def plan_suite(document: Document) -> Plan:
     has_prefs = any(s.preferences for s in document.sections)
     content_sections = [s for s in document.sections if s.content.strip()]
 
+    null_entry: dict[str, Any] = {
+        "name": "null_baseline",
+        "kind": "null_adapter",
+        "runs": DEFAULT_RUNS,
+    }
     plan.add(
-        {"name": "null_baseline", "kind": "null_adapter", "runs": DEFAULT_RUNS},
-        "random adapters of the same structure and size: the yardstick for every later probe",
+        null_entry,
+        "random adapters of the same structure and size: the yardstick for every later probe "
+        "(calibration_drift is not calibrated: random adapters of a trained size regress "
+        "almost no fact, so its null has no spread and would only cost time)",
     )
     if kl_prompts:
         plan.add(
@@ -124,7 +131,11 @@ def plan_suite(document: Document) -> Plan:
         plan.skipped.append(("delta_kl", "the document has no sentences long enough to prompt"))
     if len(content_sections) >= 2:
         plan.add(
-            {"name": "section_attribution", "kind": "section_internalization"},
+            {
+                "name": "section_attribution",
+                "kind": "section_internalization",
+                "max_prose_chars": 1200,
+            },
             "which sections of the document moved the model (own lift minus the others')",
         )
     else:
@@ -181,6 +192,9 @@ def plan_suite(document: Document) -> Plan:
             },
             "does the effect grow smoothly with the LoRA scale λ? (last: the most views)",
         )
+    null_entry["calibrate_kinds"] = sorted(
+        {e["kind"] for e in plan.suite} - {"null_adapter", "calibration_drift", "prompt_collapse"}
+    )
     return plan
 
 
