@@ -10,6 +10,8 @@ constructor so importing this module (and ``sway --help``) stays instant.
 from __future__ import annotations
 
 import gc
+import hashlib
+import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -282,8 +284,11 @@ class HFDifferentialBackend:
         return list(zip(batched, single, strict=True))
 
     def cache_identity(self) -> str:
-        """Changes whenever the adapter's weight bytes change, even at the same path."""
-        return f"hf:{self.base_id}:{self._adapter_sha256[:16]}:{self.dtype}"
+        """Changes whenever the adapter's weights or config (rank, alpha, targets) change,
+        even at the same path: both decide what a null adapter of this adapter is."""
+        config = json.dumps(self._adapter_info.config, sort_keys=True, default=str)
+        config_hash = hashlib.sha256(config.encode("utf-8")).hexdigest()[:12]
+        return f"hf:{self.base_id}:{self._adapter_sha256[:16]}:{config_hash}:{self.dtype}"
 
     def adapter_norms(self) -> dict[str, float]:
         """Per LoRA module, ‖scaling·B·A‖_F of the trained adapter (computed at load)."""

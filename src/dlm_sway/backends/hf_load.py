@@ -119,8 +119,8 @@ def resolve_base(base: str, gguf_file: str | None) -> BaseLocation:
         return BaseLocation(str(path.resolve()), gguf_file, is_local=True)
     if _looks_like_path(base):
         raise BackendLoadError(
-            f"base model path {base!r} does not exist: check the path "
-            "(relative paths resolve against the current directory)"
+            f"base model path {base!r} does not exist: check the path (in a spec file, "
+            "relative paths resolve against the spec's folder)"
         )
     return BaseLocation(base, gguf_file, is_local=False)
 

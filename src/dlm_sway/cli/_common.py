@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from dlm_sway.core.errors import SwayError
+from dlm_sway.core.errors import BackendLoadError, SwayError
 from dlm_sway.core.result import SuiteResult, SwayScore
 from dlm_sway.suite.loader import LoadedSpec
 
@@ -56,7 +56,18 @@ def execute(
     if adapter_override is not None:
         model = model.model_copy(update={"adapter": adapter_override})
     needs_backend = any(p.needs_backend and s.enabled for p, s in loaded.probes)
-    backend = backend_from_spec(model) if needs_backend else None
+    try:
+        backend = backend_from_spec(model) if needs_backend else None
+    except BackendLoadError as exc:
+        text = str(exc)
+        field = (
+            "models.ft.base"
+            if "base model" in text
+            else "models.ft.adapter"
+            if "adapter" in text
+            else "models.ft"
+        )
+        raise BackendLoadError(f"{loaded.path}: {field}: {text}") from None
     try:
         with RichProgress(enabled=None if show_progress else False) as progress:
             suite = run(loaded, backend, progress=progress, adapter_id=model.adapter or "")
