@@ -76,6 +76,9 @@ class RunContext:
     progress: ProgressFn = _no_progress
     #: Largest JS between two batch layouts of the base view (pure numerics), if measured.
     noise_floor: float | None = None
+    #: True while null_adapter samples the null: only ``raw`` matters, so probes may skip
+    #: extras such as bootstrap CIs.
+    calibrating: bool = False
 
     @property
     def downstream_kinds(self) -> tuple[str, ...]:

@@ -99,7 +99,7 @@ class DeltaKLProbe(Probe):
                 z_score=cal.z,
                 p_value=cal.p_value,
                 effect_ratio=cal.effect_ratio,
-                ci_95=bootstrap_ci(per_prompt, seed=ctx.seed),
+                ci_95=None if ctx.calibrating else bootstrap_ci(per_prompt, seed=ctx.seed),
                 evidence=evidence,
                 message=msg,
             )

@@ -169,7 +169,12 @@ class NullAdapterProbe(Probe):
                     construction=spec.null,
                 )
                 null_ctx = ctx.evolve(
-                    backend=proxy, seed=seed, null_stats={}, null_stats_by_rank={}, downstream=()
+                    backend=proxy,
+                    seed=seed,
+                    null_stats={},
+                    null_stats_by_rank={},
+                    downstream=(),
+                    calibrating=True,
                 )
                 for _probe, target, calib in targets:
                     raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)

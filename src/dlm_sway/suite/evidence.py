@@ -16,7 +16,7 @@ import numpy as np
 
 from dlm_sway.core.calibration import prediction_threshold
 from dlm_sway.core.divergence import divergence
-from dlm_sway.core.multiplicity import holm, z_from_p
+from dlm_sway.core.multiplicity import holm, p_from_z, z_from_p
 from dlm_sway.core.result import HealthCheck, ProbeResult, Verdict
 from dlm_sway.core.scoring import DifferentialBackend, NoiseFloorMeasurable, TokenDist
 from dlm_sway.core.stats import score_from_z
@@ -167,21 +167,34 @@ def health_checks(
                 "add {name: null_baseline, kind: null_adapter} as the first probe",
             )
         )
+    thresholds = [t for t in (_z_threshold(r) for r in results) if t is not None]
+    z_needed = max(thresholds, default=3.0)
     for r in null_results:
         runs = r.evidence.get("runs")
-        if isinstance(runs, int) and runs < 5:
-            need = prediction_threshold(runs, 0.00135) if runs >= 2 else math.inf
-            checks.append(
-                HealthCheck(
-                    "warn",
-                    "too_few_nulls",
-                    f"only {runs} null adapter(s): to reach z ≥ 3 an effect must sit "
-                    f"{need:.0f} null standard deviations above the null mean, so real "
-                    "effects will often fail",
-                    "set runs: 10 or more on null_adapter (each null costs one pass over "
-                    "the probe prompts)",
-                )
+        if not isinstance(runs, int) or runs >= 5:
+            continue
+        if r.evidence.get("calibration") == "reference_z":
+            message = (
+                f"only {runs} null adapter(s) with reference_z: (x − mean)/pstdev on so few "
+                "samples is over-confident (about 19% false positives at a nominal 5% with "
+                "K=3, see docs/statistics.md)"
             )
+        else:
+            need = prediction_threshold(runs, p_from_z(z_needed)) if runs >= 2 else math.inf
+            message = (
+                f"only {runs} null adapter(s): to reach z ≥ {z_needed:g} an effect must sit "
+                f"{need:.0f} null standard deviations above the null mean, so real effects "
+                "will often fail"
+            )
+        checks.append(
+            HealthCheck(
+                "warn",
+                "too_few_nulls",
+                message,
+                "set runs: 10 or more on null_adapter (each null costs one pass over the "
+                "probe prompts)",
+            )
+        )
     for r in results:
         null = r.evidence.get("null")
         if isinstance(null, dict) and null.get("degenerate"):
