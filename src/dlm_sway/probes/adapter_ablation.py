@@ -33,7 +33,7 @@ from dlm_sway.core.stats import r_squared
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._judge import Judgement, judge_effect
 from dlm_sway.probes._verdict import calibrate, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 _DEFAULT_LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
 
@@ -102,12 +102,10 @@ class AdapterAblationProbe(Probe):
         assert isinstance(spec, AdapterAblationSpec)
         backend = ctx.require_backend
         if not isinstance(backend, ScalableDifferentialBackend):
-            return ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.SKIP,
-                message="requires LoRA-scale access; this backend cannot scale the adapter",
-                evidence={"weight": spec.weight},
+            return bare_result(
+                spec,
+                Verdict.SKIP,
+                "requires LoRA-scale access; this backend cannot scale the adapter",
             )
         top_k = spec.top_k or ctx.top_k
         lams = spec.lambdas

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dlm_sway.core.errors import SpecValidationError, SwayError
-from dlm_sway.core.result import ProbeResult
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import DifferentialBackend
 from dlm_sway.core.sections import Section
 from dlm_sway.core.stats import NullStats
@@ -132,6 +132,17 @@ class Probe(ABC):
         return doc.splitlines()[0] if doc else ""
 
 
+def bare_result(spec: ProbeSpec, verdict: Verdict, message: str) -> ProbeResult:
+    """A result with no numbers (SKIP, ERROR): the message says why; the weight is kept."""
+    return ProbeResult(
+        name=spec.name,
+        kind=spec.kind,
+        verdict=verdict,
+        message=message,
+        evidence={"weight": spec.weight},
+    )
+
+
 _REGISTRY: dict[str, type[Probe]] = {}
 
 
@@ -203,6 +214,7 @@ __all__ = [
     "Probe",
     "ProbeSpec",
     "RunContext",
+    "bare_result",
     "build_probe",
     "format_validation_error",
     "get_probe_class",

@@ -46,7 +46,7 @@ from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import PackItem, load_general_pack, pack_categories
 from dlm_sway.probes._logprob import token_counts, try_logprobs
 from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 #: Items a suite entry scores by default (calibration runs score the same items).
 DEFAULT_ITEMS_LIMIT = 60
@@ -377,13 +377,7 @@ class CalibrationDriftProbe(Probe):
         )
 
     def _error(self, spec: CalibrationDriftSpec, message: str) -> ProbeResult:
-        return ProbeResult(
-            name=spec.name,
-            kind=self.kind,
-            verdict=Verdict.ERROR,
-            message=message,
-            evidence={"weight": spec.weight},
-        )
+        return bare_result(spec, Verdict.ERROR, message)
 
     @classmethod
     def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:

@@ -34,7 +34,7 @@ from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import MIN_CHUNK_CHARS, load_general_corpus_chunks
 from dlm_sway.probes._logprob import rollings
 from dlm_sway.probes._verdict import calibrate
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 from dlm_sway.probes.calibration_drift import harm_null_evidence, judge_harm
 
 #: Chunks scored when calibrating without a target entry.
@@ -162,13 +162,7 @@ class ExternalPerplexityProbe(Probe):
         )
 
     def _error(self, spec: ExternalPerplexitySpec, message: str) -> ProbeResult:
-        return ProbeResult(
-            name=spec.name,
-            kind=self.kind,
-            verdict=Verdict.ERROR,
-            message=message,
-            evidence={"weight": spec.weight},
-        )
+        return bare_result(spec, Verdict.ERROR, message)
 
     @classmethod
     def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:

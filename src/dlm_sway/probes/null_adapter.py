@@ -22,7 +22,13 @@ from dlm_sway.core.scoring import NullCalibratedBackend, NullConstruction
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import _null_cache
 from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, get_probe_class
+from dlm_sway.probes.base import (
+    Probe,
+    ProbeSpec,
+    RunContext,
+    bare_result,
+    get_probe_class,
+)
 
 
 def rank_key(multiplier: float) -> str:
@@ -82,12 +88,10 @@ class NullAdapterProbe(Probe):
         assert isinstance(spec, NullAdapterSpec)
         backend = ctx.require_backend
         if not isinstance(backend, NullCalibratedBackend):
-            return ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.SKIP,
-                message="backend has no null views: later probes use fixed thresholds",
-                evidence={"weight": spec.weight},
+            return bare_result(
+                spec,
+                Verdict.SKIP,
+                "backend has no null views: later probes use fixed thresholds",
             )
 
         targets: list[tuple[Probe, ProbeSpec, ProbeSpec]] = []

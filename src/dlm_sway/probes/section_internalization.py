@@ -53,7 +53,7 @@ from dlm_sway.core.scoring import ScoringModel
 from dlm_sway.core.sections import Section, SectionKind
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, rollings, token_counts
 from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 _ALL_KINDS: list[SectionKind] = ["prose", "instruction", "preference"]
 
@@ -247,13 +247,7 @@ class SectionInternalizationProbe(Probe):
         )
 
     def _skip(self, spec: SectionInternalizationSpec, message: str) -> ProbeResult:
-        return ProbeResult(
-            name=spec.name,
-            kind=self.kind,
-            verdict=Verdict.SKIP,
-            message=message,
-            evidence={"weight": spec.weight},
-        )
+        return bare_result(spec, Verdict.SKIP, message)
 
     @classmethod
     def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:

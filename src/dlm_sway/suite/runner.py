@@ -23,7 +23,7 @@ from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
 from dlm_sway.core.scoring import DifferentialBackend, PreflightCheckable
 from dlm_sway.core.stats import NullStats
-from dlm_sway.probes.base import RunContext
+from dlm_sway.probes.base import ProbeSpec, RunContext, bare_result
 from dlm_sway.suite.evidence import apply_holm, health_checks, measure_noise_floor
 from dlm_sway.suite.loader import LoadedSpec
 
@@ -101,13 +101,7 @@ def run(
         if progress is not None:
             progress.probe_started(pspec.name, i, total)
         if not pspec.enabled:
-            result = ProbeResult(
-                name=pspec.name,
-                kind=pspec.kind,
-                verdict=Verdict.SKIP,
-                message="disabled in spec",
-                evidence={"weight": pspec.weight},
-            )
+            result = bare_result(pspec, Verdict.SKIP, "disabled in spec")
         else:
             ctx = ctx.evolve(
                 downstream=loaded.probes[i + 1 :],
@@ -147,14 +141,8 @@ def _fenced(fn: Any, pspec: Any, ctx: RunContext) -> ProbeResult:
     return result
 
 
-def _error(pspec: Any, message: str) -> ProbeResult:
-    return ProbeResult(
-        name=pspec.name,
-        kind=pspec.kind,
-        verdict=Verdict.ERROR,
-        message=message,
-        evidence={"weight": pspec.weight},
-    )
+def _error(pspec: ProbeSpec, message: str) -> ProbeResult:
+    return bare_result(pspec, Verdict.ERROR, message)
 
 
 def _merge_null(
