@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlm_sway.core.calibration import Method, NullComparison, compare_to_null
+from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.stats import NullStats, effect_ratio, score_from_z
 from dlm_sway.probes.base import ProbeSpec, RunContext
 
@@ -127,4 +128,51 @@ def calibrate(
     return Calibration(stats=stats, comparison=comparison, z_by_rank=by_rank)
 
 
-__all__ = ["Calibration", "calibrate", "effect_ratio", "no_calibration_note", "null_for"]
+def calibrated_result(
+    spec: ProbeSpec,
+    cal: Calibration,
+    *,
+    verdict: Verdict,
+    score: float | None,
+    raw: float | None,
+    evidence: dict[str, Any],
+    message: str,
+    ci_95: tuple[float, float] | None = None,
+    base_value: float | None = None,
+    ft_value: float | None = None,
+) -> ProbeResult:
+    """A numeric probe's result with its calibration reported the one way Holm and the
+    reports read it (z, p, effect ratio, ``evidence["null"]``, the rank profile), then
+    guarded by :func:`safe_finalize`."""
+    evidence = dict(evidence)
+    if cal.z_by_rank:
+        evidence["z_by_rank"] = cal.z_by_rank
+    if cal.stats is not None:
+        evidence["null"] = cal.evidence(float(getattr(spec, "assert_z_gte", 3.0)))
+    return safe_finalize(
+        ProbeResult(
+            name=spec.name,
+            kind=spec.kind,
+            verdict=verdict,
+            score=score,
+            raw=raw,
+            z_score=cal.z,
+            p_value=cal.p_value,
+            effect_ratio=cal.effect_ratio,
+            base_value=base_value,
+            ft_value=ft_value,
+            ci_95=ci_95,
+            evidence=evidence,
+            message=message,
+        )
+    )
+
+
+__all__ = [
+    "Calibration",
+    "calibrate",
+    "calibrated_result",
+    "effect_ratio",
+    "no_calibration_note",
+    "null_for",
+]

@@ -37,10 +37,10 @@ from numpy.typing import NDArray
 from pydantic import Field, field_validator
 
 from dlm_sway.core.divergence import DivergenceKind, divergence
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.probes import _embed
 from dlm_sway.probes._dists import dists
-from dlm_sway.probes._verdict import calibrate, no_calibration_note
+from dlm_sway.probes._verdict import calibrate, calibrated_result, no_calibration_note
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 _N_BOOTSTRAP = 1000
@@ -326,24 +326,15 @@ class ClusterKLProbe(Probe):
             score = min(1.0, raw / thr) if ok_effect else 0.0
             reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
             msg = f"{what} {no_calibration_note(self.kind)}{reason}"
-        if cal.z_by_rank:
-            evidence["z_by_rank"] = cal.z_by_rank
-        if cal.stats is not None:
-            evidence["null"] = cal.evidence(spec.assert_z_gte)
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.PASS if passed else Verdict.FAIL,
-                score=score,
-                raw=raw,
-                z_score=cal.z,
-                p_value=cal.p_value,
-                effect_ratio=cal.effect_ratio,
-                ci_95=specificity_ci(values, labels, seed=ctx.seed),
-                evidence=evidence,
-                message=msg,
-            )
+        return calibrated_result(
+            spec,
+            cal,
+            verdict=Verdict.PASS if passed else Verdict.FAIL,
+            score=score,
+            raw=raw,
+            ci_95=specificity_ci(values, labels, seed=ctx.seed),
+            evidence=evidence,
+            message=msg,
         )
 
     @classmethod

@@ -15,11 +15,11 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from dlm_sway.core.divergence import LN2, DivergenceKind, divergence
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._judge import judge_effect
-from dlm_sway.probes._verdict import calibrate
+from dlm_sway.probes._verdict import calibrate, calibrated_result
 from dlm_sway.probes.base import SENTINEL_PROMPTS, Probe, ProbeSpec, RunContext
 
 
@@ -85,24 +85,15 @@ class DeltaKLProbe(Probe):
             "top_k": top_k,
             "weight": spec.weight,
         }
-        if cal.z_by_rank:
-            evidence["z_by_rank"] = cal.z_by_rank
-        if cal.stats is not None:
-            evidence["null"] = cal.evidence(spec.assert_z_gte)
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.PASS if verdict.passed else Verdict.FAIL,
-                score=score,
-                raw=raw,
-                z_score=cal.z,
-                p_value=cal.p_value,
-                effect_ratio=cal.effect_ratio,
-                ci_95=None if ctx.calibrating else bootstrap_ci(per_prompt, seed=ctx.seed),
-                evidence=evidence,
-                message=msg,
-            )
+        return calibrated_result(
+            spec,
+            cal,
+            verdict=Verdict.PASS if verdict.passed else Verdict.FAIL,
+            score=score,
+            raw=raw,
+            ci_95=None if ctx.calibrating else bootstrap_ci(per_prompt, seed=ctx.seed),
+            evidence=evidence,
+            message=msg,
         )
 
     @classmethod

@@ -32,10 +32,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.stats import bootstrap_ci, score_from_z
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, token_counts
-from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
+from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 #: Prefixes used to reword a section's prompt when the spec gives no cases.
@@ -187,27 +187,18 @@ class ParaphraseInvarianceProbe(Probe):
             "raw_statistic": "mean verbatim lift (nats per gold token)",
             "weight": spec.weight,
         }
-        if cal.z_by_rank:
-            evidence["z_by_rank"] = cal.z_by_rank
-        if cal.stats is not None:
-            evidence["null"] = cal.evidence(spec.assert_z_gte)
         ft_verb = [b + v for b, v in zip(base_verb, verb, strict=True)]
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=verdict,
-                score=score,
-                raw=raw,
-                z_score=cal.z,
-                p_value=cal.p_value,
-                effect_ratio=cal.effect_ratio,
-                base_value=float(np.mean(base_verb)),
-                ft_value=float(np.mean(ft_verb)),
-                ci_95=bootstrap_ci(verb, seed=ctx.seed),
-                evidence=evidence,
-                message=f"{headline}: {detail}",
-            )
+        return calibrated_result(
+            spec,
+            cal,
+            verdict=verdict,
+            score=score,
+            raw=raw,
+            base_value=float(np.mean(base_verb)),
+            ft_value=float(np.mean(ft_verb)),
+            ci_95=bootstrap_ci(verb, seed=ctx.seed),
+            evidence=evidence,
+            message=f"{headline}: {detail}",
         )
 
     @classmethod

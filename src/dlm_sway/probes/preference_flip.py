@@ -34,10 +34,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.stats import bootstrap_ci, score_from_z
 from dlm_sway.probes._logprob import Pair, try_logprobs
-from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
+from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 
@@ -165,26 +165,17 @@ class PreferenceFlipProbe(Probe):
             "raw_statistic": "mean margin shift (nats): (lp_c − lp_r)_ft − (lp_c − lp_r)_base",
             "weight": spec.weight,
         }
-        if cal.z_by_rank:
-            evidence["z_by_rank"] = cal.z_by_rank
-        if cal.stats is not None:
-            evidence["null"] = cal.evidence(spec.assert_z_gte)
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=verdict,
-                score=score,
-                raw=raw,
-                z_score=cal.z,
-                p_value=cal.p_value,
-                effect_ratio=cal.effect_ratio,
-                base_value=float(np.mean(mb)),
-                ft_value=float(np.mean(mf)),
-                ci_95=bootstrap_ci(shift, seed=ctx.seed),
-                evidence=evidence,
-                message=f"{headline}: {detail}",
-            )
+        return calibrated_result(
+            spec,
+            cal,
+            verdict=verdict,
+            score=score,
+            raw=raw,
+            base_value=float(np.mean(mb)),
+            ft_value=float(np.mean(mf)),
+            ci_95=bootstrap_ci(shift, seed=ctx.seed),
+            evidence=evidence,
+            message=f"{headline}: {detail}",
         )
 
     @classmethod

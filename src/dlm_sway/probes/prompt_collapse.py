@@ -36,7 +36,7 @@ from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.scoring import ScoringModel, TokenCounting
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._filler import filler_for_tokens, with_padding
-from dlm_sway.probes._verdict import calibrate, no_calibration_note
+from dlm_sway.probes._verdict import calibrate, calibrated_result, no_calibration_note
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 _DEFAULT_LENGTHS = [0, 128, 256, 512]
@@ -298,24 +298,15 @@ class PromptCollapseProbe(Probe):
             score = min(1.0, raw / spec.assert_half_life_tokens) if ok_effect else 0.0
             reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
             msg = f"{what} {no_calibration_note(self.kind)}{reason}"
-        if cal.z_by_rank:
-            evidence["z_by_rank"] = cal.z_by_rank
-        if cal.stats is not None:
-            evidence["null"] = cal.evidence(spec.assert_z_gte)
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.PASS if passed else Verdict.FAIL,
-                score=score,
-                raw=raw,
-                z_score=cal.z,
-                p_value=cal.p_value,
-                effect_ratio=cal.effect_ratio,
-                ci_95=half_life_ci(xs, per_prompt, cap=spec.half_life_cap_tokens, seed=ctx.seed),
-                evidence=evidence,
-                message=msg,
-            )
+        return calibrated_result(
+            spec,
+            cal,
+            verdict=Verdict.PASS if passed else Verdict.FAIL,
+            score=score,
+            raw=raw,
+            ci_95=half_life_ci(xs, per_prompt, cap=spec.half_life_cap_tokens, seed=ctx.seed),
+            evidence=evidence,
+            message=msg,
         )
 
     @classmethod

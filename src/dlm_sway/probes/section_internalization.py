@@ -48,11 +48,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import ScoringModel
 from dlm_sway.core.sections import Section, SectionKind
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, rollings, token_counts
-from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
+from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 _ALL_KINDS: list[SectionKind] = ["prose", "instruction", "preference"]
@@ -224,26 +224,17 @@ class SectionInternalizationProbe(Probe):
             "raw_statistic": f"internalization of the #{k} best of {n} sections",
             "weight": spec.weight,
         }
-        if cal.z_by_rank:
-            evidence["z_by_rank"] = cal.z_by_rank
-        if cal.stats is not None:
-            evidence["null"] = cal.evidence(spec.assert_z_gte)
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=verdict,
-                score=score,
-                raw=raw,
-                z_score=cal.z,
-                p_value=cal.p_value,
-                effect_ratio=cal.effect_ratio,
-                base_value=float(np.mean(base)),
-                ft_value=float(np.mean(ft)),
-                ci_95=None,
-                evidence=evidence,
-                message=f"{headline}: {detail}",
-            )
+        return calibrated_result(
+            spec,
+            cal,
+            verdict=verdict,
+            score=score,
+            raw=raw,
+            base_value=float(np.mean(base)),
+            ft_value=float(np.mean(ft)),
+            ci_95=None,
+            evidence=evidence,
+            message=f"{headline}: {detail}",
         )
 
     def _skip(self, spec: SectionInternalizationSpec, message: str) -> ProbeResult:
