@@ -128,6 +128,19 @@ def calibrate(
     return Calibration(stats=stats, comparison=comparison, z_by_rank=by_rank)
 
 
+def calibrated_pass(
+    cal: Calibration, *, z_threshold: float, checks_ok: bool, effect_ok: bool
+) -> tuple[bool, float | None]:
+    """(passed, score) on the calibrated path: beyond the null *and* every fixed check;
+    no effect scores 0, and a FAIL never scores above 0.25."""
+    assert cal.z is not None
+    passed = cal.z >= z_threshold and checks_ok and effect_ok
+    score = cal.score() if effect_ok else 0.0
+    if not passed and score is not None:
+        score = min(score, 0.25)
+    return passed, score
+
+
 def calibrated_result(
     spec: ProbeSpec,
     cal: Calibration,
@@ -171,6 +184,7 @@ def calibrated_result(
 __all__ = [
     "Calibration",
     "calibrate",
+    "calibrated_pass",
     "calibrated_result",
     "effect_ratio",
     "no_calibration_note",

@@ -40,7 +40,12 @@ from dlm_sway.core.divergence import DivergenceKind, divergence
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.probes import _embed
 from dlm_sway.probes._dists import dists
-from dlm_sway.probes._verdict import calibrate, calibrated_result, no_calibration_note
+from dlm_sway.probes._verdict import (
+    calibrate,
+    calibrated_pass,
+    calibrated_result,
+    no_calibration_note,
+)
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 _N_BOOTSTRAP = 1000
@@ -314,10 +319,9 @@ class ClusterKLProbe(Probe):
             what += f"; but even the most-moved cluster's shift is below {why}"
         if cal.usable:
             assert cal.z is not None
-            passed = cal.z >= spec.assert_z_gte and ok_spec and ok_effect
-            score = cal.score() if ok_effect else 0.0
-            if not passed and score is not None:
-                score = min(score, 0.25)
+            passed, score = calibrated_pass(
+                cal, z_threshold=spec.assert_z_gte, checks_ok=ok_spec, effect_ok=ok_effect
+            )
             ratio = f", {cal.effect_ratio:.3g}× the null median" if cal.effect_ratio else ""
             msg = f"{what}; z={cal.z:+.2f}σ {cal.versus()}{ratio}"
         else:

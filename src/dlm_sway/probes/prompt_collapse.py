@@ -36,7 +36,12 @@ from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.scoring import ScoringModel, TokenCounting
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._filler import filler_for_tokens, with_padding
-from dlm_sway.probes._verdict import calibrate, calibrated_result, no_calibration_note
+from dlm_sway.probes._verdict import (
+    calibrate,
+    calibrated_pass,
+    calibrated_result,
+    no_calibration_note,
+)
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 _DEFAULT_LENGTHS = [0, 128, 256, 512]
@@ -288,10 +293,9 @@ class PromptCollapseProbe(Probe):
 
         if cal.usable:
             assert cal.z is not None
-            passed = cal.z >= spec.assert_z_gte and ok_half and ok_effect
-            score = cal.score() if ok_effect else 0.0
-            if not passed and score is not None:
-                score = min(score, 0.25)
+            passed, score = calibrated_pass(
+                cal, z_threshold=spec.assert_z_gte, checks_ok=ok_half, effect_ok=ok_effect
+            )
             msg = f"{what}; z={cal.z:+.2f}σ {cal.versus()}"
         else:
             passed = ok_half and ok_effect
