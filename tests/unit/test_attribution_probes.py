@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 from dlm_sway.backends.dummy import DummyDifferentialBackend
 from dlm_sway.core.errors import ProbeError, SpecValidationError
 from dlm_sway.core.result import SuiteResult, Verdict
-from dlm_sway.core.scoring import RollingLogprob, ScoringModel
+from dlm_sway.core.scoring import NULL_CONSTRUCTIONS, RollingLogprob, ScoringModel
 from dlm_sway.core.sections import Document, Section, SectionPreference, SectionProbe
 from dlm_sway.probes import _logprob
 from dlm_sway.probes.base import RunContext, build_probe, registry
@@ -36,6 +35,7 @@ from dlm_sway.probes.section_internalization import (
     relative_lift,
     section_scores,
 )
+from dlm_sway.suite.loader import from_dict
 from dlm_sway.suite.runner import run
 
 NULL5 = {"name": "null", "kind": "null_adapter", "runs": 5}
@@ -110,6 +110,8 @@ class BatchedBoostView(BoostView):
 class BoostBackend:
     """Base = dummy base; fine-tune = dummy fine-tune + the chosen bonus; nulls = dummy nulls."""
 
+    null_constructions = NULL_CONSTRUCTIONS  # as_null_adapter forwards construction=
+
     def __init__(
         self,
         *,
@@ -180,9 +182,15 @@ def _ctx(backend: Any, sections: tuple[Section, ...] | None, **kw: Any) -> RunCo
 def _suite(
     make_suite: Any, *entries: dict[str, Any], backend: Any, sections: tuple[Section, ...] | None
 ) -> SuiteResult:
-    loaded = make_suite(*entries)
-    if sections is not None:
-        loaded = replace(loaded, document=Document(source="<test>", sections=sections))
+    if sections is None:
+        return run(make_suite(*entries), backend)
+    loaded = from_dict(
+        {
+            "models": {"ft": {"kind": "dummy", "base": "dummy-base", "adapter": "builtin:x"}},
+            "suite": list(entries),
+        },
+        document=Document(source="<test>", sections=sections),
+    )
     return run(loaded, backend)
 
 

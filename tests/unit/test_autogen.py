@@ -53,11 +53,31 @@ def test_qa_and_preferences_add_their_probes() -> None:
             Section(
                 "b", "instruction", "Q/A", probes=(SectionProbe("Who rules?", " The Lampmother"),)
             ),
-            Section("c", "preference", "p", preferences=(SectionPreference("Say", " yes", " no"),)),
+            Section(
+                "c",
+                "preference",
+                "p",
+                preferences=tuple(SectionPreference(f"Say {i}", " yes", " no") for i in range(3)),
+            ),
         ),
     )
     kinds = _kinds(plan_suite(doc).suite)
     assert "paraphrase_invariance" in kinds and "preference_flip" in kinds
+
+
+def test_probes_the_loader_would_refuse_are_left_out_with_the_reason() -> None:
+    one = SectionPreference("Say", " yes", " no")
+    doc = Document(
+        source="x.md",
+        sections=(
+            Section("a", "prose", "The guild keeps nine lights along the northern coast of Vell."),
+            Section("c", "preference", "p", preferences=(one,)),
+        ),
+    )
+    plan = plan_suite(doc)
+    assert "preference_flip" not in _kinds(plan.suite)
+    reason = dict(plan.skipped)["preference_flip"]
+    assert "1 triple(s), fewer than min_triples_for_decision 3" in reason
 
 
 def test_cli_writes_a_valid_commented_spec(tmp_path: Path) -> None:

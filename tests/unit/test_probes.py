@@ -13,6 +13,7 @@ from dlm_sway.backends.dummy import DummyDifferentialBackend
 from dlm_sway.core.divergence import divergence
 from dlm_sway.core.errors import ProbeError, SwayError
 from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
+from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import base
 from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
 from dlm_sway.probes.adapter_ablation import overshoot, saturation_lambda
@@ -217,11 +218,13 @@ class TestAdapterAblation:
         assert r.evidence["passed_linearity"] and r.evidence["passed_saturation"]
         assert r.verdict is Verdict.PASS, r.message
 
-    def test_grid_without_zero_is_not_calibrated(self, run_suite: RunSuite) -> None:
+    def test_grid_without_zero_is_calibrated_at_one(self, run_suite: RunSuite) -> None:
+        # λ=0 and λ=1 are measured whatever the grid (issue 7, item 5): the effect is judged.
         r = run_suite(NULL3, abl(lambdas=[0.25, 0.5, 1.0, 1.5]))
-        assert r.by_name("abl").z_score is None
-        skipped = r.by_name("null").evidence["skipped_kinds"]
-        assert [s["name"] for s in skipped] == ["abl"]
+        default = run_suite(NULL3, abl()).by_name("abl")
+        assert r.by_name("abl").z_score == pytest.approx(default.z_score)
+        assert r.by_name("abl").evidence["lambdas"] == [0.0, 0.25, 0.5, 1.0, 1.5]
+        assert r.by_name("null").evidence["skipped_kinds"] == []
 
 
 class TestAblationHelpers:
@@ -279,25 +282,30 @@ class TestNullAdapter:
         assert res.by_name("null").evidence["null_stats_by_rank"] == {}
         assert "z_by_rank" not in res.by_name("dkl").evidence
 
-    def test_one_run_is_degenerate_and_falls_back(self, run_suite: RunSuite) -> None:
-        res = run_suite({**NULL3, "runs": 1}, dkl())
-        stats = res.by_name("null").evidence["null_stats"]["dkl"]
-        assert stats["degenerate"] is True and stats["n"] == 1
-        r = res.by_name("dkl")
+    def test_one_run_is_a_load_error(self, make_suite: Callable[..., Any]) -> None:
+        # One null has no spread: it could never calibrate anything.
+        with pytest.raises(
+            SwayError, match=r"suite\[0\] \(null\): runs: .*greater than or equal to 2"
+        ):
+            make_suite({**NULL3, "runs": 1}, dkl())
+
+    def test_degenerate_null_falls_back(self) -> None:
+        one = NullStats.from_samples([0.01], construction="norm_matched")
+        assert one.degenerate
+        ctx = RunContext(backend=DummyDifferentialBackend(), null_stats={"dkl": one})
+        r = DeltaKLProbe().run(DeltaKLSpec(name="dkl", prompts=_prompts()), ctx)
         assert r.z_score is None
         assert "(no calibration" in r.message
-        assert r.verdict is Verdict.PASS  # the fixed threshold still judges a strong adapter
 
-    def test_nothing_to_calibrate_warns(self, run_suite: RunSuite) -> None:
-        res = run_suite(dkl("before"), NULL3)
-        null = res.by_name("null")
-        assert null.verdict is Verdict.WARN
-        assert "nothing to calibrate" in null.message
-        assert res.null_stats == {}
+    def test_nothing_to_calibrate_is_a_load_error(self, make_suite: Callable[..., Any]) -> None:
+        with pytest.raises(SwayError, match=r"suite\[1\] \(null\): nothing to calibrate"):
+            make_suite(dkl("before"), NULL3)
 
-    def test_disabled_entries_are_not_calibrated(self, run_suite: RunSuite) -> None:
-        res = run_suite(NULL3, dkl(enabled=False))
-        assert res.by_name("null").verdict is Verdict.WARN
+    def test_disabled_entries_are_not_calibrated(self, make_suite: Callable[..., Any]) -> None:
+        with pytest.raises(SwayError) as info:
+            make_suite(NULL3, dkl(enabled=False))
+        assert "nothing to calibrate: no enabled probe follows it" in str(info.value)
+        assert "no probe would give a verdict" in str(info.value)
 
     def test_backend_without_null_views_skips(
         self, run_suite: RunSuite, two_view_backend: Any

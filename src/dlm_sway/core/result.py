@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
+from dlm_sway.core.stats import NullStats
+
 SCHEMA_VERSION = 1
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class Verdict(StrEnum):
@@ -17,6 +23,64 @@ class Verdict(StrEnum):
     WARN = "warn"
     SKIP = "skip"
     ERROR = "error"
+
+
+class Direction(StrEnum):
+    """Which way a probe's claim points.
+
+    ``effect``: a PASS claims the adapter's effect is beyond random adapters of its
+    size (these claims form the Holm family). ``harm``: a PASS claims *no* harm
+    beyond them (forgetting probes), so multiplicity correction does not apply.
+    """
+
+    EFFECT = "effect"
+    HARM = "harm"
+
+
+@dataclass(frozen=True, slots=True)
+class NullSummary:
+    """How one result stands against its null adapters, typed for Holm and the reports."""
+
+    construction: str
+    method: str
+    k: int
+    samples: tuple[float, ...]
+    #: The z bar the verdict used (``assert_z_gte``).
+    z_threshold: float
+    log_scale: bool = False
+    #: Effect ratios (× the null median) are only meaningful for non-negative metrics.
+    non_negative: bool = True
+    statistic: float | None = None
+    p_empirical: float | None = None
+    #: Why the null could not be used (then the result fell back to fixed thresholds).
+    degenerate: str | None = None
+    #: z against each rank multiplier's nulls, when the suite sampled several.
+    z_by_rank: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def median(self) -> float | None:
+        if not self.samples:
+            return None
+        xs = sorted(self.samples)
+        mid = len(xs) // 2
+        return xs[mid] if len(xs) % 2 else 0.5 * (xs[mid - 1] + xs[mid])
+
+
+@dataclass(frozen=True, slots=True)
+class NullCalibration:
+    """What ``null_adapter`` measured: per rank multiplier, per calibrated entry, the stats."""
+
+    by_rank: Mapping[str, Mapping[str, NullStats]]
+    #: The rank key whose stats the verdicts use (``rank_1.00`` when sampled).
+    primary: str
+    #: Entry name → why it got no null (later probes then WARN instead of PASS).
+    failures: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    from_cache: bool = False
+    cache_file: str | None = None
+
+    @property
+    def stats(self) -> Mapping[str, NullStats]:
+        return self.by_rank.get(self.primary, _EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +105,21 @@ class ProbeResult:
     base_value: float | None = None
     ft_value: float | None = None
     ci_95: tuple[float, float] | None = None
+    #: Extra detail for humans only; no layer reads a decision from it.
     evidence: dict[str, Any] = field(default_factory=dict)
     message: str = ""
     duration_s: float = 0.0
+    category: str = ""
+    weight: float = 1.0
+    direction: Direction = Direction.EFFECT
+    #: The verdict's short words ("above noise") and the measurement they judge.
+    headline: str = ""
+    measured: str = ""
+    null: NullSummary | None = None
+    #: Only on ``null_adapter`` results: the statistics later probes are judged against.
+    calibration: NullCalibration | None = None
+    #: The probe entry's validated spec, for provenance.
+    config: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def with_duration(self, seconds: float) -> ProbeResult:
         """A copy carrying every field, with the runner's timing stamped on."""
@@ -183,6 +259,9 @@ class SwayScore:
 
 __all__ = [
     "BANDS",
+    "Direction",
+    "NullCalibration",
+    "NullSummary",
     "SCHEMA_VERSION",
     "SwayScore",
     "band_for",

@@ -1,27 +1,6 @@
-"""Built-in probes. Importing this package registers every probe kind."""
+"""Built-in probes, one module per kind.
 
-from dlm_sway.probes import (
-    adapter_ablation,
-    calibration_drift,
-    cluster_kl,
-    delta_kl,
-    external_perplexity,
-    null_adapter,
-    paraphrase_invariance,
-    preference_flip,
-    prompt_collapse,
-    section_internalization,
-)
-
-__all__ = [
-    "adapter_ablation",
-    "calibration_drift",
-    "cluster_kl",
-    "delta_kl",
-    "external_perplexity",
-    "null_adapter",
-    "paraphrase_invariance",
-    "preference_flip",
-    "prompt_collapse",
-    "section_internalization",
-]
+Importing this package registers nothing: :func:`dlm_sway.probes.base.registry`
+imports the modules in :data:`~dlm_sway.probes.base.BUILTIN_PROBE_MODULES` on
+first use, so the CLI and a single probe import stay cheap.
+"""

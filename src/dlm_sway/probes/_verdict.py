@@ -1,8 +1,11 @@
-"""Shared calibration for numeric probes: one raw value against its null samples.
+"""The probe side of the one judge: calibrate a raw value, judge it, build the result.
 
-Every probe that has a null calls :func:`calibrate` and gets the z-equivalent,
-p-value, effect ratio and per-rank profile computed the same way, by
-:func:`dlm_sway.core.calibration.compare_to_null`.
+A probe measures; :func:`calibrate` compares the measurement with this entry's
+null samples (and each rank multiplier's), :func:`judge` hands both to
+:mod:`dlm_sway.core.judge` with the entry's bar, and :func:`judged_result` turns
+the judgement into a :class:`ProbeResult` whose typed fields (``null``,
+``headline``, ``measured``, ``direction``) are what Holm, the composite score and
+every report read. No probe decides a verdict or caps a score on its own.
 """
 
 from __future__ import annotations
@@ -12,15 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlm_sway.core.calibration import Method, NullComparison, compare_to_null
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
-from dlm_sway.core.stats import NullStats, effect_ratio, score_from_z
+from dlm_sway.core.judge import Bar, Check, Judgement, judge_effect, versus
+from dlm_sway.core.result import Direction, NullSummary, ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.stats import NullStats
 from dlm_sway.probes.base import ProbeSpec, RunContext
-
-_SHORT = {"norm_matched": "norm-matched", "init_scale": "fixed-std", "permuted": "permuted"}
-
-
-def no_calibration_note(kind: str) -> str:
-    return f"(no calibration for {kind}: fixed thresholds)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +28,9 @@ class Calibration:
     stats: NullStats | None
     comparison: NullComparison | None
     z_by_rank: dict[str, float] = field(default_factory=dict)
+    #: Why the suite's null_adapter could not calibrate this entry (None: it did, or
+    #: the suite has no null_adapter).
+    failed: str | None = None
 
     @property
     def z(self) -> float | None:
@@ -41,9 +42,7 @@ class Calibration:
 
     @property
     def effect_ratio(self) -> float | None:
-        if self.comparison is not None:
-            return self.comparison.effect_ratio
-        return None
+        return None if self.comparison is None else self.comparison.effect_ratio
 
     @property
     def usable(self) -> bool:
@@ -53,18 +52,25 @@ class Calibration:
     def degenerate(self) -> str | None:
         return None if self.comparison is None else self.comparison.degenerate
 
-    def score(self) -> float | None:
-        return None if self.z is None else score_from_z(self.z)
-
     def versus(self) -> str:
         """'vs 10 norm-matched nulls' for messages."""
         if self.stats is None:
             return "vs null"
         k = self.comparison.k if self.comparison is not None else self.stats.n
-        return f"vs {k} {_SHORT.get(self.stats.construction, self.stats.construction)} nulls"
+        return versus(self.stats.construction, k)
+
+    def fallback_note(self, kind: str) -> str:
+        """Why the fixed thresholds decide, in words."""
+        if self.degenerate:
+            return f"null unusable ({self.degenerate}): fixed thresholds for {kind}"
+        return f"no null calibration for {kind}: fixed thresholds"
+
+    def score(self) -> float | None:
+        """Legacy (removed with the legacy API)."""
+        return _legacy_score(self)
 
     def evidence(self, z_threshold: float) -> dict[str, Any]:
-        """The ``evidence["null"]`` block reports read."""
+        """Legacy ``evidence["null"]`` block (removed with the legacy API)."""
         if self.stats is None:
             return {}
         out: dict[str, Any] = {
@@ -85,6 +91,27 @@ class Calibration:
                 degenerate=c.degenerate,
             )
         return out
+
+    def summary(
+        self, z_threshold: float, *, non_negative: bool, log_scale: bool
+    ) -> NullSummary | None:
+        """The typed null block of the result (None when the entry had no null)."""
+        if self.stats is None:
+            return None
+        c = self.comparison
+        return NullSummary(
+            construction=self.stats.construction,
+            method=self.stats.method,
+            k=c.k if c is not None else self.stats.n,
+            samples=tuple(self.stats.samples),
+            z_threshold=z_threshold,
+            log_scale=log_scale,
+            non_negative=non_negative,
+            statistic=None if c is None else c.statistic,
+            p_empirical=None if c is None else c.p_empirical,
+            degenerate=None if c is None else c.degenerate,
+            z_by_rank=dict(self.z_by_rank),
+        )
 
 
 def null_for(ctx: RunContext, spec: ProbeSpec) -> NullStats | None:
@@ -114,8 +141,9 @@ def calibrate(
     multiplicative; ``sign=-1`` for lower-is-better metrics.
     """
     stats = null_for(ctx, spec)
+    failed = ctx.calibration_failures.get(spec.name) if stats is None else None
     if raw is None or not math.isfinite(raw) or stats is None:
-        return Calibration(stats=stats, comparison=None)
+        return Calibration(stats=stats, comparison=None, failed=failed)
     comparison = _compare(raw, stats, sign=sign, log_scale=log_scale)
     by_rank: dict[str, float] = {}
     for rank_key, group in ctx.null_stats_by_rank.items():
@@ -128,6 +156,108 @@ def calibrate(
     return Calibration(stats=stats, comparison=comparison, z_by_rank=by_rank)
 
 
+def z_bar(spec: ProbeSpec) -> float:
+    """The entry's ``assert_z_gte`` (3.0 for probes that declare none)."""
+    return float(getattr(spec, "assert_z_gte", 3.0))
+
+
+def judge(
+    raw: float,
+    cal: Calibration,
+    spec: ProbeSpec,
+    ctx: RunContext,
+    *,
+    what: str,
+    non_negative: bool = True,
+    checks: tuple[Check, ...] = (),
+    min_effect: float | None = None,
+    min_effect_name: str = "assert_mean_gte",
+    fixed_score: float | None = None,
+    noise_floor: bool = False,
+) -> Judgement:
+    """The entry's bar, its calibration and its fixed checks → :func:`judge_effect`.
+
+    ``noise_floor=True`` for divergence-type metrics, which the run's measured
+    batch-layout jitter (a JS) bounds from below.
+    """
+    bar = Bar(
+        z=z_bar(spec),
+        min_effect=min_effect,
+        min_effect_name=min_effect_name,
+        noise_floor=ctx.noise_floor if noise_floor else None,
+    )
+    return judge_effect(
+        raw,
+        cal.comparison if cal.usable else None,
+        bar,
+        what=what,
+        versus=cal.versus(),
+        non_negative=non_negative,
+        checks=checks,
+        uncalibrated_reason=cal.fallback_note(spec.kind),
+        calibration_failed=cal.failed,
+        fixed_score=fixed_score,
+    )
+
+
+def judged_result(
+    spec: ProbeSpec,
+    cal: Calibration,
+    judgement: Judgement,
+    *,
+    raw: float | None,
+    measured: str,
+    evidence: dict[str, Any],
+    direction: Direction = Direction.EFFECT,
+    non_negative: bool = True,
+    log_scale: bool = False,
+    p_value: float | None = None,
+    z_score: float | None = None,
+    ci_95: tuple[float, float] | None = None,
+    base_value: float | None = None,
+    ft_value: float | None = None,
+) -> ProbeResult:
+    """The result of a judged measurement, typed the one way Holm and reports read it.
+
+    ``p_value``/``z_score`` default to the calibration's; harm probes pass their
+    harm-direction numbers. Guarded by :func:`safe_finalize` (a NaN never PASSes).
+    """
+    return safe_finalize(
+        ProbeResult(
+            name=spec.name,
+            kind=spec.kind,
+            verdict=judgement.verdict,
+            score=judgement.score,
+            raw=raw,
+            z_score=cal.z if z_score is None else z_score,
+            p_value=cal.p_value if p_value is None else p_value,
+            effect_ratio=cal.effect_ratio if non_negative else None,
+            base_value=base_value,
+            ft_value=ft_value,
+            ci_95=ci_95,
+            evidence=dict(evidence),
+            message=judgement.message,
+            direction=direction,
+            headline=judgement.headline,
+            measured=measured,
+            null=cal.summary(z_bar(spec), non_negative=non_negative, log_scale=log_scale),
+        )
+    )
+
+
+# ---- legacy API, removed once every probe goes through judge()/judged_result() ----
+
+
+def no_calibration_note(kind: str) -> str:
+    return f"(no calibration for {kind}: fixed thresholds)"
+
+
+def _legacy_score(cal: Calibration) -> float | None:
+    from dlm_sway.core.judge import score_from_z
+
+    return None if cal.z is None else score_from_z(cal.z)
+
+
 def calibrated_pass(
     cal: Calibration, *, z_threshold: float, checks_ok: bool, effect_ok: bool
 ) -> tuple[bool, float | None]:
@@ -135,7 +265,7 @@ def calibrated_pass(
     no effect scores 0, and a FAIL never scores above 0.25."""
     assert cal.z is not None
     passed = cal.z >= z_threshold and checks_ok and effect_ok
-    score = cal.score() if effect_ok else 0.0
+    score = _legacy_score(cal) if effect_ok else 0.0
     if not passed and score is not None:
         score = min(score, 0.25)
     return passed, score
@@ -161,7 +291,7 @@ def calibrated_result(
     if cal.z_by_rank:
         evidence["z_by_rank"] = cal.z_by_rank
     if cal.stats is not None:
-        evidence["null"] = cal.evidence(float(getattr(spec, "assert_z_gte", 3.0)))
+        evidence["null"] = cal.evidence(z_bar(spec))
     return safe_finalize(
         ProbeResult(
             name=spec.name,
@@ -177,16 +307,19 @@ def calibrated_result(
             ci_95=ci_95,
             evidence=evidence,
             message=message,
+            null=cal.summary(z_bar(spec), non_negative=True, log_scale=False),
         )
     )
 
 
 __all__ = [
     "Calibration",
-    "calibrate",
     "calibrated_pass",
     "calibrated_result",
-    "effect_ratio",
     "no_calibration_note",
+    "calibrate",
+    "judge",
+    "judged_result",
     "null_for",
+    "z_bar",
 ]

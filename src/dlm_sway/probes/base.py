@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dlm_sway.core.errors import SpecValidationError, SwayError
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import DifferentialBackend
-from dlm_sway.core.sections import Section
+from dlm_sway.core.sections import Document, Section
 from dlm_sway.core.stats import NullStats
+from dlm_sway.probes._fields import STRICT, Name, Weight
 
 Category = Literal["adherence", "attribution", "calibration", "ablation", "baseline"]
 CATEGORIES: tuple[Category, ...] = (
@@ -40,14 +41,19 @@ SENTINEL_PROMPTS: tuple[str, ...] = (
 
 
 class ProbeSpec(BaseModel):
-    """Fields every probe entry has. Unknown keys are an error, never ignored."""
+    """Fields every probe entry has. Unknown keys are an error, never ignored.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict (no coercion, no NaN/inf; see :mod:`dlm_sway.probes._fields`), and every
+    subclass inherits that: ``weight: "2"`` or ``enabled: 1`` are errors.
+    """
 
-    name: str
+    model_config = STRICT
+
+    name: Name
     kind: str
     enabled: bool = True
-    weight: float = 1.0
+    #: Relative weight inside the probe's score category; 0 keeps the probe informational.
+    weight: Weight = 1.0
 
 
 NullStatsMap = Mapping[str, NullStats]
@@ -79,6 +85,11 @@ class RunContext:
     #: True while null_adapter samples the null: only ``raw`` matters, so probes may skip
     #: extras such as bootstrap CIs.
     calibrating: bool = False
+    #: Entry name → why the suite's null_adapter could not calibrate it. The judge then
+    #: says WARN "not calibrated" instead of falling back to fixed thresholds.
+    calibration_failures: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def downstream_kinds(self) -> tuple[str, ...]:
@@ -102,12 +113,24 @@ class Probe(ABC):
     spec_cls: ClassVar[type[ProbeSpec]]
     category: ClassVar[Category] = "adherence"
     needs_backend: ClassVar[bool] = True
+    #: Declared, not inferred: True when ``calibrate_spec`` returns a null spec for a
+    #: runnable entry (``null_adapter`` then z-scores it); ``list-probes`` shows it.
+    calibrated: ClassVar[bool] = False
+    #: Why nulls do not calibrate this probe (shown by ``list-probes`` when not calibrated).
+    uncalibrated_reason: ClassVar[str] = "defines no null calibration (no calibrate_spec)"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         kind = cls.__dict__.get("kind")
         if kind is None:
             return  # abstract intermediate class
+        below_probe = cls.__mro__[: cls.__mro__.index(Probe)]
+        if cls.calibrated and not any("calibrate_spec" in vars(k) for k in below_probe):
+            raise TypeError(
+                f"probe {kind!r} declares calibrated = True but does not override calibrate_spec"
+            )
+        if not cls.calibrated and not cls.uncalibrated_reason.strip():
+            raise TypeError(f"probe {kind!r} is not calibrated: give an uncalibrated_reason")
         if kind in _REGISTRY and _REGISTRY[kind] is not cls:
             raise TypeError(f"probe kind {kind!r} is already registered by {_REGISTRY[kind]}")
         _REGISTRY[kind] = cls
@@ -127,9 +150,38 @@ class Probe(ABC):
         return None
 
     @classmethod
+    def load_problems(
+        cls,
+        spec: ProbeSpec,
+        *,
+        document: Document | None,
+        downstream: tuple[tuple[Probe, ProbeSpec], ...] = (),
+    ) -> list[str]:
+        """What this entry is certain to hit at run time, knowable from the spec alone.
+
+        The loader calls it for every enabled entry, after the entry validated, with the
+        parsed ``dlm_source`` document (None without one) and the entries after it. Each
+        string says what is wrong and how to fix it; any string makes the spec a load
+        error (exit 2) before a model loads, instead of a SKIP or a never-passing WARN
+        after one. Run-time checks stay in ``run`` as a defence.
+        """
+        return []
+
+    @classmethod
     def summary(cls) -> str:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+def document_context(document: Document | None) -> RunContext:
+    """A backend-less context holding what a run will know about ``dlm_source``.
+
+    ``load_problems`` hooks pass it to the same helpers ``run`` uses, so the
+    load-time check and the run-time SKIP can never disagree.
+    """
+    if document is None:
+        return RunContext(backend=None)
+    return RunContext(backend=None, sections=document.sections, doc_text=document.text)
 
 
 def bare_result(spec: ProbeSpec, verdict: Verdict, message: str) -> ProbeResult:
@@ -187,27 +239,74 @@ def format_validation_error(exc: ValidationError) -> str:
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; unknown keys are not ignored)"
-        parts.append(f"{loc}: {msg}")
+        elif str(err["type"]).endswith("_type") and "input" in err:
+            # Strict mode: say what was given, e.g. "got str '7'" for ``seed: "7"``.
+            given = err["input"]
+            if given is None:
+                # YAML reads null, ~ and an empty value as "no value": ``name: null`` is not a name.
+                msg = f"{msg} (got no value: YAML reads null, ~ or nothing as none; quote it)"
+            else:
+                msg = f"{msg} (got {type(given).__name__} {_show(given)}; values are not converted)"
+        # A model-level check names its fields in the message itself.
+        parts.append(f"{loc}: {msg}" if err["loc"] else msg)
     return "; ".join(parts)
+
+
+#: Modules of the built-in probes, imported on the first :func:`registry` call (not at
+#: package import, so ``sway --help`` and importing one probe stay cheap).
+BUILTIN_PROBE_MODULES: tuple[str, ...] = (
+    "adapter_ablation",
+    "calibration_drift",
+    "cluster_kl",
+    "delta_kl",
+    "external_perplexity",
+    "null_adapter",
+    "paraphrase_invariance",
+    "preference_flip",
+    "prompt_collapse",
+    "section_internalization",
+)
+
+
+def _show(value: Any) -> str:
+    """A short, printable repr (escapes surrogates; never str() of a 5000-digit int)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<{value.bit_length()}-bit integer>"
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 _LOADED = False
 
 
 def _load_builtin_probes() -> None:
+    """Built-ins first, then ``dlm_sway.probes`` entry points, each guarded on its own."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    from importlib.metadata import entry_points
+    from importlib import import_module
 
-    import dlm_sway.probes  # noqa: F401  (imports every built-in probe module)
+    from dlm_sway.core.plugins import load_entry_points
 
-    for ep in entry_points(group="dlm_sway.probes"):
-        ep.load()
+    for module in BUILTIN_PROBE_MODULES:
+        import_module(f"dlm_sway.probes.{module}")
+    load_entry_points("dlm_sway.probes", lambda ep: ep.load(), rollback=_registry_snapshot)
+
+
+def _registry_snapshot() -> Callable[[], None]:
+    """Undo for a failed plugin: drop the kinds it registered before it failed."""
+    before = dict(_REGISTRY)
+
+    def undo() -> None:
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
+
+    return undo
 
 
 __all__ = [
+    "BUILTIN_PROBE_MODULES",
     "CATEGORIES",
     "SENTINEL_PROMPTS",
     "Category",
@@ -216,6 +315,7 @@ __all__ = [
     "RunContext",
     "bare_result",
     "build_probe",
+    "document_context",
     "format_validation_error",
     "get_probe_class",
     "registry",

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import PackItem, load_general_pack, pack_categories
+from dlm_sway.probes._fields import NATS_MAX, STRICT, Nats, NonBlank, Seed, ZBar
 from dlm_sway.probes._logprob import token_counts, try_logprobs
 from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
@@ -58,12 +59,12 @@ WORST_SHOWN = 10
 class GoldItem(BaseModel):
     """One user item: ``prompt`` should be continued by ``gold`` (keep its leading space)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     prompt: str
     gold: str
-    category: str = USER_CATEGORY
-    id: str | None = None
+    category: NonBlank = USER_CATEGORY
+    id: NonBlank | None = None
 
     @field_validator("prompt", "gold")
     @classmethod
@@ -79,18 +80,19 @@ class CalibrationDriftSpec(ProbeSpec):
     pack: Literal["builtin", "none"] = "builtin"
     #: How many pack items to score (stratified over categories); None scores all.
     #: ``extra_items`` are always scored in full, on top of this.
-    items_limit: int | None = Field(default=DEFAULT_ITEMS_LIMIT, ge=1)
+    items_limit: int | None = Field(default=DEFAULT_ITEMS_LIMIT, ge=1, le=1_000_000)
     #: Keep only these categories (pack categories or those of ``extra_items``).
     categories: list[str] | None = None
     extra_items: list[GoldItem] = Field(default_factory=list)
-    #: Nats per real token an item must lose to count as regressed.
-    regression_margin: float = Field(default=1.0, gt=0.0)
+    #: Nats per real token an item must lose to count as regressed (0 < margin ≤ 100).
+    regression_margin: float = Field(default=1.0, gt=0.0, le=NATS_MAX)
     assert_fraction_regressed_lt: float = Field(default=0.15, gt=0.0, le=1.0)
-    assert_mean_delta_gte: float = -0.5
-    assert_z_gte: float = 3.0
-    #: Seed of the item selection; None uses the run's seed. Calibration pins it so
-    #: every null scores exactly the items the real run scores.
-    selection_seed: int | None = None
+    #: Lowest acceptable mean δ (ft − base log-prob per token, nats), in [-100, 100].
+    assert_mean_delta_gte: Nats = -0.5
+    assert_z_gte: ZBar = 3.0
+    #: Seed of the item selection, in [0, 2**32 - 1]; None uses the run's seed.
+    #: Calibration pins it so every null scores exactly the items the real run scores.
+    selection_seed: Seed | None = None
 
     @field_validator("categories")
     @classmethod
@@ -260,6 +262,7 @@ class CalibrationDriftProbe(Probe):
     kind = "calibration_drift"
     spec_cls = CalibrationDriftSpec
     category = "calibration"
+    calibrated = True
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, CalibrationDriftSpec)

@@ -32,6 +32,7 @@ from pydantic import Field
 from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import MIN_CHUNK_CHARS, load_general_corpus_chunks
+from dlm_sway.probes._fields import Nats, ZBar
 from dlm_sway.probes._logprob import rollings
 from dlm_sway.probes._verdict import calibrate
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
@@ -47,9 +48,9 @@ class ExternalPerplexitySpec(ProbeSpec):
     chunks: int = Field(default=8, ge=1, le=64)
     #: Upper bound on a chunk's length in characters; chunks end at sentence ends.
     chunk_chars: int = Field(default=600, ge=MIN_CHUNK_CHARS, le=16384)
-    #: Lowest acceptable mean δ (ft − base log-prob per token, nats).
-    assert_delta_gte: float = -0.1
-    assert_z_gte: float = 3.0
+    #: Lowest acceptable mean δ (ft − base log-prob per token, nats), in [-100, 100].
+    assert_delta_gte: Nats = -0.1
+    assert_z_gte: ZBar = 3.0
 
 
 class ExternalPerplexityProbe(Probe):
@@ -58,6 +59,7 @@ class ExternalPerplexityProbe(Probe):
     kind = "external_perplexity"
     spec_cls = ExternalPerplexitySpec
     category = "calibration"
+    calibrated = True
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, ExternalPerplexitySpec)

@@ -30,13 +30,15 @@ import math
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import bootstrap_ci, score_from_z
+from dlm_sway.probes._fields import STRICT, Fraction, NonNegNats, ZBar
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, token_counts
 from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, document_context
 
 #: Prefixes used to reword a section's prompt when the spec gives no cases.
 PARAPHRASE_PREFIXES: tuple[str, ...] = (
@@ -48,7 +50,7 @@ PARAPHRASE_PREFIXES: tuple[str, ...] = (
 class ParaphraseCase(BaseModel):
     """A training prompt, the answer the adapter should give, and rewordings of the prompt."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     prompt: str
     gold: str
@@ -76,12 +78,15 @@ class ParaphraseInvarianceSpec(ProbeSpec):
     cases: list[ParaphraseCase] = Field(default_factory=list)
     intent: Literal["generalize", "memorize"] = "generalize"
     #: Mean verbatim lift (nats per gold token) below which the adapter taught nothing.
-    min_verbatim_lift: float = Field(default=0.2, ge=0.0)
-    min_generalization_ratio: float = 0.5
-    max_generalization_ratio_if_memorize: float = 0.5
+    min_verbatim_lift: NonNegNats = 0.2
+    #: Paraphrase lift ÷ verbatim lift, in [0, 1]: how much of the lift must carry over
+    #: to rewordings (``intent: generalize``) ...
+    min_generalization_ratio: Fraction = 0.5
+    #: ... or may carry over at most (``intent: memorize``).
+    max_generalization_ratio_if_memorize: Fraction = 0.5
     #: Most cases derived from sections (document order); explicit cases are all used.
-    max_derived_cases: int = Field(default=16, ge=1)
-    assert_z_gte: float = 3.0
+    max_derived_cases: int = Field(default=16, ge=1, le=10_000)
+    assert_z_gte: ZBar = 3.0
 
 
 def derive_cases(ctx: RunContext, limit: int) -> list[ParaphraseCase]:
@@ -128,6 +133,21 @@ class ParaphraseInvarianceProbe(Probe):
     kind = "paraphrase_invariance"
     spec_cls = ParaphraseInvarianceSpec
     category = "attribution"
+    calibrated = True
+
+    @classmethod
+    def load_problems(
+        cls,
+        spec: ProbeSpec,
+        *,
+        document: Document | None,
+        downstream: tuple[tuple[Probe, ProbeSpec], ...] = (),
+    ) -> list[str]:
+        """No cases in the entry and none derivable from ``dlm_source``."""
+        assert isinstance(spec, ParaphraseInvarianceSpec)
+        ctx = document_context(document)
+        cases, _ = _cases(spec, ctx)
+        return [] if cases else [f"cases: {_missing(ctx)}"]
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, ParaphraseInvarianceSpec)

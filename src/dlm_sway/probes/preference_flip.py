@@ -32,19 +32,21 @@ import math
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import bootstrap_ci, score_from_z
+from dlm_sway.probes._fields import STRICT, Fraction, ZBar
 from dlm_sway.probes._logprob import Pair, try_logprobs
 from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, document_context
 
 
 class PreferenceTriple(BaseModel):
     """A prompt with the preferred and the dispreferred completion."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     prompt: str
     chosen: str
@@ -68,10 +70,11 @@ class PreferenceFlipSpec(ProbeSpec):
     kind: Literal["preference_flip"] = "preference_flip"
     #: Empty: use every triple of the preference sections of ``dlm_source``.
     triples: list[PreferenceTriple] = Field(default_factory=list)
-    assert_flip_rate_gte: float = Field(default=0.7, ge=0.0, le=1.0)
-    assert_z_gte: float = 3.0
-    #: Base-wrong triples needed before the flip rate is judged (fewer: WARN).
-    min_triples_for_decision: int = Field(default=3, ge=1)
+    assert_flip_rate_gte: Fraction = 0.7
+    assert_z_gte: ZBar = 3.0
+    #: Base-wrong triples needed before the flip rate is judged (fewer: WARN). A suite
+    #: with fewer triples than this in all could never judge flips: a load error.
+    min_triples_for_decision: int = Field(default=3, ge=1, le=10_000)
 
 
 def _triples(spec: PreferenceFlipSpec, ctx: RunContext) -> tuple[list[PreferenceTriple], str]:
@@ -93,6 +96,36 @@ class PreferenceFlipProbe(Probe):
     kind = "preference_flip"
     spec_cls = PreferenceFlipSpec
     category = "attribution"
+    calibrated = True
+
+    @classmethod
+    def load_problems(
+        cls,
+        spec: ProbeSpec,
+        *,
+        document: Document | None,
+        downstream: tuple[tuple[Probe, ProbeSpec], ...] = (),
+    ) -> list[str]:
+        """No triples at all, or fewer than could ever reach a flip decision."""
+        assert isinstance(spec, PreferenceFlipSpec)
+        triples, origin = _triples(spec, document_context(document))
+        if not triples:
+            where = (
+                "set dlm_source: to a document with preference sections"
+                if document is None
+                else "the document has no preference sections with triples"
+            )
+            return [
+                f"triples: none to score: add triples: [{{prompt, chosen, rejected}}] or {where}"
+            ]
+        if len(triples) < spec.min_triples_for_decision:
+            src = "the entry has" if origin == "spec" else "the document gives"
+            return [
+                f"min_triples_for_decision: {src} {len(triples)} triple(s), fewer than "
+                f"min_triples_for_decision {spec.min_triples_for_decision}, so flips could "
+                "never be judged; add triples or lower min_triples_for_decision"
+            ]
+        return []
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, PreferenceFlipSpec)

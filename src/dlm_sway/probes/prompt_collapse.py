@@ -35,6 +35,7 @@ from dlm_sway.core.divergence import DivergenceKind, divergence
 from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.scoring import ScoringModel, TokenCounting
 from dlm_sway.probes._dists import dists
+from dlm_sway.probes._fields import NonNegNats, TopK, ZBar, non_blank_items, reachable_mean_bar
 from dlm_sway.probes._filler import filler_for_tokens, with_padding
 from dlm_sway.probes._verdict import (
     calibrate,
@@ -45,6 +46,10 @@ from dlm_sway.probes._verdict import (
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 _DEFAULT_LENGTHS = [0, 128, 256, 512]
+#: Longest padding (tokens): past any context window a probe would plausibly need.
+MAX_CONTEXT = 32768
+#: Half-life bars and caps are token counts; a million is past any model's context.
+MAX_TOKENS = 1e6
 #: A point measured at exactly zero enters the log-fit as this fraction of the curve's peak
 #: (i.e. "fully collapsed"), instead of making the logarithm undefined.
 ZERO_FLOOR = 1e-6
@@ -55,30 +60,30 @@ class PromptCollapseSpec(ProbeSpec):
     kind: Literal["prompt_collapse"] = "prompt_collapse"
     prompts: list[str] = Field(min_length=1)
     #: Padding lengths (tokens, or words when the view cannot count tokens); 0 = prompt alone.
+    #: Padding lengths in [0, 32768]; whether they fit the model is checked at model load.
     context_lengths: list[int] = Field(default_factory=lambda: list(_DEFAULT_LENGTHS))
     divergence: DivergenceKind = "js"
-    top_k: int | None = Field(default=None, ge=1)
-    assert_half_life_tokens: float = Field(default=512.0, gt=0.0)
+    top_k: TopK | None = None
+    assert_half_life_tokens: float = Field(default=512.0, gt=0.0, le=MAX_TOKENS)
     #: Reported half-life when the curve does not decay (or decays slower than this).
-    half_life_cap_tokens: float = Field(default=4096.0, gt=0.0)
+    half_life_cap_tokens: float = Field(default=4096.0, gt=0.0, le=MAX_TOKENS)
     #: Divergence at the shortest context below which there is nothing worth tracking.
-    assert_mean_gte: float = Field(default=0.02, ge=0.0)
+    assert_mean_gte: NonNegNats = 0.02
     #: Used only if nulls exist for this entry; the built-in calibration opts out.
-    assert_z_gte: float = 3.0
+    assert_z_gte: ZBar = 3.0
 
     @field_validator("prompts")
     @classmethod
     def _non_blank(cls, value: list[str]) -> list[str]:
-        blank = [i for i, p in enumerate(value) if not p.strip()]
-        if blank:
-            raise ValueError(f"prompts at positions {blank} are empty")
-        return value
+        return non_blank_items(value)
 
     @field_validator("context_lengths")
     @classmethod
     def _lengths(cls, value: list[int]) -> list[int]:
-        if any(x < 0 for x in value):
-            raise ValueError("context lengths must be ≥ 0 (0 means the prompt alone)")
+        if any(not 0 <= x <= MAX_CONTEXT for x in value):
+            raise ValueError(
+                f"context lengths must be ≥ 0 and ≤ {MAX_CONTEXT} (0 means the prompt alone)"
+            )
         out = sorted(set(value))
         if len(out) < 2:
             raise ValueError("need at least 2 distinct context lengths, e.g. [0, 256, 512]")
@@ -86,6 +91,7 @@ class PromptCollapseSpec(ProbeSpec):
 
     @model_validator(mode="after")
     def _cap(self) -> PromptCollapseSpec:
+        reachable_mean_bar(self.divergence, self.assert_mean_gte)
         if self.half_life_cap_tokens < self.assert_half_life_tokens:
             raise ValueError(
                 f"half_life_cap_tokens ({self.half_life_cap_tokens:g}) is below "
@@ -206,6 +212,11 @@ class PromptCollapseProbe(Probe):
     kind = "prompt_collapse"
     spec_cls = PromptCollapseSpec
     category = "adherence"
+    calibrated = False
+    uncalibrated_reason = (
+        "a null's half-life sits at the cap with no spread, so persistence is judged "
+        "against assert_half_life_tokens (delta_kl calibrates the effect size)"
+    )
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, PromptCollapseSpec)

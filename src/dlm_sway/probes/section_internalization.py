@@ -50,10 +50,11 @@ from pydantic import Field, field_validator
 
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import ScoringModel
-from dlm_sway.core.sections import Section, SectionKind
+from dlm_sway.core.sections import Document, Section, SectionKind
+from dlm_sway.probes._fields import Fraction, ZBar
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, rollings, token_counts
 from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result, document_context
 
 _ALL_KINDS: list[SectionKind] = ["prose", "instruction", "preference"]
 
@@ -61,12 +62,13 @@ _ALL_KINDS: list[SectionKind] = ["prose", "instruction", "preference"]
 class SectionInternalizationSpec(ProbeSpec):
     kind: Literal["section_internalization"] = "section_internalization"
     include_kinds: list[SectionKind] = Field(default_factory=lambda: list(_ALL_KINDS))
-    #: Minimum ``min(own, effective)`` relative NLL lift for a section to count as internalised.
-    per_section_threshold: float = Field(default=0.05, ge=0.0)
+    #: Minimum ``min(own, effective)`` relative NLL lift for a section to count as
+    #: internalised, in [0, 1] (a relative lift never exceeds 1).
+    per_section_threshold: Fraction = 0.05
     #: Fraction of eligible sections that must be internalised for a PASS.
     assert_passing_section_frac: float = Field(default=0.5, gt=0.0, le=1.0)
-    max_prose_chars: int = Field(default=2000, ge=16)
-    assert_z_gte: float = 3.0
+    max_prose_chars: int = Field(default=2000, ge=16, le=1_000_000)
+    assert_z_gte: ZBar = 3.0
 
     @field_validator("include_kinds")
     @classmethod
@@ -152,6 +154,20 @@ class SectionInternalizationProbe(Probe):
     kind = "section_internalization"
     spec_cls = SectionInternalizationSpec
     category = "attribution"
+    calibrated = True
+
+    @classmethod
+    def load_problems(
+        cls,
+        spec: ProbeSpec,
+        *,
+        document: Document | None,
+        downstream: tuple[tuple[Probe, ProbeSpec], ...] = (),
+    ) -> list[str]:
+        """No document, or fewer than two scorable sections of the included kinds."""
+        assert isinstance(spec, SectionInternalizationSpec)
+        reason = _skip_reason(spec, document_context(document))
+        return [] if reason is None else [reason]
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, SectionInternalizationSpec)

@@ -192,10 +192,30 @@ def plan_suite(document: Document) -> Plan:
             },
             "does the effect grow smoothly with the LoRA scale λ? (last: the most views)",
         )
+    _drop_unloadable(plan, document)
     null_entry["calibrate_kinds"] = sorted(
         {e["kind"] for e in plan.suite} - {"null_adapter", "calibration_drift", "prompt_collapse"}
     )
     return plan
+
+
+def _drop_unloadable(plan: Plan, document: Document) -> None:
+    """Entries the loader would refuse here (too few triples, a missing extra, ...) become
+    deliberate omissions, so the generated spec always loads."""
+    from dlm_sway.probes.base import build_probe
+
+    kept = [(e, why) for e, why in zip(plan.suite, plan.intents, strict=True)]
+    plan.suite.clear()
+    plan.intents.clear()
+    for entry, intent in kept:
+        probe, spec = build_probe(entry)
+        problems = (
+            [] if entry["kind"] == "null_adapter" else probe.load_problems(spec, document=document)
+        )
+        if problems:
+            plan.skipped.append((entry["kind"], problems[0]))
+        else:
+            plan.add(entry, intent)
 
 
 def _rel(target: str, start: Path) -> str:

@@ -18,6 +18,7 @@ from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.sections import Document
 from dlm_sway.probes.base import Probe, ProbeSpec, build_probe, format_validation_error
 from dlm_sway.suite.spec import ModelSpec, SwaySpec
+from dlm_sway.suite.yaml_strict import strict_load, unusable_values
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
             "spec file not found (check the path; `sway run` takes the YAML file)", source=str(p)
         )
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = strict_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -48,16 +49,43 @@ def load_spec(path: str | Path) -> LoadedSpec:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecValidationError(f"invalid YAML{where}: {problem}", source=str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise SpecValidationError(
+            f"cannot read spec: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "save the file as UTF-8",
+            source=str(p),
+        ) from None
+    except RecursionError:
+        raise SpecValidationError(
+            "cannot read spec: nested too deeply for a spec file", source=str(p)
+        ) from None
+    except OSError as exc:
         raise SpecValidationError(f"cannot read spec: {exc}", source=str(p)) from None
     return from_dict(data, source=str(p), base_dir=p.resolve().parent)
 
 
-def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = None) -> LoadedSpec:
-    """Validate a spec given as a mapping (programmatic callers, tests, ``sway check``)."""
+def from_dict(
+    data: Any,
+    *,
+    source: str = "<memory>",
+    base_dir: Path | None = None,
+    document: Document | None = None,
+) -> LoadedSpec:
+    """Validate a spec given as a mapping (programmatic callers, tests, ``sway check``).
+
+    ``document`` stands in for ``dlm_source`` when the caller already holds the parsed
+    training document; section probes are checked against it like against a file.
+    """
     if not isinstance(data, Mapping):
         raise SpecValidationError(
             "the top level must be a mapping with 'models' and 'suite'", source=source
+        )
+    unusable = unusable_values(data)
+    if unusable:
+        # Reported alone: every later message would echo (or recurse into) these values.
+        detail = "\n  - ".join(unusable)
+        raise SpecValidationError(
+            f"{len(unusable)} problem(s) in the spec:\n  - {detail}", source=source
         )
     errors: list[str] = []
     try:
@@ -76,21 +104,30 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
 
     probes: list[tuple[Probe, ProbeSpec]] = []
     seen: set[str] = set()
+    labels: dict[int, str] = {}
+    positions: dict[int, int] = {}
+    last_failed = -1
     for i, entry in enumerate(entries):
-        label = f"suite[{i}]" + (
-            f" ({entry['name']})" if isinstance(entry.get("name"), str) else ""
-        )
+        name = entry.get("name")
+        printable = isinstance(name, str) and name.isprintable() and name.strip() == name != ""
+        label = f"suite[{i}]" + (f" ({name})" if printable else "")
         try:
             probe, pspec = build_probe(entry, source=label)
         except SpecValidationError as exc:
             errors.append(str(exc))
+            last_failed = i
             continue
         if pspec.name in seen:
             errors.append(f"{label}: duplicate probe name {pspec.name!r} (names must be unique)")
         seen.add(pspec.name)
+        labels[id(pspec)] = label
         probes.append((probe, pspec))
+        positions[id(pspec)] = i
+    all_built = len(probes) == len(entries)
     if spec is not None and not spec.suite:
         errors.append("suite: is empty; add at least one probe (see `sway list-probes`)")
+    elif spec is not None and all_built:
+        errors.extend(_verdict_errors(probes))
 
     from dlm_sway.suite.score import DEFAULT_WEIGHTS, validate_weights
 
@@ -100,12 +137,20 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
             weights = validate_weights(spec.defaults.score_weights, source="defaults.score_weights")
         except SpecValidationError as exc:
             errors.append(str(exc))
-    document: Document | None = None
-    if spec is not None and spec.dlm_source:
+    document_ok = True
+    if document is not None and spec is not None and spec.dlm_source:
+        document_ok = False
+        errors.append("dlm_source: given both in the spec and as a parsed document; keep one")
+    elif spec is not None and spec.dlm_source:
         try:
             document, spec = _attach_document(spec, base_dir or Path.cwd())
         except SpecValidationError as exc:
+            document_ok = False
             errors.append(f"dlm_source: {exc}")
+    if spec is not None and document_ok:
+        # An entry before a broken one cannot see all its followers: checked once fixed.
+        checkable = [(p, s) for p, s in probes if positions[id(s)] > last_failed]
+        errors.extend(_load_problems(checkable, labels, document))
     if spec is not None:
         errors.extend(_model_errors(spec))
     if errors or spec is None:
@@ -116,6 +161,35 @@ def from_dict(data: Any, *, source: str = "<memory>", base_dir: Path | None = No
     return LoadedSpec(
         spec=spec, path=source, probes=tuple(probes), weights=weights, document=document
     )
+
+
+def _verdict_errors(probes: list[tuple[Probe, ProbeSpec]]) -> list[str]:
+    """A suite must judge something: a null_adapter alone, or all entries off, cannot."""
+    if any(spec.enabled and probe.category != "baseline" for probe, spec in probes):
+        return []
+    if not any(spec.enabled for _, spec in probes):
+        why = "every entry is disabled (enabled: false)"
+    else:
+        kinds = sorted({spec.kind for _, spec in probes if spec.enabled})
+        why = f"its only enabled entries ({', '.join(kinds)}) calibrate, they give no verdict"
+    return [
+        f"suite: no probe would give a verdict: {why}; enable or add a judged probe "
+        "such as delta_kl (see `sway list-probes`)"
+    ]
+
+
+def _load_problems(
+    probes: list[tuple[Probe, ProbeSpec]], labels: dict[int, str], document: Document | None
+) -> list[str]:
+    """Each enabled entry's :meth:`Probe.load_problems`, labelled with its position."""
+    out: list[str] = []
+    for i, (probe, pspec) in enumerate(probes):
+        if not pspec.enabled:
+            continue
+        downstream = tuple(probes[i + 1 :])
+        for problem in type(probe).load_problems(pspec, document=document, downstream=downstream):
+            out.append(f"{labels[id(pspec)]}: {problem}")
+    return out
 
 
 def _model_errors(spec: SwaySpec) -> list[str]:

@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.result import ProbeResult, SuiteResult, SwayScore, Verdict, band_for
+from dlm_sway.probes._fields import WEIGHT_MAX
 from dlm_sway.probes.base import CATEGORIES
 from dlm_sway.report.format import category_of, is_scored
 
@@ -60,11 +61,15 @@ def validate_weights(partial: Mapping[str, float], *, source: str) -> dict[str, 
             raise SpecValidationError(
                 f"weight for {key!r} must be a number, got {value!r}", source=source
             )
-        number = float(value)
-        if not math.isfinite(number) or number < 0:
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float range: out of bounds like +inf
+            number = math.inf
+        if not math.isfinite(number) or not 0 <= number <= WEIGHT_MAX:
             raise SpecValidationError(
-                f"weight for {key!r} is {value!r}; weights must be finite and >= 0 "
-                "(set 0 to keep a category informational)",
+                f"weight for {key!r} is {value!r}; weights must be finite and >= 0, at "
+                f"most {WEIGHT_MAX:g} (they are relative; set 0 to keep a category "
+                "informational); nothing is clamped",
                 source=source,
             )
         merged[key] = number

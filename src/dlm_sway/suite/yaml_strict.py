@@ -1,0 +1,155 @@
+"""YAML reading that refuses what ``yaml.safe_load`` silently accepts.
+
+* A key given twice in one mapping is an error naming both lines: PyYAML keeps the
+  last one, so a second ``suite:`` could drop the ``null_adapter`` and let a gate pass.
+  (Merge keys, ``<<: *anchor``, may still be overridden: that is what they are for.)
+* An integer too long to convert is an error at its line, not a ``ValueError``.
+* :func:`unusable_values` finds strings no encoder can write (an unpaired UTF-16
+  surrogate, which a JSON-syntax spec yields for ``"\\ud83d"``, crashes the
+  tokenizer, the terminal and every report long after the spec "validated") and
+  recursive aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` whose mappings reject duplicate keys."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Hashable, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            if not isinstance(key_node, ScalarNode):
+                continue  # complex keys: SafeLoader's own checks apply
+            key = self.construct_object(key_node, deep=False)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # unhashable: SafeLoader reports it
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}: first at line {first}, again at line {line} "
+                    "(YAML would silently keep only the last one; merge the two or rename one)",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Node) -> int:
+        try:
+            value: int = super().construct_yaml_int(node)  # type: ignore[arg-type]
+        except ValueError:
+            raise ConstructorError(
+                None,
+                None,
+                f"an integer of {len(str(node.value))} characters is too long to read; "
+                "no setting in a spec needs more than a few digits",
+                node.start_mark,
+            ) from None
+        return value
+
+    def construct_yaml_str(self, node: Node) -> str:
+        """Join escaped surrogate pairs into their character, as a JSON parser would.
+
+        ``json.dumps`` writes 😀 as ``"\\ud83d\\ude00"``; PyYAML reads that as two
+        lone surrogates. A valid pair becomes the character; a lone one stays and
+        :func:`unusable_values` reports it with its path.
+        """
+        value: str = super().construct_yaml_str(node)
+        if not _has_lone_surrogate(value):
+            return value
+        try:
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            return value
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+StrictLoader.add_constructor("tag:yaml.org,2002:str", StrictLoader.construct_yaml_str)
+
+
+def strict_load(text: str) -> Any:
+    """Parse one YAML document with :class:`StrictLoader` (raises ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 — a SafeLoader subclass
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+_SURROGATE = (
+    "holds an unpaired UTF-16 surrogate (such as a lone \\ud83d escape), which no "
+    "tokenizer or report can encode; write the character itself, or its full surrogate pair"
+)
+_CYCLE = "contains itself (a recursive YAML alias, &x ... *x); write the value out"
+
+
+def unusable_values(data: Any, path: str = "") -> list[str]:
+    """``"<path>: <problem>"`` for every value no later stage could use.
+
+    * a string (or key) holding an unpaired surrogate, at its path
+      (``suite[1] (name).prompts[3]``);
+    * a container that contains itself (a recursive alias): pydantic, JSON and
+      every report would recurse forever on it.
+
+    Each container is walked once, so anchors shared many times cost nothing extra.
+    """
+    found: list[str] = []
+    done: set[int] = set()
+    active: set[int] = set()
+
+    def visit(value: Any, where: str) -> None:
+        shown = where or "<root>"
+        if isinstance(value, str):
+            if _has_lone_surrogate(value):
+                found.append(f"{shown}: {_SURROGATE}")
+            return
+        if not isinstance(value, Mapping | list | tuple):
+            return
+        if id(value) in active:
+            found.append(f"{shown}: {_CYCLE}")
+            return
+        if id(value) in done:
+            return
+        active.add(id(value))
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(key, str) and _has_lone_surrogate(key):
+                    found.append(f"{where + '.' if where else ''}<key {ascii(key)}>: {_SURROGATE}")
+                    continue
+                visit(item, f"{where}.{key}" if where else str(key))
+        else:
+            for i, item in enumerate(value):
+                visit(item, f"{where}{_entry_label(where, i, item)}")
+        active.discard(id(value))
+        done.add(id(value))
+
+    visit(data, path)
+    return found
+
+
+def _entry_label(where: str, i: int, item: Any) -> str:
+    """``[i]``, plus `` (name)`` for a suite entry with a printable name."""
+    label = f"[{i}]"
+    if where == "suite" and isinstance(item, Mapping):
+        name = item.get("name")
+        if isinstance(name, str) and name.isprintable() and not _has_lone_surrogate(name):
+            label += f" ({name})"
+    return label
+
+
+__all__ = ["StrictLoader", "strict_load", "unusable_values"]
