@@ -174,9 +174,10 @@ class TestCalibrationDrift:
         assert res.ci_95 is not None and res.ci_95[0] <= (res.raw or 0) <= res.ci_95[1]
 
     def test_calibrated_forgetting_adapter_fails(self, run_suite: RunSuite) -> None:
-        res = run_suite(NULL5, cd()).by_name("cd")
+        # K=10 (the default): with 5 nulls, harm z ≥ 3 holds for only some null-seed families
+        res = run_suite({**NULL5, "runs": 10}, cd()).by_name("cd")
         null = res.evidence["null"]
-        assert null["k"] == 5 and null["direction"] == "harm"
+        assert null["k"] == 10 and null["direction"] == "harm"
         assert "z_threshold" not in null  # Holm must not demote a "no harm" PASS
         assert res.z_score is not None and res.p_value is not None
         # z is in the good direction (lower fraction is better): harm z is its negation

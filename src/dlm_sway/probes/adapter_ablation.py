@@ -1,7 +1,7 @@
 """``adapter_ablation``: how the adapter's effect responds to its LoRA scale λ.
 
 Scales the adapter's additive term by each λ and measures the mean divergence
-from the smallest-λ view. A healthy adapter's effect grows smoothly (high R²),
+from the base (λ=0). λ=0 and λ=1 are always measured, whatever the grid. A healthy adapter's effect grows smoothly (high R²),
 reaches 90% of its maximum near λ=1 (not at a small fraction of it, which
 signals a fragile adapter, nor beyond it, an undertrained one) and keeps
 growing past 1 (overshoot > 1) instead of collapsing.
@@ -15,7 +15,8 @@ Two deliberate departures from the reference:
 * A curve's shape says nothing when the effect itself is noise. A null adapter
   cannot be scaled, so the null calibrates the *effect at λ=1* (the mean
   divergence base→fine-tune on these prompts, a ``delta_kl`` statistic); the
-  probe fails when that effect does not clear the null, whatever the shape.
+  probe fails when that effect does not clear the null, whatever the shape
+  and whatever the grid.
 """
 
 from __future__ import annotations
@@ -31,8 +32,18 @@ from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
 from dlm_sway.core.scoring import ScalableDifferentialBackend, TokenDist
 from dlm_sway.core.stats import r_squared
 from dlm_sway.probes._dists import dists
-from dlm_sway.probes._judge import Judgement, judge_effect
-from dlm_sway.probes._verdict import calibrate, no_calibration_note
+from dlm_sway.probes._fields import (
+    LAMBDA_MAX,
+    FloatPair,
+    Fraction,
+    NonNegNats,
+    TopK,
+    ZBar,
+    non_blank_items,
+    reachable_mean_bar,
+)
+from dlm_sway.probes._judge import judge_effect
+from dlm_sway.probes._verdict import calibrate
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 _DEFAULT_LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
@@ -41,30 +52,50 @@ _DEFAULT_LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
 class AdapterAblationSpec(ProbeSpec):
     kind: Literal["adapter_ablation"] = "adapter_ablation"
     prompts: list[str] = Field(min_length=1)
+    #: LoRA scales in [0, 4]; 0 (the base) and 1 (the trained adapter) are always measured.
     lambdas: list[float] = Field(default_factory=lambda: list(_DEFAULT_LAMBDAS))
     divergence: DivergenceKind = "js"
-    top_k: int | None = Field(default=None, ge=1)
-    assert_linearity_gte: float = Field(default=0.85, ge=0.0, le=1.0)
-    assert_saturation_between: tuple[float, float] = (0.3, 1.05)
-    assert_overshoot_gte: float = 1.02
-    assert_z_gte: float = 3.0
+    top_k: TopK | None = None
+    assert_linearity_gte: Fraction = 0.85
+    #: [low, high] λ band the saturation point (a grid λ) must fall in.
+    assert_saturation_between: FloatPair = (0.3, 1.05)
+    #: d(λ_max)/d(1), a ratio in [0, 100]; only judged when the grid has a λ > 1.
+    assert_overshoot_gte: float = Field(default=1.02, ge=0.0, le=100.0)
+    assert_z_gte: ZBar = 3.0
     #: The effect at λ=1 (mean divergence) below which the curve's shape is not evidence.
-    assert_mean_gte: float = Field(default=0.02, ge=0.0)
+    assert_mean_gte: NonNegNats = 0.02
+
+    @field_validator("prompts")
+    @classmethod
+    def _non_blank(cls, value: list[str]) -> list[str]:
+        return non_blank_items(value)
 
     @field_validator("lambdas")
     @classmethod
     def _lambdas(cls, value: list[float]) -> list[float]:
         if len(set(value)) < 3:
             raise ValueError("need at least 3 distinct λ values, e.g. [0, 0.5, 1, 1.25]")
-        if any(not math.isfinite(x) or x < 0 for x in value):
-            raise ValueError("λ values must be finite and ≥ 0")
+        if any(not math.isfinite(x) or not 0 <= x <= LAMBDA_MAX for x in value):
+            raise ValueError(f"λ values must be finite and in [0, {LAMBDA_MAX:g}]")
         return sorted(set(value))
 
     @model_validator(mode="after")
     def _band(self) -> AdapterAblationSpec:
         lo, hi = self.assert_saturation_between
-        if lo > hi:
-            raise ValueError("assert_saturation_between must be [low, high] with low ≤ high")
+        if not 0 <= lo <= hi <= LAMBDA_MAX:
+            raise ValueError(
+                f"assert_saturation_between must be [low, high] with 0 ≤ low ≤ high ≤ "
+                f"{LAMBDA_MAX:g}, got [{lo:g}, {hi:g}]"
+            )
+        # The saturation point is a measured λ > 0: a band holding none can never pass.
+        grid = sorted({*self.lambdas, 0.0, 1.0})
+        if not any(lo <= x <= hi for x in grid if x > 0):
+            shown = ", ".join(f"{x:g}" for x in grid)
+            raise ValueError(
+                f"assert_saturation_between [{lo:g}, {hi:g}] holds no λ of the measured grid "
+                f"[{shown}], so saturation could never pass; widen the band or add a λ in it"
+            )
+        reachable_mean_bar(self.divergence, self.assert_mean_gte)
         return self
 
 
@@ -91,12 +122,20 @@ def overshoot(lams: list[float], ds: list[float]) -> float:
     return ds[-1] / ds[ones[0]]
 
 
+def measured_lambdas(requested: list[float]) -> list[float]:
+    """The grid actually measured: the requested λs plus 0 (the base, the curve's
+    origin) and 1 (the trained adapter, whose effect the verdict judges), so no grid
+    can leave the effect unjudged and pass on the curve's shape alone."""
+    return sorted({*requested, 0.0, 1.0})
+
+
 class AdapterAblationProbe(Probe):
     """Divergence vs LoRA scale λ: linearity, saturation point and overshoot."""
 
     kind = "adapter_ablation"
     spec_cls = AdapterAblationSpec
     category = "ablation"
+    calibrated = True
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, AdapterAblationSpec)
@@ -108,9 +147,9 @@ class AdapterAblationProbe(Probe):
                 "requires LoRA-scale access; this backend cannot scale the adapter",
             )
         top_k = spec.top_k or ctx.top_k
-        lams = spec.lambdas
-        ref = self._at(backend, lams[0], spec.prompts, top_k)
-        curve = [0.0 if lam == lams[0] else math.nan for lam in lams]
+        lams = measured_lambdas(spec.lambdas)
+        ref = self._at(backend, 0.0, spec.prompts, top_k)
+        curve = [0.0 if lam == 0.0 else math.nan for lam in lams]
         for i, lam in enumerate(lams[1:], start=1):
             scaled = self._at(backend, lam, spec.prompts, top_k)
             curve[i] = float(
@@ -125,21 +164,18 @@ class AdapterAblationProbe(Probe):
         over = overshoot(lams, curve)
         over_measured = any(x > 1.0 + 1e-6 for x in lams) and not flat
         lo, hi = spec.assert_saturation_between
-        ones = [i for i, x in enumerate(lams) if abs(x - 1.0) < 1e-6]
-        effect_at_1 = curve[ones[0]] if ones and lams[0] == 0.0 else None
+        effect_at_1 = curve[lams.index(1.0)]
         cal = calibrate(effect_at_1, ctx, spec, log_scale=True)
-        effect: Judgement | None = None
-        if effect_at_1 is not None:
-            effect = judge_effect(
-                effect_at_1,
-                cal,
-                kind=self.kind,
-                what=f"effect at λ=1 {effect_at_1:.3g} nats",
-                z_threshold=spec.assert_z_gte,
-                min_effect=spec.assert_mean_gte,
-                noise_floor=ctx.noise_floor,
-            )
-        ok_effect = effect is None or effect.passed
+        effect = judge_effect(
+            effect_at_1,
+            cal,
+            kind=self.kind,
+            what=f"effect at λ=1 {effect_at_1:.3g} nats",
+            z_threshold=spec.assert_z_gte,
+            min_effect=spec.assert_mean_gte,
+            noise_floor=ctx.noise_floor,
+        )
+        ok_effect = effect.passed
         ok_lin = lin >= spec.assert_linearity_gte
         ok_sat = sat is not None and lo <= sat <= hi
         ok_over = over >= spec.assert_overshoot_gte if over_measured else not flat
@@ -157,9 +193,7 @@ class AdapterAblationProbe(Probe):
             f"overshoot={over:.3f}" if over_measured else "overshoot not measured (no λ > 1)"
         )
         shape = f"R²={lin:.3f} ({'ok' if ok_lin else 'low'}), {sat_text}, {over_text}"
-        if effect is None:
-            msg = f"{shape} {no_calibration_note(self.kind)}"
-        elif ok_effect:
+        if ok_effect:
             msg = f"{shape}; {effect.detail}"
         else:
             msg = (
@@ -180,6 +214,7 @@ class AdapterAblationProbe(Probe):
                 effect_ratio=cal.effect_ratio,
                 evidence={
                     "lambdas": lams,
+                    "lambdas_requested": spec.lambdas,
                     "mean_divergence_per_lambda": curve,
                     "linearity": lin,
                     "saturation_lambda": sat,
@@ -189,7 +224,7 @@ class AdapterAblationProbe(Probe):
                     "passed_saturation": ok_sat,
                     "passed_overshoot": ok_over,
                     "effect_at_1": effect_at_1,
-                    "passed_effect_vs_null": ok_effect if effect is not None else None,
+                    "passed_effect_vs_null": ok_effect,
                     "null": cal.evidence(spec.assert_z_gte),
                     "z_statistic": "mean divergence at λ=1 vs null adapters",
                     "weight": spec.weight,
@@ -200,10 +235,9 @@ class AdapterAblationProbe(Probe):
 
     @classmethod
     def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:
-        """Calibrate the effect at λ=1: a ``delta_kl`` on the same prompts and settings."""
-        if not isinstance(target, AdapterAblationSpec) or target.lambdas[0] != 0.0:
-            return None
-        if not any(abs(x - 1.0) < 1e-6 for x in target.lambdas):
+        """Calibrate the effect at λ=1 (always measured): a ``delta_kl`` on the same
+        prompts and settings."""
+        if not isinstance(target, AdapterAblationSpec):
             return None
         from dlm_sway.probes.delta_kl import DeltaKLSpec
 
@@ -230,4 +264,10 @@ class AdapterAblationProbe(Probe):
             return dists(view, prompts, top_k)
 
 
-__all__ = ["AdapterAblationProbe", "AdapterAblationSpec", "overshoot", "saturation_lambda"]
+__all__ = [
+    "AdapterAblationProbe",
+    "AdapterAblationSpec",
+    "measured_lambdas",
+    "overshoot",
+    "saturation_lambda",
+]

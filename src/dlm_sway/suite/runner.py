@@ -23,9 +23,11 @@ from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
 from dlm_sway.core.scoring import DifferentialBackend, PreflightCheckable
 from dlm_sway.core.stats import NullStats
-from dlm_sway.probes.base import ProbeSpec, RunContext, bare_result
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
+from dlm_sway.probes.null_adapter import NullAdapterSpec, select_targets
 from dlm_sway.suite.evidence import apply_holm, health_checks, measure_noise_floor
 from dlm_sway.suite.loader import LoadedSpec
+from dlm_sway.suite.preflight import check_context
 
 
 class RunProgress(Protocol):
@@ -57,6 +59,8 @@ def run(
     if backend is None and needy:
         raise SwayError(f"probes {needy} need a model backend, but none was built")
 
+    if backend is not None:
+        check_context(loaded, backend)  # a text longer than the model's context: exit 2
     results: list[ProbeResult] = []
     if backend is not None and not skip_preflight and isinstance(backend, PreflightCheckable):
         tp = time.perf_counter()
@@ -96,6 +100,8 @@ def run(
     )
     null_stats: dict[str, NullStats] = {}
     by_rank: dict[str, dict[str, NullStats]] = {}
+    #: Entry name → why the suite's null_adapter could not calibrate it.
+    uncalibrated: dict[str, str] = {}
     total = len(loaded.probes)
     for i, (probe, pspec) in enumerate(loaded.probes):
         if progress is not None:
@@ -109,12 +115,16 @@ def run(
                 null_stats_by_rank=MappingProxyType(
                     {k: MappingProxyType(v) for k, v in by_rank.items()}
                 ),
+                calibration_failures=MappingProxyType(dict(uncalibrated)),
             )
             tp = time.perf_counter()
             result = _fenced(probe.run, pspec, ctx)
             result = result.with_duration(time.perf_counter() - tp)
-            if pspec.kind == "null_adapter" and result.verdict == Verdict.PASS:
-                _merge_null(result.evidence, null_stats, by_rank)
+            if pspec.kind == "null_adapter":
+                _note_calibration(result, pspec, ctx, null_stats, by_rank, uncalibrated)
+            elif pspec.name in uncalibrated and pspec.name not in null_stats:
+                result = uncalibrated_result(result, uncalibrated[pspec.name])
+        result = _stamp(result, probe, pspec)
         results.append(result)
         if progress is not None:
             progress.probe_finished(result)
@@ -127,6 +137,18 @@ def run(
         suite,
         noise_floor=noise_floor,
         health=health_checks(results, loaded.probes, backend),
+    )
+
+
+def _stamp(result: ProbeResult, probe: Probe, pspec: ProbeSpec) -> ProbeResult:
+    """What the entry declared, typed on its result: category, weight, the validated
+    config. Stamped here once, so no probe copies them and a saved run re-renders
+    without the probe registered."""
+    return replace(
+        result,
+        category=probe.category,
+        weight=float(pspec.weight),
+        config=MappingProxyType(pspec.model_dump(mode="json")),
     )
 
 
@@ -145,17 +167,61 @@ def _error(pspec: ProbeSpec, message: str) -> ProbeResult:
     return bare_result(pspec, Verdict.ERROR, message)
 
 
-def _merge_null(
-    evidence: Mapping[str, Any],
+def _note_calibration(
+    result: ProbeResult,
+    pspec: ProbeSpec,
+    ctx: RunContext,
     null_stats: dict[str, NullStats],
     by_rank: dict[str, dict[str, NullStats]],
+    uncalibrated: dict[str, str],
 ) -> None:
-    for name, stats in evidence.get("null_stats", {}).items():
-        null_stats[name] = NullStats.from_mapping(stats)
-    for key, group in evidence.get("null_stats_by_rank", {}).items():
-        by_rank.setdefault(key, {}).update(
-            {name: NullStats.from_mapping(s) for name, s in group.items()}
-        )
+    """Take a null_adapter's stats for later probes, and remember which entries it
+    tried and failed to calibrate (all of its targets when it crashed)."""
+    cal = result.calibration
+    if cal is None:
+        if result.verdict is Verdict.ERROR and isinstance(pspec, NullAdapterSpec):
+            reason = f"null_adapter {pspec.name!r} errored: {result.message}"
+            try:
+                targets, _, _ = select_targets(pspec, ctx)
+                names = [t.name for _, t, _ in targets]
+            except Exception:  # noqa: BLE001 — then every later enabled entry is suspect
+                names = [s.name for _, s in ctx.downstream if s.enabled]
+            uncalibrated.update(dict.fromkeys(names, reason))
+        return
+    null_stats.update(cal.stats)
+    if len(cal.by_rank) > 1:
+        for key, group in cal.by_rank.items():
+            by_rank.setdefault(key, {}).update(group)
+    uncalibrated.update(cal.failures)
+    for name in cal.stats:
+        uncalibrated.pop(name, None)
+
+
+def uncalibrated_result(result: ProbeResult, reason: str) -> ProbeResult:
+    """The one place a probe that asked for a null and got none is judged.
+
+    Without its null a probe falls back to fixed thresholds, which cannot tell its
+    effect from a random adapter's: a PASS there is no evidence, so it becomes an
+    unscored WARN that says why calibration failed. FAIL, WARN, SKIP and ERROR keep
+    their verdict and gain the reason.
+    """
+    if result.verdict in (Verdict.SKIP, Verdict.ERROR):
+        return result
+    note = f"null calibration failed ({reason})"
+    evidence = {**result.evidence, "calibration_failed": reason}
+    if result.verdict is not Verdict.PASS:
+        return replace(result, message=f"{result.message} [{note}]", evidence=evidence)
+    return replace(
+        result,
+        verdict=Verdict.WARN,
+        score=None,
+        headline="not calibrated",
+        message=(
+            f"not calibrated: {note}, so no claim beyond noise can be made; "
+            f"fixed thresholds alone said: {result.message}"
+        ),
+        evidence=evidence,
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -198,4 +264,4 @@ def _assemble(
     )
 
 
-__all__ = ["RunProgress", "library_versions", "run"]
+__all__ = ["RunProgress", "library_versions", "run", "uncalibrated_result"]

@@ -1,0 +1,1 @@
+"""The fault-injection lane: killed runs, corrupt caches (default lane)."""
