@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dlm_sway.backends.instrumentation import BackendStats, Instrumentation
-from dlm_sway.core.errors import BackendNotAvailableError, ViewError
-from dlm_sway.core.scoring import NullConstruction, ScoringModel, TokenDist
+from dlm_sway.core.errors import BackendLoadError, BackendNotAvailableError, ViewError
+from dlm_sway.core.result import HealthCheck
+from dlm_sway.core.scoring import NULL_CONSTRUCTIONS, NullConstruction, ScoringModel, TokenDist
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -48,11 +49,17 @@ class HFDifferentialBackend:
     """Differential backend over a transformers causal LM with a PEFT LoRA adapter.
 
     Implements ``DifferentialBackend``, ``ScalableDifferentialBackend``,
-    ``NullCalibratedBackend`` and ``PreflightCheckable``. Views share one set
-    of weights, so only one may be open at a time.
+    ``NullCalibratedBackend``, ``PreflightCheckable``, ``ContextWindow`` and
+    ``LoadDiagnostics``. Views share one set of weights, so only one may be
+    open at a time.
+
+    An adapter that only partly loads (file tensors peft ignored, or attached
+    modules with no tensor) is a :class:`BackendLoadError`, unless
+    ``allow_partial_adapter`` is set: then it loads and reports a health error.
     """
 
     safe_for_concurrent_views = False
+    null_constructions: tuple[NullConstruction, ...] = NULL_CONSTRUCTIONS
 
     def __init__(
         self,
@@ -65,6 +72,7 @@ class HFDifferentialBackend:
         trust_remote_code: bool = False,
         batch_size: int = 16,
         cache_size: int = 4096,
+        allow_partial_adapter: bool = False,
     ) -> None:
         require_hf_stack()
         from dlm_sway.backends import hf_load, hf_lora
@@ -72,9 +80,10 @@ class HFDifferentialBackend:
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # Cheapest checks first: nothing heavy loads before device, base and adapter files pass.
+        torch_device = hf_load.resolve_device(device)
         location = hf_load.resolve_base(base, gguf_file)
         adapter_info = hf_load.inspect_adapter(adapter)
-        torch_device = hf_load.resolve_device(device)
         torch_dtype = hf_load.resolve_dtype(dtype, torch_device)
 
         tokenizer = hf_load.load_tokenizer(
@@ -87,6 +96,26 @@ class HFDifferentialBackend:
             device=torch_device,
             trust_remote_code=trust_remote_code,
         )
+        problem = hf_load.coverage_problem(
+            *hf_load.adapter_coverage(model, adapter_info), adapter_info
+        )
+        if problem is not None and not allow_partial_adapter:
+            raise BackendLoadError(
+                f"{problem} (to score it anyway, with a health error on the result, set "
+                "models.ft.options: {allow_partial_adapter: true})"
+            )
+        self._load_health: tuple[HealthCheck, ...] = ()
+        if problem is not None:
+            self._load_health = (
+                HealthCheck(
+                    "error",
+                    "adapter_partial_load",
+                    problem,
+                    "load the adapter on the base it was trained on, or re-save it; "
+                    "verdicts on a partly loaded adapter do not describe the trained one",
+                ),
+            )
+        self._context_limit = hf_load.context_limit(model, tokenizer)
         self.base_id = location.source + (f"/{location.gguf_file}" if location.gguf_file else "")
         self.adapter_path = adapter_info.path
         self.dtype = hf_load.dtype_name(torch_dtype)
@@ -250,6 +279,22 @@ class HFDifferentialBackend:
 
     # ------------------------------------------------------------------ checks
 
+    def load_health(self) -> tuple[HealthCheck, ...]:
+        """Problems found while loading that were allowed through (partial adapter)."""
+        return self._load_health
+
+    def max_context_tokens(self) -> int | None:
+        """Positions the model was built for (config first, else the tokenizer's limit)."""
+        return self._context_limit
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text becomes when scored (special tokens included), in one call."""
+        items = list(texts)
+        if not items:
+            return []
+        ids = self.tokenizer(items, verbose=False)["input_ids"]
+        return [len(row) for row in ids]
+
     def preflight_finite_check(self) -> tuple[bool, str]:
         """One uncached forward per view on a fixed prompt; NaN/inf means broken weights."""
         scorer = self._live_scorer()
@@ -276,11 +321,14 @@ class HFDifferentialBackend:
     def base_layout_pairs(
         self, prompts: Sequence[str], top_k: int
     ) -> list[tuple[TokenDist, TokenDist]]:
-        """Base dists from padded batches and from one prompt per forward, both uncached."""
+        """Base dists from padded batches and from one prompt per forward, both uncached.
+
+        Whole-vocabulary dists (``top_k`` is moot), as the divergence probes see them.
+        """
         scorer = self._live_scorer()
         with self.as_base():
-            batched = scorer.next_token_dists(list(prompts), top_k, batched=True)
-            single = [scorer.next_token_dists([p], top_k, batched=False)[0] for p in prompts]
+            batched = scorer.next_token_full(list(prompts), batched=True)
+            single = [scorer.next_token_full([p], batched=False)[0] for p in prompts]
         return list(zip(batched, single, strict=True))
 
     def cache_identity(self) -> str:
@@ -323,6 +371,8 @@ class HFDifferentialBackend:
             return
         device = self.device
         self._model = None
+        if self._scorer is not None:
+            self._scorer.full_instr.cache.clear()
         self._scorer = None
         self._instr.cache.clear()
         gc.collect()

@@ -1,15 +1,19 @@
 """Resolve and load a base model, tokenizer and PEFT LoRA adapter for the HF backend.
 
 Every failure a user can cause (wrong path, not an adapter, wrong adapter
-type, adapter for another base) becomes a :class:`BackendLoadError` that says
-what failed, where, and how to fix it. Imports torch/transformers/peft at
-module level: import this module only after :func:`require_hf_stack`.
+type, corrupt weights, adapter for another base, a device this machine lacks,
+a hub id that is not cached) becomes a :class:`BackendLoadError` that says
+what failed, where, and how to fix it — before the base weights load whenever
+it can be known then. sway never downloads: hub ids load from the local HF
+cache only. Imports torch/transformers/peft at module level: import this
+module only after :func:`require_hf_stack`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from dlm_sway.backends.adapter_files import RESAVE, validate_config, weight_names
 from dlm_sway.core.errors import BackendLoadError
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -31,6 +36,11 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda)(?::(\d+))?")
+_OFFLINE_ALTERNATIVES = (
+    "use builtin:smollm2-135m-instruct, a local model directory (with config.json) or a "
+    ".gguf file (to use this model, download it once elsewhere and pass its local directory)"
+)
 
 
 @dataclass(frozen=True)
@@ -48,22 +58,47 @@ class AdapterInfo:
     config: dict[str, Any]
     weights_file: Path
     weights_sha256: str
+    #: Tensor names in the weight file, as saved (``base_model.model.…lora_A.weight``).
+    tensor_names: tuple[str, ...] = ()
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU."""
-    if device == "auto":
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist here.
+
+    Checked before anything loads: torch would otherwise fail only when the
+    weights move, with a traceback, after the base model was read.
+    """
+    match = _DEVICE_RE.fullmatch(device.strip().lower())
+    if match is None or (match.group(2) is not None and match.group(1) not in ("cuda", "mps")):
+        raise BackendLoadError(
+            f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
+    kind, index = match.group(1), match.group(2)
+    if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendLoadError(
+                f"CUDA requested (device {device!r}) but torch.cuda.is_available() is False "
+                "on this machine (no GPU, no driver, or a CPU-only torch build); use device: "
+                "cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if index is not None and int(index) >= count:
+            raise BackendLoadError(
+                f"device {device!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}; use one of those, cuda or auto"
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise BackendLoadError(
-            f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        ) from exc
+            f"MPS requested (device {device!r}) but torch.backends.mps.is_available() is "
+            "False on this machine (MPS needs Apple silicon); use device: cpu or auto"
+        )
+    return torch.device(f"{kind}:{index}" if index is not None else kind)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -122,7 +157,28 @@ def resolve_base(base: str, gguf_file: str | None) -> BaseLocation:
             f"base model path {base!r} does not exist: check the path (in a spec file, "
             "relative paths resolve against the spec's folder)"
         )
+    _require_cached(base, gguf_file or "config.json")
     return BaseLocation(base, gguf_file, is_local=False)
+
+
+def _require_cached(repo_id: str, filename: str) -> None:
+    """A hub id must already be in the local HF cache: sway never downloads.
+
+    Checked up front because transformers would otherwise retry the network
+    for about a minute before failing.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, filename)
+    except ValueError:  # HFValidationError: not even a well-formed hub id
+        cached = None
+    if not isinstance(cached, str):
+        raise BackendLoadError(
+            f"base model {repo_id!r} is not a local path, and as a Hugging Face hub id it is "
+            f"not in the local HF cache ({constants.HF_HUB_CACHE}, no {filename}); sway never "
+            f"downloads models: {_OFFLINE_ALTERNATIVES}"
+        )
 
 
 def inspect_adapter(adapter: str | Path) -> AdapterInfo:
@@ -147,7 +203,9 @@ def inspect_adapter(adapter: str | Path) -> AdapterInfo:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BackendLoadError(f"cannot read {config_path}: {exc}") from exc
+        raise BackendLoadError(
+            f"cannot read adapter config {config_path}: {exc}; {RESAVE}"
+        ) from exc
     if not isinstance(config, dict):
         raise BackendLoadError(f"{config_path} must hold a JSON object")
     peft_type = str(config.get("peft_type", "")).upper()
@@ -156,13 +214,30 @@ def inspect_adapter(adapter: str | Path) -> AdapterInfo:
             f"unsupported adapter type {config.get('peft_type')!r} in {config_path}: sway "
             "compares LoRA adapters only (peft_type LORA); re-train with a LoraConfig"
         )
+    validate_config(config, config_path)
+    _peft_accepts(path, config_path)
     weights = next((path / n for n in _WEIGHT_FILES if (path / n).is_file()), None)
     if weights is None:
         raise BackendLoadError(
             f"adapter directory {str(path)!r} has no weights ({' or '.join(_WEIGHT_FILES)}); "
             "re-save the adapter with save_pretrained"
         )
-    return AdapterInfo(path.resolve(), config, weights, sha256_file(weights))
+    names = weight_names(weights)
+    return AdapterInfo(path.resolve(), config, weights, sha256_file(weights), names)
+
+
+def _peft_accepts(path: Path, config_path: Path) -> None:
+    """Let peft build its LoraConfig now, so its own cross-field checks fail before any load."""
+    from peft import LoraConfig
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unknown keys from other peft versions
+            LoraConfig.from_pretrained(str(path))
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise BackendLoadError(
+            f"adapter config {config_path} is rejected by peft: {exc}; fix the field or {RESAVE}"
+        ) from None
 
 
 def sha256_file(path: Path) -> str:
@@ -177,7 +252,7 @@ def load_tokenizer(
     base: BaseLocation, adapter: AdapterInfo, *, trust_remote_code: bool
 ) -> PreTrainedTokenizerBase:
     """Adapter's tokenizer when it ships one (it may add chat tokens), else the base's."""
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": True}
     if (adapter.path / "tokenizer_config.json").is_file():
         source = str(adapter.path)
     else:
@@ -212,7 +287,11 @@ def load_model(
 
     # sway draws its own progress; transformers' per-load weight bar is noise in reports.
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "trust_remote_code": trust_remote_code,
+        "local_files_only": True,
+    }
     if base.gguf_file is not None:
         kwargs["gguf_file"] = base.gguf_file
     try:
@@ -224,6 +303,8 @@ def load_model(
         with warnings.catch_warnings():
             # peft 0.21 touches a property transformers 5 deprecated; not the user's concern.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            # adapter_coverage reports missing (and unused) tensors as an error instead.
+            warnings.filterwarnings("ignore", message=".*Found missing adapter keys.*")
             peft_model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)
     except RuntimeError as exc:
         if "size mismatch" in str(exc):
@@ -235,13 +316,74 @@ def load_model(
                 f"Detail: {_first_line(exc, 'size mismatch')}"
             ) from exc
         raise BackendLoadError(f"loading adapter {str(adapter.path)!r} failed: {exc}") from exc
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, OSError, TypeError, AttributeError, IndexError) as exc:
         raise BackendLoadError(
             f"adapter {str(adapter.path)!r} cannot be attached to base {base.source!r} "
-            f"(target modules missing or config invalid): {exc}"
+            f"(target modules missing or config invalid): {type(exc).__name__}: {exc}"
         ) from exc
     peft_model.eval()
     return peft_model
+
+
+def adapter_coverage(peft_model: PeftModel, adapter: AdapterInfo) -> tuple[list[str], list[str]]:
+    """(unused, missing): file tensors peft did not load, and attached weights the file lacks.
+
+    peft loads with ``strict=False``: a tensor for a layer or module the base
+    does not have (or that ``target_modules`` leaves out) is dropped, and a
+    module peft attached without a tensor keeps its initialisation (random
+    when ``init_lora_weights`` is false). ``get_peft_model_state_dict`` names
+    the attached weights exactly as ``save_pretrained`` would write them
+    (no ``.default`` adapter name), so the two sets compare directly.
+    """
+    from peft import get_peft_model_state_dict
+
+    expected = set(
+        get_peft_model_state_dict(peft_model, adapter_name="default", save_embedding_layers=False)
+    )
+    present = set(adapter.tensor_names)
+    return sorted(present - expected), sorted(expected - present)
+
+
+def coverage_problem(unused: list[str], missing: list[str], adapter: AdapterInfo) -> str | None:
+    """One message for a partial load, naming a few tensors and the counts; None when whole."""
+    if not unused and not missing:
+        return None
+    parts = []
+    if unused:
+        parts.append(
+            f"{len(unused)} of {len(adapter.tensor_names)} tensor(s) in "
+            f"{adapter.weights_file.name} match no LoRA module attached to the base and are "
+            f"ignored (e.g. {', '.join(unused[:3])})"
+        )
+    if missing:
+        init = adapter.config.get("init_lora_weights", True)
+        state = "random" if init is False else "initial"
+        parts.append(
+            f"{len(missing)} attached LoRA weight(s) have no tensor in the file and keep their "
+            f"{state} values (e.g. {', '.join(missing[:3])})"
+        )
+    return (
+        f"adapter {str(adapter.path)!r} only partly loads: {'; '.join(parts)}. It was trained "
+        "on a different model or with different target_modules/layers than its "
+        f"adapter_config.json says: use the base it was trained on, fix the config or {RESAVE}"
+    )
+
+
+def context_limit(model: PeftModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The model's maximum positions: its config's, else a real tokenizer limit, else None.
+
+    Tokenizers without a limit report a huge sentinel (``int(1e30)``), not a length.
+    """
+    config = model.get_base_model().config
+    text_config = getattr(config, "get_text_config", lambda: config)()
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx"):
+        value = getattr(text_config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10_000_000:
+        return limit
+    return None
 
 
 def _first_line(exc: BaseException, needle: str) -> str:
@@ -252,8 +394,7 @@ def _first_line(exc: BaseException, needle: str) -> str:
 def _load_hint(what: str, source: str, base: BaseLocation, exc: BaseException) -> str:
     if not base.is_local:
         return (
-            f"could not load {what} {source!r} as a Hugging Face hub id (no network, or not "
-            "in the local HF cache). sway runs offline: download the model once and pass "
-            f"its local directory as base. Detail: {exc}"
+            f"could not load {what} {source!r} from the local HF cache (sway never "
+            f"downloads models): {_OFFLINE_ALTERNATIVES}. Detail: {exc}"
         )
     return f"could not load {what} from {source!r}: {exc}"

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from dlm_sway.core.result import HealthCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +121,25 @@ NULL_CONSTRUCTIONS: tuple[NullConstruction, ...] = ("norm_matched", "init_scale"
 class NullCalibratedBackend(DifferentialBackend, Protocol):
     """Adds null views: the adapter's structure with seeded random weights.
 
-    ``construction`` defaults to ``init_scale`` so callers of the seed contract
-    (``as_null_adapter(seed, init_scale=, rank_scale=)``) keep its meaning.
+    This is the seed contract third-party backends are written to; its nulls are
+    ``init_scale`` noise. Other constructions need :class:`ConstructedNullBackend`.
     """
+
+    def as_null_adapter(
+        self, seed: int, *, init_scale: float = 0.02, rank_scale: float = 1.0
+    ) -> AbstractContextManager[ScoringModel]: ...
+
+
+@runtime_checkable
+class ConstructedNullBackend(NullCalibratedBackend, Protocol):
+    """Null views of several constructions: ``as_null_adapter`` takes ``construction=``.
+
+    ``null_constructions`` declares which ones; only a backend that declares it is
+    ever passed the keyword, so seed-contract backends keep working unchanged.
+    """
+
+    @property
+    def null_constructions(self) -> tuple[NullConstruction, ...]: ...
 
     def as_null_adapter(
         self,
@@ -169,6 +188,21 @@ class NoiseFloorMeasurable(Protocol):
     ) -> list[tuple[TokenDist, TokenDist]]: ...
 
 
+@runtime_checkable
+class FullDistributions(Protocol):
+    """Views that hold full logits and return the whole next-token distribution.
+
+    Each dist lists every token: ``token_ids`` is ``arange(vocab_size)`` (one
+    shared read-only array), ``logprobs`` float32 log-softmax, ``tail_logprob``
+    None. Divergences between two such dists are exact, with no top-k tail.
+    The batch call must equal the per-prompt one within float tolerance.
+    """
+
+    def next_token_full(self, prompt: str) -> TokenDist: ...
+
+    def next_token_full_batch(self, prompts: Sequence[str]) -> list[TokenDist]: ...
+
+
 def loop_batch(model: ScoringModel, prompts: Sequence[str], top_k: int) -> list[TokenDist]:
     """Reference batch implementation: the per-prompt path, one prompt at a time."""
     return [model.next_token_dist(p, top_k=top_k) for p in prompts]
@@ -184,9 +218,39 @@ def iter_views(backend: DifferentialBackend) -> Iterator[str]:
         yield "PreflightCheckable"
 
 
+@runtime_checkable
+class ContextWindow(Protocol):
+    """Backends that know how many tokens the model can attend to.
+
+    The runner checks every text a suite will score against
+    ``max_context_tokens`` before any probe runs: a longer text would run for
+    minutes on positions the model never saw and still yield a verdict.
+    """
+
+    def max_context_tokens(self) -> int | None:
+        """The model's maximum positions, or None when it has no known limit."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text becomes when scored (special tokens included)."""
+        ...
+
+
+@runtime_checkable
+class LoadDiagnostics(Protocol):
+    """Backends that loaded despite a problem the spec explicitly allowed (e.g. a partly
+    loading adapter); the problems surface as health checks on the result."""
+
+    def load_health(self) -> Sequence[HealthCheck]: ...
+
+
 __all__ = [
     "NULL_CONSTRUCTIONS",
+    "ConstructedNullBackend",
+    "ContextWindow",
     "DifferentialBackend",
+    "FullDistributions",
+    "LoadDiagnostics",
     "NoiseFloorMeasurable",
     "NullConstruction",
     "NullCalibratedBackend",

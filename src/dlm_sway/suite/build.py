@@ -27,13 +27,31 @@ def backend_options(model: ModelSpec) -> dict[str, Any]:
             "trust_remote_code": model.trust_remote_code,
             "batch_size": model.batch_size,
         }
-        if model.options:
-            raise SpecValidationError(
-                f"the hf backend takes no options, got {sorted(model.options)}",
-                source="models.ft.options",
-            )
+        opts.update(_hf_options(model.options))
         return opts
     return {"base": model.base, "adapter": model.adapter, **model.options}
+
+
+#: Options the hf backend takes under ``models.ft.options``, each a strict bool.
+HF_OPTIONS: dict[str, str] = {
+    "allow_partial_adapter": "score an adapter that only partly loads (a health error)",
+}
+
+
+def _hf_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(HF_OPTIONS))
+    if unknown:
+        known = "; ".join(f"{k}: {why}" for k, why in HF_OPTIONS.items())
+        raise SpecValidationError(
+            f"unknown hf backend option(s) {unknown}; known: {known}",
+            source="models.ft.options",
+        )
+    for key, value in options.items():
+        if not isinstance(value, bool):
+            raise SpecValidationError(
+                f"must be true or false, got {value!r}", source=f"models.ft.options.{key}"
+            )
+    return dict(options)
 
 
 def backend_from_spec(model: ModelSpec) -> DifferentialBackend:

@@ -18,7 +18,12 @@ from dlm_sway.core.calibration import prediction_threshold
 from dlm_sway.core.divergence import divergence
 from dlm_sway.core.multiplicity import holm, p_from_z, z_from_p
 from dlm_sway.core.result import HealthCheck, ProbeResult, Verdict
-from dlm_sway.core.scoring import DifferentialBackend, NoiseFloorMeasurable, TokenDist
+from dlm_sway.core.scoring import (
+    DifferentialBackend,
+    LoadDiagnostics,
+    NoiseFloorMeasurable,
+    TokenDist,
+)
 from dlm_sway.core.stats import score_from_z
 from dlm_sway.probes.base import Probe, ProbeSpec
 
@@ -127,6 +132,8 @@ def health_checks(
 ) -> tuple[HealthCheck, ...]:
     """Plain sentences, each with its fix, whenever the evidence cannot support a claim."""
     checks: list[HealthCheck] = []
+    if isinstance(backend, LoadDiagnostics):
+        checks.extend(backend.load_health())
     norms = getattr(backend, "adapter_norms", None)
     if callable(norms):
         values = list(norms().values())
