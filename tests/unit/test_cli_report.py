@@ -152,10 +152,14 @@ def test_run_gate_junit_and_report_agree_on_verdict_counts(
     assert report.exit_code == 0, report.output
     for text in (junit_path.read_text(encoding="utf-8"), report.stdout):
         root = ET.fromstring(text)
-        assert root.get("tests") == str(sum(counts.values()))
-        assert root.get("failures") == str(counts["fail"])
+        # One case per probe plus the gate's own (sway.gate), failing exactly when the gate does.
+        assert root.get("tests") == str(sum(counts.values()) + 1)
+        assert root.get("failures") == str(counts["fail"] + (gate.exit_code == 1))
         assert root.get("errors") == str(counts["error"])
         assert root.get("skipped") == str(counts["skip"])
+        gate_case = root.find("testcase[@classname='sway'][@name='gate']")
+        assert gate_case is not None
+        assert (gate_case.find("failure") is not None) == (gate.exit_code == 1)
     # The gate's exit code follows the same verdicts the JUnit file reports.
     assert (gate.exit_code == 1) == (
         counts["fail"] + counts["error"] > 0 or live["score"]["overall"] < 0.6

