@@ -7,12 +7,15 @@ an object satisfying at least :class:`~dlm_sway.core.scoring.DifferentialBackend
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlm_sway.core.errors import SpecValidationError
+from dlm_sway.core.plugins import load_entry_points
 from dlm_sway.core.scoring import DifferentialBackend
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 BackendFactory = Callable[..., DifferentialBackend]
 
@@ -45,12 +48,23 @@ register_backend("hf", _build_hf)
 register_backend("dummy", _build_dummy)
 
 
+def _register_entry_point(ep: EntryPoint) -> None:
+    factory = ep.load()
+    if not callable(factory):
+        raise TypeError(f"{type(factory).__name__} is not a backend factory (not callable)")
+    register_backend(ep.name, factory)
+
+
 def backends() -> Mapping[str, BackendFactory]:
+    """Kind → factory: the built-ins plus every ``dlm_sway.backends`` entry point that loads.
+
+    A plugin that fails to import, is not callable or claims a taken kind is a
+    :class:`~dlm_sway.core.plugins.PluginLoadWarning`; the others still register.
+    """
     global _ENTRY_POINTS_LOADED
     if not _ENTRY_POINTS_LOADED:
         _ENTRY_POINTS_LOADED = True
-        for ep in entry_points(group="dlm_sway.backends"):
-            register_backend(ep.name, ep.load())
+        load_entry_points("dlm_sway.backends", _register_entry_point)
     return MappingProxyType(_FACTORIES)
 
 

@@ -7,6 +7,10 @@ is the inner backend's null view at one fixed seed, so re-entering it yields
 the same null. The proxy deliberately implements only
 :class:`~dlm_sway.core.scoring.DifferentialBackend`: no scaling (ablation on a
 null is meaningless) and no null views (calibration must not recurse).
+
+Backends written to the seed contract (``as_null_adapter(seed, *, init_scale,
+rank_scale)``) are called exactly that way; ``construction=`` goes only to a
+:class:`~dlm_sway.core.scoring.ConstructedNullBackend` that declares it.
 """
 
 from __future__ import annotations
@@ -14,11 +18,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dlm_sway.core.scoring import NullCalibratedBackend, NullConstruction, ScoringModel
+from dlm_sway.core.errors import SwayError
+from dlm_sway.core.scoring import (
+    ConstructedNullBackend,
+    NullCalibratedBackend,
+    NullConstruction,
+    ScoringModel,
+)
+
+#: The construction every seed-contract backend draws (fixed-std LoRA init noise).
+SEED_CONSTRUCTION: NullConstruction = "init_scale"
+
+
+def supported_constructions(backend: NullCalibratedBackend) -> tuple[NullConstruction, ...]:
+    """The null constructions ``backend`` can draw: declared, or the seed contract's one."""
+    if isinstance(backend, ConstructedNullBackend):
+        return tuple(backend.null_constructions)
+    return (SEED_CONSTRUCTION,)
 
 
 class NullCalibrationBackendProxy:
-    """Wraps a null-capable backend so ``as_finetuned()`` is one seeded null view."""
+    """Wraps a null-capable backend so ``as_finetuned()`` is one seeded null view.
+
+    Raises :class:`SwayError` at construction when the backend cannot draw the
+    requested ``construction``: calibrating against a different null than the one
+    asked for would silently change what every z-score means.
+    """
 
     def __init__(
         self,
@@ -27,8 +52,11 @@ class NullCalibrationBackendProxy:
         seed: int,
         init_scale: float = 0.02,
         rank_scale: float = 1.0,
-        construction: NullConstruction = "init_scale",
+        construction: NullConstruction = SEED_CONSTRUCTION,
     ) -> None:
+        supported = supported_constructions(inner)
+        if construction not in supported:
+            raise SwayError(_unsupported(inner, construction, supported))
         self._inner = inner
         self._seed = seed
         self._init_scale = init_scale
@@ -46,13 +74,39 @@ class NullCalibrationBackendProxy:
 
     @contextmanager
     def as_finetuned(self) -> Iterator[ScoringModel]:
-        with self._inner.as_null_adapter(
-            self._seed,
-            init_scale=self._init_scale,
-            rank_scale=self._rank_scale,
-            construction=self._construction,
-        ) as view:
+        inner = self._inner
+        if isinstance(inner, ConstructedNullBackend):
+            opened = inner.as_null_adapter(
+                self._seed,
+                init_scale=self._init_scale,
+                rank_scale=self._rank_scale,
+                construction=self._construction,
+            )
+        else:  # the seed contract: no construction keyword
+            opened = inner.as_null_adapter(
+                self._seed, init_scale=self._init_scale, rank_scale=self._rank_scale
+            )
+        with opened as view:
             yield view
 
 
-__all__ = ["NullCalibrationBackendProxy"]
+def _unsupported(
+    backend: object, construction: str, supported: tuple[NullConstruction, ...]
+) -> str:
+    name = type(backend).__name__
+    if isinstance(backend, ConstructedNullBackend):
+        how = f"it declares null_constructions = {list(supported)}"
+    else:
+        how = (
+            "its as_null_adapter follows the seed contract (no construction= keyword, "
+            "init_scale nulls only); a backend that can draw more declares "
+            "null_constructions (see dlm_sway.core.scoring.ConstructedNullBackend)"
+        )
+    options = " or ".join(supported) or "(none)"
+    return (
+        f"backend {name} cannot draw {construction!r} null adapters: {how}. "
+        f"Set null: {options} on the null_adapter entry, or use a backend that supports it"
+    )
+
+
+__all__ = ["SEED_CONSTRUCTION", "NullCalibrationBackendProxy", "supported_constructions"]

@@ -27,7 +27,11 @@ from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import _null_cache
 from dlm_sway.probes._fields import Seed
-from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
+from dlm_sway.probes._null_proxy import (
+    SEED_CONSTRUCTION,
+    NullCalibrationBackendProxy,
+    supported_constructions,
+)
 from dlm_sway.probes.base import (
     Probe,
     ProbeSpec,
@@ -209,6 +213,9 @@ class NullAdapterProbe(Probe):
                 "backend has no null views: later probes use fixed thresholds",
             )
 
+        fallback = _seed_contract_fallback(spec, backend)
+        if fallback:
+            spec = spec.model_copy(update={"null": SEED_CONSTRUCTION})
         targets, skipped, failed = select_targets(spec, ctx)
         seeds = null_seeds(ctx.seed, spec.runs, spec.seed_base)
         base_evidence: dict[str, Any] = {
@@ -220,8 +227,9 @@ class NullAdapterProbe(Probe):
             "null_seeds": seeds,
             "rank_multipliers": spec.rank_multipliers,
             "skipped_kinds": skipped,
-            "weight": spec.weight,
         }
+        if fallback:
+            base_evidence["construction_note"] = fallback
         if not targets:
             msg = "nothing to calibrate: put null_adapter first and numeric probes after it"
             if skipped:
@@ -385,6 +393,8 @@ class NullAdapterProbe(Probe):
         )
         if skipped:
             msg += f" ({len(skipped)} not calibrated)"
+        if evidence.get("construction_note"):
+            msg += f"; {evidence['construction_note']}"
         if from_cache:
             msg += f" (loaded from cache {cache_file})"
         elif cached is not None and cached.problem is not None:
@@ -410,6 +420,19 @@ class NullAdapterProbe(Probe):
                 cache_file=cache_file,
             ),
         )
+
+
+def _seed_contract_fallback(spec: NullAdapterSpec, backend: NullCalibratedBackend) -> str:
+    """A backend written to the seed contract draws only fixed-std nulls. When the spec
+    left ``null:`` at its default, calibrate with those and say so; a construction the
+    spec asked for by name is never swapped silently (the proxy refuses it)."""
+    if "null" in spec.model_fields_set or spec.null in supported_constructions(backend):
+        return ""
+    return (
+        f"the backend draws only the seed contract's {SEED_CONSTRUCTION!r} nulls, not the "
+        f"default {spec.null!r}: calibrated against fixed-std nulls (set null: explicitly "
+        "to require a construction)"
+    )
 
 
 def _sample(probe: Probe, calib: ProbeSpec, ctx: RunContext) -> tuple[float | None, str]:

@@ -41,8 +41,8 @@ from scipy import stats as _sps
 from dlm_sway.core.calibration import Method
 from dlm_sway.core.result import Verdict
 from dlm_sway.core.scoring import (
+    ConstructedNullBackend,
     DifferentialBackend,
-    NullCalibratedBackend,
     NullConstruction,
     ScoringModel,
     TokenDist,
@@ -98,7 +98,7 @@ class NullAsFinetune:
 
     def __init__(
         self,
-        inner: NullCalibratedBackend,
+        inner: ConstructedNullBackend,
         *,
         ft_seed: int,
         construction: NullConstruction = "norm_matched",
@@ -112,6 +112,10 @@ class NullAsFinetune:
         self._memo = layout_memo
         if callable(getattr(inner, "base_layout_pairs", None)):
             self.base_layout_pairs = self._layout_pairs
+
+    @property
+    def null_constructions(self) -> tuple[NullConstruction, ...]:
+        return tuple(self._inner.null_constructions)
 
     def as_base(self) -> AbstractContextManager[ScoringModel]:
         return self._inner.as_base()
@@ -324,7 +328,7 @@ def _summarise(
 
 
 def fpr_study(
-    make_backend: Callable[[], NullCalibratedBackend],
+    make_backend: Callable[[], ConstructedNullBackend],
     *,
     trials: int,
     runs: int,
