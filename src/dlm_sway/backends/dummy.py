@@ -26,7 +26,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dlm_sway.core.errors import ProbeError, ViewError
-from dlm_sway.core.scoring import NullConstruction, RollingLogprob, ScoringModel, TokenDist
+from dlm_sway.core.scoring import (
+    NULL_CONSTRUCTIONS,
+    NullConstruction,
+    RollingLogprob,
+    ScoringModel,
+    TokenDist,
+)
 
 VOCAB = 256
 _ADAPTER_SEED = 7
@@ -140,6 +146,8 @@ class DummyDifferentialBackend:
     nulls do not reproduce); ``planted=0`` makes the adapter a pure random
     direction (a null in disguise); ``strength=0`` a no-op adapter.
     """
+
+    null_constructions: tuple[NullConstruction, ...] = NULL_CONSTRUCTIONS
 
     def __init__(
         self,

@@ -6,10 +6,13 @@ length into padded chunks, runs one forward per chunk under
 is what a backend's ``as_*`` context managers yield: it routes every call
 through the run's forward cache under its own namespace and refuses to work
 once its with-block has exited (the weights would no longer be its weights).
+Views also hand out the full next-token distribution (``FullDistributions``),
+so divergence probes are exact over the whole vocabulary.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -28,6 +31,9 @@ from dlm_sway.core.scoring import RollingLogprob, TokenDist
 MAX_BATCH_TOKENS = 8192
 #: A tail below this mass is reported as 0.0 ("exists but underflowed").
 TAIL_FLOOR = 1e-12
+#: Memory for cached full-vocabulary dists (float32, 4·V bytes each: 192 KiB for SmolLM2).
+#: They get their own LRU so 4096 of them (~800 MiB) never sit in the shared cache.
+FULL_CACHE_BYTES = 256 * 2**20
 
 
 def _frozen(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -54,6 +60,25 @@ def token_dist_from_row(row: torch.Tensor, top_k: int) -> TokenDist:
         vocab_size=vocab,
         tail_logprob=tail,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _vocab_ids(vocab: int) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """``arange(vocab)``, built once and shared by every full dist of that vocabulary."""
+    return _frozen(np.arange(vocab, dtype=np.int64))
+
+
+def full_dists_from_logits(last: torch.Tensor) -> list[TokenDist]:
+    """Whole-vocabulary dists from B×V last-position logits.
+
+    Log-softmax runs in float64 on the CPU (MPS has no float64) and is stored
+    float32: a float32 log-softmax alone is off by ~3e-6 nats of KL on SmolLM2.
+    Each row is copied out, so an evicted dist never pins the whole batch.
+    """
+    rows = last.detach().to("cpu", torch.float64).log_softmax(dim=-1).float().numpy()
+    vocab = int(rows.shape[-1])
+    ids = _vocab_ids(vocab)
+    return [TokenDist(ids, _frozen(row.copy()), vocab, None) for row in rows]
 
 
 def _chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -91,6 +116,11 @@ class HFScorer:
         self.device = device
         self.batch_size = batch_size
         self.instr = instrumentation
+        vocab = getattr(model.get_base_model().config, "vocab_size", None) or 2**17
+        self.full_instr = Instrumentation(
+            max(1, min(instrumentation.cache.maxsize, FULL_CACHE_BYTES // (4 * int(vocab))))
+        )
+        self.full_instr.stats = instrumentation.stats  # one set of counters per backend
         self.pad_id = int(tokenizer.pad_token_id)
         forward_params = inspect.signature(model.get_base_model().forward).parameters
         self._logits_to_keep = "logits_to_keep" in forward_params
@@ -141,6 +171,23 @@ class HFScorer:
     ) -> list[TokenDist]:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        return self._last_rows(
+            prompts,
+            lambda last: [token_dist_from_row(r, top_k) for r in last.float().log_softmax(dim=-1)],
+            batched,
+        )
+
+    def next_token_full(self, prompts: Sequence[str], *, batched: bool) -> list[TokenDist]:
+        """Whole-vocabulary next-token dists (same forwards as :meth:`next_token_dists`)."""
+        return self._last_rows(prompts, full_dists_from_logits, batched)
+
+    def _last_rows(
+        self,
+        prompts: Sequence[str],
+        to_dists: Callable[[torch.Tensor], list[TokenDist]],
+        batched: bool,
+    ) -> list[TokenDist]:
+        """Each prompt's last-position logits (B×V per chunk), turned into dists."""
         encoded = [self.encode(p) for p in prompts]
         for prompt, ids in zip(prompts, encoded, strict=True):
             if not ids:
@@ -155,9 +202,8 @@ class HFScorer:
                 [encoded[i] for i in chunk], side="left", last_only=True, batched=batched
             )
             with torch.inference_mode():
-                rows = logits[:, -1, :].float().log_softmax(dim=-1)
-                for row, i in enumerate(chunk):
-                    results[i] = token_dist_from_row(rows[row], top_k)
+                for i, dist in zip(chunk, to_dists(logits[:, -1, :]), strict=True):
+                    results[i] = dist
         return [r for r in results if r is not None]
 
     def logprobs_of(self, pairs: Sequence[tuple[str, str]], *, batched: bool) -> list[float]:
@@ -344,6 +390,27 @@ class HFView:
             prompts,
             top_k,
             lambda idx: scorer.next_token_dists([prompts[i] for i in idx], top_k, batched=True),
+        )
+
+    def next_token_full(self, prompt: str) -> TokenDist:
+        scorer = self._check()
+        return scorer.full_instr.cached(
+            "next_token_full",
+            self.cache_ns,
+            prompt,
+            0,
+            lambda: scorer.next_token_full([prompt], batched=False)[0],
+        )
+
+    def next_token_full_batch(self, prompts: Sequence[str]) -> list[TokenDist]:
+        scorer = self._check()
+        prompts = list(prompts)
+        return scorer.full_instr.cached_batch(
+            "next_token_full",
+            self.cache_ns,
+            prompts,
+            0,
+            lambda idx: scorer.next_token_full([prompts[i] for i in idx], batched=True),
         )
 
     def generate(

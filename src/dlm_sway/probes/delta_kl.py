@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.divergence import LN2, DivergenceKind, divergence
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.stats import bootstrap_ci
-from dlm_sway.probes._dists import dists
+from dlm_sway.probes._dists import dists, max_tail_bound
+from dlm_sway.probes._fields import NonNegNats, TopK, ZBar, non_blank_items, reachable_mean_bar
 from dlm_sway.probes._judge import judge_effect
 from dlm_sway.probes._verdict import calibrate, calibrated_result
 from dlm_sway.probes.base import SENTINEL_PROMPTS, Probe, ProbeSpec, RunContext
@@ -27,17 +28,20 @@ class DeltaKLSpec(ProbeSpec):
     kind: Literal["delta_kl"] = "delta_kl"
     prompts: list[str] = Field(min_length=1)
     divergence: DivergenceKind = "js"
-    top_k: int | None = Field(default=None, ge=1)
-    assert_mean_gte: float = Field(default=0.02, ge=0.0)
-    assert_z_gte: float = 3.0
+    top_k: TopK | None = None
+    #: Mean divergence (nats) the effect must reach; JS never exceeds ln 2.
+    assert_mean_gte: NonNegNats = 0.02
+    assert_z_gte: ZBar = 3.0
 
     @field_validator("prompts")
     @classmethod
     def _non_blank(cls, value: list[str]) -> list[str]:
-        blank = [i for i, p in enumerate(value) if not p.strip()]
-        if blank:
-            raise ValueError(f"prompts at positions {blank} are empty")
-        return value
+        return non_blank_items(value)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> DeltaKLSpec:
+        reachable_mean_bar(self.divergence, self.assert_mean_gte)
+        return self
 
 
 class DeltaKLProbe(Probe):
@@ -46,6 +50,7 @@ class DeltaKLProbe(Probe):
     kind = "delta_kl"
     spec_cls = DeltaKLSpec
     category = "adherence"
+    calibrated = True
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, DeltaKLSpec)
@@ -83,6 +88,7 @@ class DeltaKLProbe(Probe):
             "max": float(np.max(per_prompt)),
             "num_prompts": len(per_prompt),
             "top_k": top_k,
+            "max_tail_bound": max_tail_bound(base, ft, spec.divergence),  # 0.0: exact
             "weight": spec.weight,
         }
         return calibrated_result(
