@@ -8,8 +8,10 @@ Policy, in short: a FAIL or an ERROR fails the gate; so does a SKIP at run
 time or a WARN, unless the spec (``gate.allow_skip`` / ``gate.allow_warn``) or
 the command line (``--allow-skip`` / ``--allow-warn``) allows it by name or for
 all probes. An entry disabled in the spec (``enabled: false``) was skipped on
-purpose and does not fail. A suite where no probe besides ``null_adapter`` was
-judged (PASS, FAIL or WARN) verified nothing: exit 2, never 0.
+purpose and does not fail. An error-level health check (a zero-norm adapter, a
+partly loaded adapter allowed by ``allow_partial_adapter``) fails it too. A suite
+where no probe besides ``null_adapter`` was judged (PASS, FAIL or WARN) verified
+nothing: exit 2, never 0.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ GATE_UNJUDGED = 2
 #: The calibration step: its own result gates like any probe, but it judges nothing.
 BASELINE_KIND = "null_adapter"
 
-ReasonCode = Literal["nothing_judged", "failed", "errored", "skipped", "warned", "threshold"]
+ReasonCode = Literal[
+    "nothing_judged", "failed", "errored", "skipped", "warned", "health", "threshold"
+]
 REASON_CODES: tuple[ReasonCode, ...] = (
     "nothing_judged",
     "failed",
     "errored",
     "skipped",
     "warned",
+    "health",
     "threshold",
 )
 _JUDGED = (Verdict.PASS, Verdict.FAIL, Verdict.WARN)
@@ -148,6 +153,16 @@ def decide(suite: SuiteResult, score: SwayScore, policy: GatePolicy) -> GateDeci
                 f"probe(s) warned: {', '.join(warned)} — allow with --allow-warn NAME or "
                 "gate.allow_warn in the spec",
                 warned,
+            )
+        )
+    broken = [c for c in suite.health if c.level == "error"]
+    if broken:
+        # An error-level health check says the evidence cannot carry any claim (a zero-norm
+        # adapter, a partly loaded one): no verdict of this run can be staked on.
+        reasons.append(
+            GateReason(
+                "health",
+                "health check(s) failed: " + "; ".join(f"{c.code}: {c.message}" for c in broken),
             )
         )
     overall = score.overall
