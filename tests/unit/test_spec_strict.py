@@ -750,3 +750,25 @@ def test_yaml_round_trip_of_a_valid_spec_loads(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     loaded = load_spec(path)
     assert loaded.spec.defaults.seed == 7 and len(loaded.probes) == 3
+
+
+@pytest.mark.parametrize("where", ["prompts: *top", "unused: *top"])
+def test_an_alias_bomb_is_refused_quickly_not_validated_for_minutes(
+    tmp_path: Path, where: str
+) -> None:
+    """Nine levels of nine-fold aliases expand to ~10¹⁰ values: refused before validation."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 11):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    lines[-1] = lines[-1].replace(f"&a{10}", "&top")
+    lines.append('models: {ft: {kind: dummy, base: x, adapter: "builtin:x"}}')
+    entry = (
+        "{name: d, kind: delta_kl, "
+        + (where if where.startswith("prompts") else "prompts: [p]")
+        + "}"
+    )
+    lines.append(f"suite:\n  - {entry}")
+    if where.startswith("unused"):
+        lines.append(where)
+    with pytest.raises(SpecValidationError, match="alias"):
+        load_spec(write(tmp_path, "\n".join(lines) + "\n"))

@@ -139,7 +139,39 @@ def unusable_values(data: Any, path: str = "") -> list[str]:
         done.add(id(value))
 
     visit(data, path)
+    if not found:
+        size = expanded_size(data)
+        if size > MAX_EXPANDED_VALUES:
+            found.append(
+                f"{path or '<root>'}: expands to {size:,} values through YAML aliases (more than "
+                f"{MAX_EXPANDED_VALUES:,}; an alias bomb?); write the values out instead"
+            )
     return found
+
+
+#: A spec that expands past this many values through aliases is refused before validation
+#: walks it (nine levels of nine-fold aliases would otherwise take minutes and gigabytes).
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def expanded_size(data: Any) -> int:
+    """How many values ``data`` holds once every alias is written out (shared containers
+    counted each time they are referenced, computed once each). Call on acyclic data."""
+    memo: dict[int, int] = {}
+
+    def size(value: Any) -> int:
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            return 1
+        key = id(value)
+        if key not in memo:
+            memo[key] = 1 + sum(size(item) for item in children)
+        return memo[key]
+
+    return size(data)
 
 
 def _entry_label(where: str, i: int, item: Any) -> str:
@@ -152,4 +184,4 @@ def _entry_label(where: str, i: int, item: Any) -> str:
     return label
 
 
-__all__ = ["StrictLoader", "strict_load", "unusable_values"]
+__all__ = ["MAX_EXPANDED_VALUES", "StrictLoader", "expanded_size", "strict_load", "unusable_values"]
