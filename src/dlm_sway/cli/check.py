@@ -107,7 +107,12 @@ def check_cmd(
     prompts_file: Annotated[
         Path | None, typer.Option("--prompts", help="File with one prompt per line.")
     ] = None,
-    runs: Annotated[int, typer.Option(min=1, max=200, help="Number of null adapters.")] = 10,
+    runs: Annotated[
+        int,
+        typer.Option(
+            min=2, max=200, help="Number of null adapters (at least 2: one null has no spread)."
+        ),
+    ] = 10,
     dtype: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     json_out: Annotated[str | None, typer.Option("--json", "-j", help="Write JSON here.")] = None,
