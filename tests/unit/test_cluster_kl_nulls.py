@@ -72,7 +72,9 @@ def test_every_null_uses_the_real_runs_assignment(
 ) -> None:
     res = run_suite(NULL, CK, seed=seed)
     real = res.by_name("ck")
-    assert "ck" in res.by_name("null").evidence["calibrated"]
+    cal = res.by_name("null").calibration
+    assert cal is not None and "ck" in cal.stats
+    assert real.null is not None and real.null.k == NULL["runs"]
     assert len(calls) == NULL["runs"] + 1  # one per null draw, then the real run
     assert all(s == seed for s, _ in calls), [s for s, _ in calls]
     assert all(labels == real.evidence["labels"] for _, labels in calls)

@@ -11,7 +11,7 @@ import pytest
 
 from dlm_sway.backends.dummy import DummyDifferentialBackend
 from dlm_sway.core.errors import SpecValidationError
-from dlm_sway.core.result import SuiteResult, Verdict
+from dlm_sway.core.result import Direction, SuiteResult, Verdict
 from dlm_sway.data import (
     corpus_sections,
     load_general_corpus_chunks,
@@ -101,12 +101,14 @@ class TestCalibrationDrift:
 
     def test_fixed_thresholds_without_null(self, run_suite: RunSuite) -> None:
         res = run_suite(cd()).by_name("cd")
-        assert res.z_score is None and "null" not in res.evidence
+        assert res.z_score is None and res.null is None
+        assert res.direction is Direction.HARM
         frac, mean = res.raw, res.ft_value
         assert frac is not None and mean is not None
         ok = frac < 0.15 and mean >= -0.5
         assert res.verdict == (Verdict.PASS if ok else Verdict.FAIL)
-        assert "no calibration for calibration_drift" in res.message
+        assert "no null calibration for calibration_drift: fixed thresholds" in res.message
+        assert "assert_fraction_regressed_lt" in res.message
 
     def test_noop_adapter_passes(self, run_suite: RunSuite) -> None:
         res = run_suite(cd(), backend=DummyDifferentialBackend(strength=0.0)).by_name("cd")
@@ -176,20 +178,19 @@ class TestCalibrationDrift:
     def test_calibrated_forgetting_adapter_fails(self, run_suite: RunSuite) -> None:
         # K=10 (the default): with 5 nulls, harm z ≥ 3 holds for only some null-seed families
         res = run_suite({**NULL5, "runs": 10}, cd()).by_name("cd")
-        null = res.evidence["null"]
-        assert null["k"] == 10 and null["direction"] == "harm"
-        assert "z_threshold" not in null  # Holm must not demote a "no harm" PASS
+        assert res.null is not None and res.null.k == 10
+        assert res.direction is Direction.HARM  # Holm must not demote a "no harm" PASS
+        # z and p are those of the harm claim: more forgetting than the nulls is positive
         assert res.z_score is not None and res.p_value is not None
-        # z is in the good direction (lower fraction is better): harm z is its negation
-        assert null["harm_z"] == pytest.approx(-res.z_score, abs=1e-6)
-        assert null["harm_z"] >= 3.0
-        assert res.verdict == Verdict.FAIL
+        assert res.z_score >= 3.0 and res.p_value < 0.01
+        assert res.verdict == Verdict.FAIL and res.score == 0.0
+        assert res.headline == "forgets more than random adapters"
         assert res.message.startswith("forgets more than random adapters")
 
     def test_null_in_disguise_is_not_failed(self, run_suite: RunSuite) -> None:
         be = DummyDifferentialBackend(planted=0.0)
         res = run_suite(NULL5, cd(), backend=be).by_name("cd")
-        assert res.evidence["null"]["harm_z"] < 3.0
+        assert res.null is not None and res.z_score is not None and res.z_score < 3.0
         assert res.verdict in (Verdict.PASS, Verdict.WARN)
 
     def test_nulls_score_the_entrys_items(self) -> None:
@@ -242,10 +243,12 @@ class TestExternalPerplexity:
 
     def test_calibrated_path(self, run_suite: RunSuite) -> None:
         res = run_suite(NULL5, ep(), backend=DummyDifferentialBackend(strength=1.0)).by_name("ep")
-        null = res.evidence["null"]
-        assert null["k"] == 5 and null["harm_z"] >= 3.0
-        assert res.verdict == Verdict.FAIL
-        assert res.z_score is not None and res.z_score <= -3.0
+        assert res.null is not None and res.null.k == 5 and not res.null.non_negative
+        assert res.direction is Direction.HARM
+        assert res.z_score is not None and res.z_score >= 3.0  # harm z
+        assert res.verdict == Verdict.FAIL and res.score == 0.0
+        assert res.effect_ratio is None and "×" not in res.message  # δ is signed
+        assert "null SDs from the null mean" in res.message
 
     def test_nulls_score_the_same_chunks(self) -> None:
         target = ExternalPerplexitySpec(name="ep", chunks=6, chunk_chars=500)

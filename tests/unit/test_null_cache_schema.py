@@ -21,9 +21,10 @@ import pytest
 
 from dlm_sway.backends.dummy import DummyDifferentialBackend
 from dlm_sway.core.errors import SwayError
-from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
+from dlm_sway.core.result import NullCalibration, ProbeResult, SuiteResult, Verdict
 from dlm_sway.probes import base
 from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
+from dlm_sway.probes._verdict import calibrate, judge, judged_result
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 RunSuite = Callable[..., SuiteResult]
@@ -198,25 +199,22 @@ def test_bad_cache_entry_is_a_miss_recomputed_and_overwritten(
 
     again = run_suite(NULL, dkl(), backend=CachedDummy())
     null = again.by_name("null")
-    assert null.evidence["from_cache"] is False, null.message
+    assert null.calibration is not None and null.calibration.from_cache is False, null.message
     assert numbers(again) == numbers(fresh)
-    assert null.evidence["null_stats"] == fresh.by_name("null").evidence["null_stats"]
+    assert null.calibration.by_rank == _calibration(fresh).by_rank
     assert str(path) in null.message and "rejected" in null.message
     assert null.evidence["cache_rejected"]
     # the miss rewrote the file with the recomputed stats: the next run trusts it
     third = run_suite(NULL, dkl(), backend=CachedDummy())
-    assert third.by_name("null").evidence["from_cache"] is True
+    assert _calibration(third).from_cache is True
     assert numbers(third) == numbers(fresh)
 
 
 def test_a_hit_records_the_file_it_came_from(run_suite: RunSuite, null_cache_dir: Path) -> None:
     first = run_suite(NULL, dkl(), backend=CachedDummy()).by_name("null")
-    assert first.evidence["from_cache"] is False
     assert first.calibration is not None and first.calibration.from_cache is False
     second = run_suite(NULL, dkl(), backend=CachedDummy()).by_name("null")
     path = str(the_file(null_cache_dir))
-    assert second.evidence["from_cache"] is True
-    assert second.evidence["cache_file"] == path
     assert f"(loaded from cache {path})" in second.message
     assert second.calibration is not None
     assert second.calibration.from_cache is True and second.calibration.cache_file == path
@@ -226,7 +224,7 @@ def test_stats_are_recomputed_from_samples(run_suite: RunSuite, null_cache_dir: 
     """A cached entry is only its samples: the stats used are recomputed from them."""
     fresh = run_suite(NULL, dkl(), backend=CachedDummy())
     hit = run_suite(NULL, dkl(), backend=CachedDummy())
-    assert hit.by_name("null").evidence["from_cache"] is True
+    assert _calibration(hit).from_cache is True
     assert hit.null_stats == fresh.null_stats
     assert hit.by_name("dkl").z_score == fresh.by_name("dkl").z_score
 
@@ -244,10 +242,11 @@ NULL_RUN_FAILS = "_test_schema_null_run_fails"
 OPTS_OUT = "_test_schema_opts_out"
 
 
-def _fixed_pass(spec: ProbeSpec) -> ProbeResult:
-    return ProbeResult(
-        name=spec.name, kind=spec.kind, verdict=Verdict.PASS, raw=0.5, score=0.9, message="ok"
-    )
+def _fixed_pass(spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
+    """A raw of 0.5 that fixed thresholds pass, judged the one way every probe is."""
+    cal = calibrate(0.5, ctx, spec)
+    j = judge(0.5, cal, spec, ctx, what="raw 0.5", fixed_score=0.9)
+    return judged_result(spec, cal, j, raw=0.5, measured="raw 0.5", evidence={})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -259,7 +258,7 @@ def _test_kinds() -> Iterator[None]:
         spec_cls = ProbeSpec
 
         def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
-            return _fixed_pass(spec)
+            return _fixed_pass(spec, ctx)
 
     class _CalibRaises(_OptsOut):
         kind = CALIB_RAISES
@@ -274,7 +273,7 @@ def _test_kinds() -> Iterator[None]:
         def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
             if isinstance(ctx.backend, NullCalibrationBackendProxy):
                 raise SwayError("needs a tokenizer the null view does not expose")
-            return _fixed_pass(spec)
+            return _fixed_pass(spec, ctx)
 
         @classmethod
         def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec:
@@ -296,12 +295,11 @@ def test_entry_that_got_no_null_warns_instead_of_passing(
     res = run_suite(NULL, dkl(), {"name": "x", "kind": kind}, {"name": "o", "kind": OPTS_OUT})
     x = res.by_name("x")
     assert x.verdict is Verdict.WARN, x.message
-    assert "calibration failed" in x.message and why in x.message
+    assert x.headline == "not calibrated" and why in x.message
     assert x.score is None  # an unbacked PASS does not feed the composite either
-    assert why in x.evidence["calibration_failed"]
     null = res.by_name("null")
     assert null.verdict is Verdict.PASS  # dkl was calibrated
-    assert why in null.evidence["calibration_failed"]["x"]
+    assert null.calibration is not None and why in null.calibration.failures["x"]
     assert res.by_name("dkl").verdict is Verdict.PASS and res.by_name("dkl").z_score is not None
     # an entry that never asked for a null keeps its fixed-threshold verdict
     assert res.by_name("o").verdict is Verdict.PASS
@@ -331,15 +329,21 @@ def test_crashing_null_adapter_leaves_no_fixed_threshold_pass(run_suite: RunSuit
 def test_without_null_adapter_fixed_thresholds_still_judge(run_suite: RunSuite) -> None:
     """No null was asked for: the fixed-threshold verdict stands (and says so)."""
     d = run_suite(dkl()).by_name("dkl")
-    assert d.verdict is Verdict.PASS and "(no calibration" in d.message
+    assert d.verdict is Verdict.PASS and d.null is None and d.z_score is None
+    assert "no null calibration for delta_kl: fixed thresholds" in d.message
 
 
 # --- null seeds derive from defaults.seed ---------------------------------------------------------
 
 
+def _calibration(res: SuiteResult) -> NullCalibration:
+    cal = res.by_name("null").calibration
+    assert cal is not None
+    return cal
+
+
 def _samples(res: SuiteResult) -> list[float]:
-    samples: list[float] = res.by_name("null").evidence["null_stats"]["dkl"]["samples"]
-    return samples
+    return list(_calibration(res).stats["dkl"].samples)
 
 
 def test_null_seeds_follow_the_run_seed(run_suite: RunSuite) -> None:
@@ -365,11 +369,11 @@ def test_explicit_seed_base_selects_another_family(run_suite: RunSuite) -> None:
 
 def test_run_seed_is_part_of_the_cache_key(run_suite: RunSuite, null_cache_dir: Path) -> None:
     run_suite(NULL, dkl(), backend=CachedDummy(), seed=0)
-    other = run_suite(NULL, dkl(), backend=CachedDummy(), seed=1).by_name("null")
-    assert other.evidence["from_cache"] is False
+    other = run_suite(NULL, dkl(), backend=CachedDummy(), seed=1)
+    assert _calibration(other).from_cache is False
     assert len(list(null_cache_dir.glob("*.json"))) == 2
-    back = run_suite(NULL, dkl(), backend=CachedDummy(), seed=0).by_name("null")
-    assert back.evidence["from_cache"] is True
+    back = run_suite(NULL, dkl(), backend=CachedDummy(), seed=0)
+    assert _calibration(back).from_cache is True
 
 
 def test_null_seeds_function_is_documented_and_stable() -> None:

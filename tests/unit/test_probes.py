@@ -120,13 +120,16 @@ class TestDeltaKL:
     def test_without_null_adapter_uses_fixed_threshold(self, run_suite: RunSuite) -> None:
         strong = run_suite(dkl()).by_name("dkl")
         assert strong.verdict is Verdict.PASS
-        assert strong.z_score is None and strong.effect_ratio is None
-        assert "(no calibration" in strong.message
+        assert strong.z_score is None and strong.effect_ratio is None and strong.null is None
+        assert strong.headline == "above threshold"
+        assert "no null calibration for delta_kl: fixed thresholds" in strong.message
         noop = run_suite(dkl(), backend=DummyDifferentialBackend(strength=0.0)).by_name("dkl")
         assert noop.verdict is Verdict.FAIL
         assert "changes nothing" in noop.message
         high_bar = run_suite(dkl(assert_mean_gte=0.5)).by_name("dkl")
-        assert high_bar.verdict is Verdict.FAIL
+        assert high_bar.verdict is Verdict.FAIL and high_bar.headline == "below threshold"
+        assert "(threshold 0.5, assert_mean_gte)" in high_bar.message  # names the field
+        assert high_bar.score is not None and high_bar.score <= 0.25
 
     def test_ci_contains_raw(self, run_suite: RunSuite) -> None:
         r = run_suite(NULL3, dkl()).by_name("dkl")
@@ -142,9 +145,14 @@ class TestDeltaKL:
         assert float(np.mean(ev["per_prompt"])) == pytest.approx(r.raw)
         assert ev["max"] == pytest.approx(max(ev["per_prompt"]))
         assert ev["top_k"] == 32
-        assert ev["weight"] == 2.0
-        assert ev["null"]["k"] == 3 and ev["null"]["construction"] == "norm_matched"
-        assert ev["null"]["method"] == "t_prediction" and ev["null"]["log_scale"] is True
+        # decisions and their numbers are typed fields, never evidence keys
+        assert not {"weight", "null", "headline", "z_by_rank"} & set(ev)
+        assert r.weight == 2.0 and r.category == "adherence"
+        assert r.null is not None and r.null.k == 3 and r.null.construction == "norm_matched"
+        assert r.null.method == "t_prediction" and r.null.log_scale is True
+        assert r.null.non_negative is True and r.null.z_threshold == 3.0
+        assert r.message.startswith(f"{r.headline}: {r.measured}")
+        assert r.measured == "mean JS " + f"{r.raw:.4g}" + " nats over 4 prompt(s)"
 
     def test_top_k_defaults_to_suite_default(self, run_suite: RunSuite) -> None:
         assert run_suite(dkl(), top_k=16).by_name("dkl").evidence["top_k"] == 16
@@ -161,7 +169,7 @@ class TestDeltaKL:
         reverse = np.mean([divergence(y, x, "kl") for x, y in zip(b, f, strict=True)])
         assert r.raw == pytest.approx(float(expected))
         assert r.raw != pytest.approx(float(reverse), rel=1e-3)
-        assert "KL(ft‖base)" in r.message
+        assert "KL(ft‖base)" in r.message and "KL(ft‖base)" in r.measured
         assert r.evidence["divergence_kind"] == "kl"
 
     def test_kl_mode_calibrates_too(self, run_suite: RunSuite) -> None:
@@ -180,24 +188,41 @@ class TestAdapterAblation:
     def test_trained_adapter_passes_with_calibration(self, run_suite: RunSuite) -> None:
         r = run_suite(NULL3, abl()).by_name("abl")
         assert r.verdict is Verdict.PASS, r.message
-        assert r.z_score is not None and r.z_score >= 3
+        assert r.z_score is not None and r.z_score >= 3 and r.headline == "above noise"
         ev = r.evidence
-        assert ev["passed_linearity"] and ev["passed_saturation"] and ev["passed_overshoot"]
-        assert ev["passed_effect_vs_null"] is True
+        assert ev["linearity"] >= 0.85 and 0.3 <= ev["saturation_lambda"] <= 1.05
+        assert ev["overshoot"] >= 1.02
         curve = ev["mean_divergence_per_lambda"]
         assert curve[0] == 0.0 and curve == sorted(curve)
         assert ev["lambdas"] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+        # raw is the calibrated quantity: the effect at λ=1, on the nulls' scale
+        assert r.raw == curve[4] and r.null is not None and r.null.log_scale
+        assert f"R²={ev['linearity']:.3f}" in r.measured
+        assert not {"weight", "null", "headline", "passed_effect_vs_null"} & set(ev)
+
+    def test_failed_shape_check_fails_and_names_the_field(self, run_suite: RunSuite) -> None:
+        # a linear curve can never reach R² ≥ 1 exactly on the dummy: linearity fails
+        r = run_suite(NULL3, abl(assert_linearity_gte=1.0)).by_name("abl")
+        assert r.verdict is Verdict.FAIL
+        assert r.headline == "above noise, but a fixed check failed"
+        assert "(assert_linearity_gte)" in r.message and "R²=" in r.message
+        assert r.score == 0.25
+        band = run_suite(NULL3, abl(assert_saturation_between=[0.25, 0.5])).by_name("abl")
+        assert band.verdict is Verdict.FAIL and "(assert_saturation_between)" in band.message
+        over = run_suite(NULL3, abl(assert_overshoot_gte=5.0)).by_name("abl")
+        assert over.verdict is Verdict.FAIL and "(assert_overshoot_gte)" in over.message
 
     def test_effect_at_one_matches_delta_kl(self, run_suite: RunSuite) -> None:
         res = run_suite(NULL3, abl(), dkl())
-        assert res.by_name("abl").evidence["effect_at_1"] == pytest.approx(res.by_name("dkl").raw)
+        assert res.by_name("abl").raw == pytest.approx(res.by_name("dkl").raw)
+        assert res.by_name("abl").z_score == pytest.approx(res.by_name("dkl").z_score)
 
     def test_noop_adapter_fails_as_noise(self, run_suite: RunSuite) -> None:
         be = DummyDifferentialBackend(strength=0.0)
         r = run_suite(NULL3, abl(), backend=be).by_name("abl")
         assert r.verdict is Verdict.FAIL
         assert "indistinguishable from noise" in r.message
-        assert r.evidence["passed_effect_vs_null"] is False
+        assert r.raw == 0.0 and r.score == 0.0
 
     def test_noop_adapter_fails_without_calibration(self, run_suite: RunSuite) -> None:
         r = run_suite(abl(), backend=DummyDifferentialBackend(strength=0.0)).by_name("abl")
@@ -215,7 +240,7 @@ class TestAdapterAblation:
         self, run_suite: RunSuite
     ) -> None:
         r = run_suite(NULL3, abl(lambdas=[0.0, 0.25, 0.5, 0.75, 1.0])).by_name("abl")
-        assert r.evidence["passed_linearity"] and r.evidence["passed_saturation"]
+        assert r.evidence["overshoot"] is None and "overshoot not measured" in r.measured
         assert r.verdict is Verdict.PASS, r.message
 
     def test_grid_without_zero_is_calibrated_at_one(self, run_suite: RunSuite) -> None:
@@ -270,17 +295,21 @@ class TestNullAdapter:
     def test_rank_multipliers_give_z_by_rank(self, run_suite: RunSuite) -> None:
         res = run_suite({**NULL3, "rank_multipliers": [2.0, 0.5, 1.0]}, dkl())
         null = res.by_name("null")
-        assert set(null.evidence["null_stats_by_rank"]) == {"rank_0.50", "rank_1.00", "rank_2.00"}
+        assert null.calibration is not None
+        assert set(null.calibration.by_rank) == {"rank_0.50", "rank_1.00", "rank_2.00"}
         assert "0.5x, 1x, 2x" in null.message
         r = res.by_name("dkl")
-        zr = r.evidence["z_by_rank"]
+        assert r.null is not None
+        zr = r.null.z_by_rank
         assert zr["rank_0.50"] > zr["rank_1.00"] > zr["rank_2.00"]
         assert zr["rank_1.00"] == pytest.approx(r.z_score)  # the primary group is 1x
 
     def test_single_multiplier_has_no_rank_profile(self, run_suite: RunSuite) -> None:
         res = run_suite(NULL3, dkl())
-        assert res.by_name("null").evidence["null_stats_by_rank"] == {}
-        assert "z_by_rank" not in res.by_name("dkl").evidence
+        cal = res.by_name("null").calibration
+        assert cal is not None and set(cal.by_rank) == {"rank_1.00"}
+        dkl_null = res.by_name("dkl").null
+        assert dkl_null is not None and dict(dkl_null.z_by_rank) == {}
 
     def test_one_run_is_a_load_error(self, make_suite: Callable[..., Any]) -> None:
         # One null has no spread: it could never calibrate anything.
@@ -295,7 +324,7 @@ class TestNullAdapter:
         ctx = RunContext(backend=DummyDifferentialBackend(), null_stats={"dkl": one})
         r = DeltaKLProbe().run(DeltaKLSpec(name="dkl", prompts=_prompts()), ctx)
         assert r.z_score is None
-        assert "(no calibration" in r.message
+        assert "null unusable (only 1 null sample" in r.message
 
     def test_nothing_to_calibrate_is_a_load_error(self, make_suite: Callable[..., Any]) -> None:
         with pytest.raises(SwayError, match=r"suite\[1\] \(null\): nothing to calibrate"):
@@ -313,7 +342,7 @@ class TestNullAdapter:
         res = run_suite(NULL3, dkl(), backend=two_view_backend)
         assert res.by_name("null").verdict is Verdict.SKIP
         assert res.by_name("dkl").z_score is None
-        assert "(no calibration" in res.by_name("dkl").message
+        assert "no null calibration for delta_kl" in res.by_name("dkl").message
 
     def test_calibrate_kinds_restricts(self, run_suite: RunSuite) -> None:
         res = run_suite({**NULL3, "calibrate_kinds": ["adapter_ablation"]}, dkl(), abl())
@@ -324,16 +353,20 @@ class TestNullAdapter:
 
     def test_each_entry_is_calibrated_on_its_own_prompts(self, run_suite: RunSuite) -> None:
         res = run_suite(NULL3, dkl("one", _prompts()[:1]), dkl("all", _prompts()))
-        stats = res.by_name("null").evidence["null_stats"]
-        assert set(stats) == {"one", "all"}
-        assert stats["one"]["mean"] != pytest.approx(stats["all"]["mean"])
+        cal = res.by_name("null").calibration
+        assert cal is not None and set(cal.stats) == {"one", "all"}
+        assert cal.stats["one"].mean != pytest.approx(cal.stats["all"].mean)
 
     def test_null_samples_are_deterministic(self, run_suite: RunSuite) -> None:
-        a = run_suite(NULL3, dkl()).by_name("null").evidence["null_stats"]
-        b = run_suite(NULL3, dkl()).by_name("null").evidence["null_stats"]
+        def stats(null: dict[str, Any]) -> Any:
+            cal = run_suite(null, dkl()).by_name("null").calibration
+            assert cal is not None
+            return cal.stats
+
+        a, b = stats(NULL3), stats(NULL3)
         assert a == b
-        c = run_suite({**NULL3, "seed_base": 7}, dkl()).by_name("null").evidence["null_stats"]
-        assert c["dkl"]["samples"] != a["dkl"]["samples"]
+        c = stats({**NULL3, "seed_base": 7})
+        assert c["dkl"].samples != a["dkl"].samples
 
     def test_raising_calibration_is_listed_in_skipped_kinds(self, run_suite: RunSuite) -> None:
         res = run_suite(NULL3, {"name": "odd", "kind": CALIB_SWAY_ERR}, dkl())

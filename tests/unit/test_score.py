@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +12,6 @@ import pytest
 from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
 from dlm_sway.probes import base
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 from dlm_sway.suite.score import (
     DEFAULT_WEIGHTS,
     compute,
@@ -22,33 +21,14 @@ from dlm_sway.suite.score import (
 
 ATTR = "_test_score_attr_probe"
 CALIB = "_test_score_calib_probe"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def extra_categories() -> Iterator[None]:
-    """Register throwaway probes for the two categories no built-in probe covers yet."""
-
-    class _AttrProbe(Probe):
-        kind = ATTR
-        spec_cls = ProbeSpec
-        category = "attribution"
-
-        def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
-            raise NotImplementedError
-
-    class _CalibProbe(Probe):
-        kind = CALIB
-        spec_cls = ProbeSpec
-        category = "calibration"
-
-        def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
-            raise NotImplementedError
-
-    assert base.registry()[ATTR] is _AttrProbe
-    yield
-    # Keep the global registry as other test modules expect it.
-    for kind in (ATTR, CALIB):
-        base._REGISTRY.pop(kind, None)
+#: The category the runner stamps on each kind's results (typed; no registry lookup).
+CATEGORY = {
+    "null_adapter": "baseline",
+    "delta_kl": "adherence",
+    "adapter_ablation": "ablation",
+    ATTR: "attribution",
+    CALIB: "calibration",
+}
 
 
 def probe(
@@ -57,12 +37,21 @@ def probe(
     score: float | None,
     *,
     verdict: Verdict = Verdict.PASS,
-    weight: Any = None,
+    weight: float = 1.0,
     message: str = "",
+    category: str | None = None,
 ) -> ProbeResult:
-    evidence: dict[str, Any] = {} if weight is None else {"weight": weight}
+    typed = {"category": CATEGORY.get(kind, "") if category is None else category, "weight": weight}
+    # Only the fields this ProbeResult has: the same tests then run (and fail for the
+    # right reason) against a revision without typed category/weight.
+    known = {f.name for f in fields(ProbeResult)}
     return ProbeResult(
-        name=name, kind=kind, verdict=verdict, score=score, evidence=evidence, message=message
+        name=name,
+        kind=kind,
+        verdict=verdict,
+        score=score,
+        message=message,
+        **{k: v for k, v in typed.items() if k in known},
     )
 
 
@@ -122,9 +111,11 @@ def test_baseline_never_moves_the_overall() -> None:
     assert without.overall == pytest.approx(0.4)
 
 
-def test_negative_probe_weights_are_clamped_to_zero() -> None:
-    result = compute(suite(probe("a", "delta_kl", 0.0, weight=-5.0), probe("b", "delta_kl", 0.8)))
-    assert result.components["adherence"] == pytest.approx(0.8)
+def test_the_typed_weight_counts_and_evidence_is_never_read() -> None:
+    heavy = replace(probe("a", "delta_kl", 0.2, weight=3.0), evidence={"weight": 0.0})
+    light = replace(probe("b", "delta_kl", 1.0), evidence={"weight": 50.0})
+    result = compute(suite(heavy, light))
+    assert result.components["adherence"] == pytest.approx((0.2 * 3 + 1.0) / 4)
 
 
 def test_all_zero_probe_weights_use_denominator_one() -> None:
@@ -135,19 +126,6 @@ def test_all_zero_probe_weights_use_denominator_one() -> None:
     assert result.components["adherence"] == 0.0
     assert result.overall == 0.0
     assert any("adherence scores 0.00" in f for f in result.findings)
-
-
-def test_non_finite_or_non_numeric_probe_weight_falls_back_sanely() -> None:
-    result = compute(
-        suite(
-            probe("nan_w", "delta_kl", 0.2, weight=math.nan),
-            probe("inf_w", "delta_kl", 0.6, weight=math.inf),
-            probe("neg_inf", "delta_kl", 0.0, weight=-math.inf),
-            probe("text_w", "delta_kl", 1.0, weight="heavy"),
-        )
-    )
-    assert result.components["adherence"] == pytest.approx((0.2 + 0.6 + 1.0) / 3)
-    assert math.isfinite(result.overall)
 
 
 def test_skip_error_none_and_nan_scores_are_dropped() -> None:
@@ -175,10 +153,38 @@ def test_fail_and_warn_verdicts_still_count_toward_the_score() -> None:
     assert result.components["adherence"] == pytest.approx(0.3)
 
 
-def test_unregistered_kind_counts_as_adherence() -> None:
+def test_a_result_without_a_stamped_category_counts_as_adherence() -> None:
     result = compute(suite(probe("x", "no_such_kind_anywhere", 0.65)))
     assert result.components["adherence"] == pytest.approx(0.65)
     assert result.overall == pytest.approx(0.65)
+
+
+def test_the_stamped_category_counts_even_for_a_kind_nobody_registered() -> None:
+    """A saved run scores from its typed fields: the plugin that produced it need not
+    be installed when it is re-read (the registry was asked before)."""
+    plugin = probe("p", "third_party_probe", 0.9, category="attribution", weight=2.0)
+    kl = probe("kl", "delta_kl", 0.4)
+    assert "third_party_probe" not in base.registry()
+    result = compute(suite(plugin, kl))
+    assert result.components["attribution"] == pytest.approx(0.9)
+    assert result.components["adherence"] == pytest.approx(0.4)
+    assert result.overall == pytest.approx((0.35 * 0.9 + 0.30 * 0.4) / 0.65)
+
+
+def test_a_saved_run_scores_identically_with_no_probe_registered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = suite(
+        probe("null", "null_adapter", 1.0),
+        probe("kl", "delta_kl", 0.8, weight=2.0),
+        probe("attr", ATTR, 0.7),
+        probe("cal", CALIB, 0.2, verdict=Verdict.FAIL),
+        probe("abl", "adapter_ablation", 0.5),
+    )
+    before = compute(run)
+    monkeypatch.setattr(base, "_REGISTRY", {})
+    assert not base.registry()
+    assert compute(run) == before
 
 
 @pytest.mark.parametrize(

@@ -75,26 +75,52 @@ def check_spec(
 
 
 def banner(suite: SuiteResult) -> tuple[str, str]:
-    """(colour, one line) summarising the delta_kl verdict, the suite's headline check."""
+    """(colour, one line) summarising the delta_kl verdict, the suite's headline check.
+
+    Read from the result's typed verdict and headline (the judge's words), so the
+    banner never says less or more than the report does.
+    """
     from dlm_sway.core.result import Verdict
 
     dkl = next((p for p in suite.probes if p.kind == "delta_kl"), None)
     if dkl is None or dkl.raw is None:
         return "magenta", "no verdict: the divergence probe did not run (see the report)"
     z = f"{dkl.z_score:+.1f}σ" if dkl.z_score is not None else "uncalibrated"
-    headline = str(dkl.evidence.get("headline", ""))
     if dkl.verdict == Verdict.PASS:
         if dkl.z_score is None:
             return "yellow", f"above threshold, uncalibrated: mean divergence {dkl.raw:.3g}"
         return "green", f"above noise: the adapter moves the model {z} beyond random adapters"
-    if headline == "real but negligible":
+    if dkl.headline == "not calibrated":
+        return "magenta", (
+            "no verdict: the null adapters could not be measured, so no claim about noise "
+            "can be made (see the report)"
+        )
+    if dkl.headline == "real but negligible":
         return "red", (
             f"negligible, indistinguishable from noise in practice: mean divergence "
             f"{dkl.raw:.2g} nats is far below what matters, though its direction is not "
             f"random ({z})"
         )
-    if dkl.z_score is not None and dkl.z_score >= 1.0:
-        return "yellow", f"marginal: {z} vs random adapters — not enough evidence of an effect"
+    if dkl.verdict == Verdict.WARN:
+        return "yellow", (
+            f"marginal: {z} vs random adapters — a real effect, but below the bar "
+            "(see the report for how many nulls would reach it)"
+        )
+    if dkl.headline == "indistinguishable from noise" and dkl.z_score is None:
+        return "red", (
+            f"indistinguishable from noise: mean divergence {dkl.raw:.2g} nats "
+            "(the adapter changes nothing measurable)"
+        )
+    if dkl.z_score is None:
+        return (
+            "red",
+            f"below threshold, uncalibrated: mean divergence {dkl.raw:.3g} ({dkl.headline})",
+        )
+    if dkl.headline == "below the numerical noise floor":
+        return "red", (
+            f"indistinguishable from noise: mean divergence {dkl.raw:.2g} nats is within "
+            "the base model's own numerical jitter"
+        )
     return "red", f"indistinguishable from noise: {z} vs random adapters of the same size"
 
 

@@ -7,7 +7,8 @@ numbers and every probe uses the same tiers:
   the numerical noise floor, and every fixed check holds.
 * **WARN** "real but below the bar": p < α (the effect is not noise) but z is
   under the bar — including when K nulls are too few to ever reach it; the
-  message says how many would. Also: calibration was asked for and failed.
+  message says how many would. Also: calibration was asked for and failed,
+  or a fixed check could not be judged on this data.
 * **FAIL** "indistinguishable from noise" only when p ≥ α; otherwise the FAIL
   names what did not hold (negligible size, noise floor, a fixed check).
 
@@ -35,10 +36,15 @@ WARN_SCORE_CAP = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """A fixed criterion besides the null comparison, e.g. ``R² 0.91 ≥ 0.85``."""
+    """A fixed criterion besides the null comparison, e.g. ``R² 0.91 ≥ 0.85``.
+
+    ``judged=False``: the data cannot decide it (e.g. too few base-wrong triples to
+    judge a flip rate); an otherwise passing result is then WARN, never PASS.
+    """
 
     ok: bool
     text: str
+    judged: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +176,8 @@ def judge_effect(
     when ``calibration_failed`` says a null was asked for and could not be had: then
     the result is WARN, never PASS.
     """
-    failed = [c.text for c in checks if not c.ok]
+    failed = [c.text for c in checks if c.judged and not c.ok]
+    unjudged = [c.text for c in checks if not c.judged]
     negligible = bar.min_effect is not None and raw < bar.min_effect
     below_floor = bar.noise_floor is not None and raw <= bar.noise_floor
     if non_negative and raw <= 0.0:
@@ -221,17 +228,40 @@ def judge_effect(
                 f"although its direction beats random ones ({stand}{after})",
                 0.0,
             )
-        if z < bar.z:
-            return _below_bar(comparison, bar, stand, p, what=what, after=after)
-        if failed:
+        if failed:  # more nulls could not mend a failed check: FAIL even below the bar
             return Judgement(
                 Verdict.FAIL,
-                "above noise, but a fixed check failed",
+                "above noise, but a fixed check failed"
+                if z >= bar.z
+                else "real, but a fixed check failed",
                 f"{what}; {stand}{after}; failed: {'; '.join(failed)}",
                 FAIL_SCORE_CAP,
             )
+        if z < bar.z:
+            j = _below_bar(comparison, bar, stand, p, what=what, after=after)
+            if unjudged:
+                j = replace(j, detail=f"{j.detail}; not judged: {'; '.join(unjudged)}")
+            return j
+        if unjudged:
+            return Judgement(
+                Verdict.WARN,
+                "above noise, but a check could not be judged",
+                f"{what}; {stand}{after}; not judged: {'; '.join(unjudged)}",
+                min(score_from_z(z), WARN_SCORE_CAP),
+            )
         return Judgement(Verdict.PASS, "above noise", f"{what}; {stand}{after}", score_from_z(z))
     if calibration_failed:
+        # Without its null no effect can be claimed; but a fixed bar the effect misses is
+        # missed whatever the null would have said, so that is still a FAIL.
+        missed = ([f"{bar.min_effect_name} {bar.min_effect:g}"] if negligible else []) + failed
+        if missed:
+            return Judgement(
+                Verdict.FAIL,
+                "below threshold",
+                f"{what}; failed: {'; '.join(missed)}; and the null adapters could not be "
+                f"measured for this probe ({calibration_failed})",
+                0.0,
+            )
         return Judgement(
             Verdict.WARN,
             "not calibrated",
@@ -245,7 +275,7 @@ def judge_effect(
         return Judgement(
             Verdict.FAIL,
             "below threshold",
-            f"{what} (threshold {bar.min_effect:g}); {note}",
+            f"{what} (threshold {bar.min_effect:g}, {bar.min_effect_name}); {note}",
             None if score is None else min(score, FAIL_SCORE_CAP),
         )
     if below_floor:
@@ -261,6 +291,13 @@ def judge_effect(
             "a fixed check failed",
             f"{what}; failed: {'; '.join(failed)}; {note}",
             None if score is None else min(score, FAIL_SCORE_CAP),
+        )
+    if unjudged:
+        return Judgement(
+            Verdict.WARN,
+            "a fixed check could not be judged",
+            f"{what}; not judged: {'; '.join(unjudged)}; {note}",
+            None if score is None else min(score, WARN_SCORE_CAP),
         )
     threshold = f" (threshold {bar.min_effect:g})" if bar.min_effect is not None else ""
     return Judgement(Verdict.PASS, "above threshold", f"{what}{threshold}; {note}", score)
@@ -286,12 +323,18 @@ def holm_rejudge(result: ProbeResult, p_adj: float, family_size: int) -> ProbeRe
     if result.verdict is not Verdict.PASS or null is None:
         return out
     z_adj = z_from_p(p_adj)
+    sds = None
+    if null.statistic is not None and null.k:
+        sds = null.statistic * (
+            math.sqrt(1.0 + 1.0 / null.k) if null.method == "t_prediction" else 1.0
+        )
     stand = standing(
         z_adj,
         p_adj,
         versus=versus(null.construction, null.k),
         effect_ratio=result.effect_ratio,
         non_negative=null.non_negative,
+        sd_distance=sds,
         p_label="p_adj",
     )
     after = f" (Holm-adjusted across {family_size} calibrated probes)"
@@ -325,13 +368,43 @@ def judge_harm(
     non_negative: bool = False,
     uncalibrated_reason: str | None = None,
     calibration_failed: str | None = None,
+    practical_score: float | None = None,
 ) -> Judgement:
     """Verdict for a forgetting probe: its PASS claims *no harm* past the limit.
 
     FAIL needs both a breached limit and harm beyond random adapters of the same
     size (z ≥ bar); a breached limit that random adapters breach as well is WARN
-    (the adapter's magnitude, not its content, costs this).
+    (the adapter's magnitude, not its content, costs this). ``practical_score``
+    (1 = no loss, 0 = at the limits) grades the loss; the verdict's cap bounds it.
     """
+    j = _judge_harm(
+        harm,
+        what=what,
+        versus=versus,
+        practical_ok=practical_ok,
+        limit_text=limit_text,
+        z_bar=z_bar,
+        non_negative=non_negative,
+        uncalibrated_reason=uncalibrated_reason,
+        calibration_failed=calibration_failed,
+    )
+    if practical_score is None or j.score is None:
+        return j
+    return replace(j, score=min(j.score, max(0.0, practical_score)))
+
+
+def _judge_harm(
+    harm: NullComparison | None,
+    *,
+    what: str,
+    versus: str,
+    practical_ok: bool,
+    limit_text: str,
+    z_bar: float,
+    non_negative: bool,
+    uncalibrated_reason: str | None,
+    calibration_failed: str | None,
+) -> Judgement:
     if harm is not None and harm.z is not None and harm.p_value is not None:
         stand = _stand(harm, versus, non_negative)
         beyond = harm.z >= z_bar
@@ -341,6 +414,15 @@ def judge_harm(
                 "forgets more than random adapters",
                 f"{what} ({limit_text}); harm {stand}",
                 0.0,
+            )
+        if not practical_ok and harm.p_value < ALPHA:
+            return Judgement(
+                Verdict.WARN,
+                "forgetting, real but below the bar",
+                f"{what} ({limit_text}); harm {stand}: p < {ALPHA:g} but z={harm.z:+.2f}σ < "
+                f"{z_bar:g} (assert_z_gte): not enough to blame what the adapter learned "
+                "rather than its size",
+                WARN_SCORE_CAP,
             )
         if not practical_ok:
             return Judgement(

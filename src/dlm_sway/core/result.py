@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -12,7 +12,7 @@ from typing import Any
 
 from dlm_sway.core.stats import NullStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -84,6 +84,17 @@ class NullCalibration:
 
 
 @dataclass(frozen=True, slots=True)
+class OverfitSignal:
+    """A named sign that the adapter memorised rather than learned; the only thing
+    that makes a run's band "suspicious" (:func:`band_of`)."""
+
+    #: Stable identifier, e.g. ``verbatim_over_paraphrase``.
+    name: str
+    #: The numbers behind it, in words.
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """One probe's outcome.
 
@@ -120,6 +131,8 @@ class ProbeResult:
     calibration: NullCalibration | None = None
     #: The probe entry's validated spec, for provenance.
     config: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: A memorisation signal this result found (see :func:`band_of`), or None.
+    overfit: OverfitSignal | None = None
 
     def with_duration(self, seconds: float) -> ProbeResult:
         """A copy carrying every field, with the runner's timing stamped on."""
@@ -235,15 +248,128 @@ class SuiteResult:
         raise KeyError(name)
 
 
-BANDS: tuple[tuple[float, str], ...] = ((0.3, "noise"), (0.6, "partial"), (0.85, "healthy"))
+#: The score rule's bands (the last rule of :func:`band_of`): noise < 0.3 ≤ partial < 0.6 ≤ healthy.
+BANDS: tuple[tuple[float, str], ...] = ((0.3, "noise"), (0.6, "partial"), (math.inf, "healthy"))
+#: Every band a run can land in.
+BAND_NAMES: tuple[str, ...] = ("noise", "partial", "healthy", "suspicious", "harmful")
+#: A paraphrase lift under this fraction of the verbatim lift is a memorisation signal.
+MEMORISATION_RATIO = 0.25
+_NOT_CLAIMS = ("null_adapter", "preflight")
+_ALPHA = 0.05  # core.judge.ALPHA (judge imports this module, so it cannot be imported here)
 
 
 def band_for(overall: float) -> str:
-    """noise < 0.3 ≤ partial < 0.6 ≤ healthy ≤ 0.85 < suspicious (possible memorisation)."""
+    """The score rule alone: noise < 0.3 ≤ partial < 0.6 ≤ healthy (a NaN is noise)."""
+    if not math.isfinite(overall):
+        return BANDS[0][1]
     for upper, name in BANDS:
-        if overall < upper or (name == "healthy" and overall <= upper):
+        if overall < upper:
             return name
-    return "suspicious"
+    return BANDS[-1][1]
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    name: str
+    #: One sentence naming the rule that decided.
+    reason: str
+
+
+def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
+    """The band of a run, from its verdicts first and its overall score last.
+
+    The first rule that applies decides:
+
+    1. **harmful** — a forgetting probe (``direction`` HARM) FAILs: whatever the
+       adapter achieves, it costs what the base model knew.
+    2. **suspicious** — a result carries a named over-fit signal (``overfit``),
+       e.g. ``verbatim_over_paraphrase``: the verbatim lift is real but the
+       paraphrase lift is under :data:`MEMORISATION_RATIO` of it. A high score or
+       a saturated z is never suspicious by itself.
+    3. no effect claim (``direction`` EFFECT, not null_adapter, not SKIP/ERROR)
+       PASSes, so nothing shows an effect beyond noise: **noise** when every one
+       FAILs as indistinguishable (none real: p, Holm-adjusted where given, ≥ 0.05
+       or absent) or there is none; else **partial** (one is real but below the
+       bar, or WARNs uncalibrated).
+    4. otherwise the overall score: noise < 0.3 ≤ partial < 0.6 ≤ healthy.
+    """
+    judged = [r for r in results if r.verdict not in (Verdict.SKIP, Verdict.ERROR)]
+    harmed = [r.name for r in judged if r.direction is Direction.HARM and r.verdict is Verdict.FAIL]
+    if harmed:
+        return Band(
+            "harmful",
+            f"forgetting probe {_names(harmed)} failed, and forgetting outweighs any effect",
+        )
+    flagged = [r for r in judged if r.overfit is not None]
+    if flagged:
+        first = flagged[0]
+        assert first.overfit is not None
+        return Band(
+            "suspicious",
+            f"{first.name} shows the over-fit signal {first.overfit.name}: {first.overfit.message}",
+        )
+    claims = [r for r in judged if r.direction is Direction.EFFECT and r.kind not in _NOT_CLAIMS]
+    if not any(r.verdict is Verdict.PASS for r in claims):
+        if not claims:
+            return Band("noise", "no effect-claim probe reached a verdict, so none shows an effect")
+        if all(r.verdict is Verdict.FAIL and not _real(r) for r in claims):
+            return Band(
+                "noise", "no effect-claim probe passed: every one is indistinguishable from noise"
+            )
+        real = [r.name for r in claims if _real(r)]
+        if real:
+            return Band(
+                "partial",
+                f"no effect-claim probe passed, though {_names(real)} shows a real effect "
+                "below the bar",
+            )
+        warned = [r.name for r in claims if r.verdict is Verdict.WARN]
+        return Band(
+            "partial",
+            f"no effect-claim probe passed, and {_names(warned)} could not be judged against noise",
+        )
+    name = band_for(overall)
+    return Band(name, f"by the overall score {overall:.2f} ({_score_rule(name)})")
+
+
+def _real(result: ProbeResult) -> bool:
+    p = result.p_adjusted if result.p_adjusted is not None else result.p_value
+    return p is not None and math.isfinite(p) and p < _ALPHA
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _score_rule(name: str) -> str:
+    lower = 0.0
+    for upper, band in BANDS:
+        if band == name:
+            return f"{lower:g} ≤ score" if math.isinf(upper) else f"{lower:g} ≤ score < {upper:g}"
+        lower = upper
+    return name
+
+
+def verbatim_over_paraphrase(
+    verbatim: float, paraphrase: float, *, min_lift: float, real: bool
+) -> OverfitSignal | None:
+    """The memorisation signal of a "generalize" paraphrase probe, or None.
+
+    Raised when the verbatim lift is real (``real``: above its null, or above
+    ``min_lift`` without one) and at least ``min_lift``, yet the paraphrase lift is
+    under :data:`MEMORISATION_RATIO` of it: the answer rose on the training wording only.
+    """
+    if not (real and math.isfinite(verbatim) and math.isfinite(paraphrase)):
+        return None
+    if verbatim < max(min_lift, 1e-9) or paraphrase >= MEMORISATION_RATIO * verbatim:
+        return None
+    share = f"{paraphrase / verbatim:.0%}" if paraphrase > 0 else "none"
+    return OverfitSignal(
+        "verbatim_over_paraphrase",
+        f"verbatim lift {verbatim:.3g} nats/token, paraphrase lift {paraphrase:.3g} "
+        f"({share} of it carries over to rewordings, under {MEMORISATION_RATIO:.0%}): "
+        "the answer is memorised on the training wording",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +381,18 @@ class SwayScore:
     components: dict[str, float]
     weights: dict[str, float]
     findings: tuple[str, ...] = ()
+    #: One sentence naming the band rule that decided (:func:`band_of`).
+    band_reason: str = ""
 
 
 __all__ = [
     "BANDS",
+    "BAND_NAMES",
+    "MEMORISATION_RATIO",
+    "Band",
+    "OverfitSignal",
+    "band_of",
+    "verbatim_over_paraphrase",
     "Direction",
     "NullCalibration",
     "NullSummary",

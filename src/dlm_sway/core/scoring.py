@@ -7,7 +7,7 @@ never allow two to be open at once: they share one set of weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -264,3 +264,62 @@ __all__ = [
     "iter_views",
     "loop_batch",
 ]
+
+
+# ---- backend capabilities the suite's health checks use ----
+
+
+@runtime_checkable
+class AdapterNorms(Protocol):
+    """Backends that know the trained adapter's weight change per module (a LoRA's
+    ‖scaling·B·A‖_F): all zeros means the adapter cannot change the model."""
+
+    def adapter_norms(self) -> Mapping[str, float]: ...
+
+
+@runtime_checkable
+class NullCoverage(Protocol):
+    """Backends that can list adapter tensors a null adapter leaves as trained (e.g.
+    ``modules_to_save``): the null then shares part of the real effect."""
+
+    def null_coverage(self) -> Sequence[str]: ...
+
+
+__all__ += ["AdapterNorms", "NullCoverage"]
+
+
+# ---- optional view and backend capabilities the probes and the runner use ----
+
+
+@runtime_checkable
+class BatchedDists(Protocol):
+    """Views that give many prompts' next-token distributions from padded batches."""
+
+    def next_token_dist_batch(
+        self, prompts: Sequence[str], top_k: int = 256
+    ) -> list[TokenDist]: ...
+
+
+@runtime_checkable
+class BatchedLogprobs(Protocol):
+    """Views that score many (prompt, completion) pairs in padded batches."""
+
+    def logprob_of_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]: ...
+
+
+@runtime_checkable
+class BatchedRollings(Protocol):
+    """Views that score many texts' per-token log-probs in padded batches."""
+
+    def rolling_logprob_batch(self, texts: Sequence[str]) -> list[RollingLogprob]: ...
+
+
+@runtime_checkable
+class CacheIdentified(Protocol):
+    """Backends with a stable identity for on-disk caches: it must change whenever the
+    numbers could (model, adapter content hash, dtype, ...)."""
+
+    def cache_identity(self) -> str: ...
+
+
+__all__ += ["BatchedDists", "BatchedLogprobs", "BatchedRollings", "CacheIdentified"]

@@ -11,18 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dlm_sway.core.divergence import DivergenceKind, tail_error_bound
-from dlm_sway.core.scoring import FullDistributions, ScoringModel, TokenDist
+from dlm_sway.core.scoring import BatchedDists, FullDistributions, ScoringModel, TokenDist
 
 
 def dists(view: ScoringModel, prompts: Sequence[str], top_k: int) -> list[TokenDist]:
     """One padded batch per view when the backend batches; the per-prompt path otherwise."""
     if isinstance(view, FullDistributions):
         out = view.next_token_full_batch(list(prompts))
+    elif isinstance(view, BatchedDists):
+        out = view.next_token_dist_batch(list(prompts), top_k=top_k)
     else:
-        batch = getattr(view, "next_token_dist_batch", None)
-        if not callable(batch):
-            return [view.next_token_dist(p, top_k=top_k) for p in prompts]
-        out = batch(list(prompts), top_k=top_k)
+        return [view.next_token_dist(p, top_k=top_k) for p in prompts]
     if len(out) != len(prompts):
         raise RuntimeError(f"backend returned {len(out)} dists for {len(prompts)} prompts")
     return list(out)

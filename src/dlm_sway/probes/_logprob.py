@@ -16,7 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dlm_sway.core.errors import ProbeError
-from dlm_sway.core.scoring import RollingLogprob, ScoringModel, completion_tokens
+from dlm_sway.core.scoring import (
+    BatchedLogprobs,
+    BatchedRollings,
+    RollingLogprob,
+    ScoringModel,
+    completion_tokens,
+)
 
 Pair = tuple[str, str]
 
@@ -26,9 +32,8 @@ def logprobs(view: ScoringModel, pairs: Sequence[Pair]) -> list[float]:
     items = list(pairs)
     if not items:
         return []
-    batch = getattr(view, "logprob_of_batch", None)
-    if callable(batch):
-        out = [float(x) for x in batch(items)]
+    if isinstance(view, BatchedLogprobs):
+        out = [float(x) for x in view.logprob_of_batch(items)]
         if len(out) != len(items):
             raise RuntimeError(f"backend returned {len(out)} log-probs for {len(items)} pairs")
         return out
@@ -63,9 +68,8 @@ def rollings(view: ScoringModel, texts: Sequence[str]) -> list[RollingLogprob]:
     items = list(texts)
     if not items:
         return []
-    batch = getattr(view, "rolling_logprob_batch", None)
-    if callable(batch):
-        out = list(batch(items))
+    if isinstance(view, BatchedRollings):
+        out = list(view.rolling_logprob_batch(items))
         if len(out) != len(items):
             raise RuntimeError(f"backend returned {len(out)} rollings for {len(items)} texts")
         return out

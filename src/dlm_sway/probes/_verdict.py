@@ -16,7 +16,7 @@ from typing import Any
 
 from dlm_sway.core.calibration import Method, NullComparison, compare_to_null
 from dlm_sway.core.judge import Bar, Check, Judgement, judge_effect, versus
-from dlm_sway.core.result import Direction, NullSummary, ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.result import Direction, NullSummary, ProbeResult, safe_finalize
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes.base import ProbeSpec, RunContext
 
@@ -64,33 +64,6 @@ class Calibration:
         if self.degenerate:
             return f"null unusable ({self.degenerate}): fixed thresholds for {kind}"
         return f"no null calibration for {kind}: fixed thresholds"
-
-    def score(self) -> float | None:
-        """Legacy (removed with the legacy API)."""
-        return _legacy_score(self)
-
-    def evidence(self, z_threshold: float) -> dict[str, Any]:
-        """Legacy ``evidence["null"]`` block (removed with the legacy API)."""
-        if self.stats is None:
-            return {}
-        out: dict[str, Any] = {
-            "construction": self.stats.construction,
-            "k": self.stats.n,
-            "method": self.stats.method,
-            "mean": self.stats.mean,
-            "median": self.stats.median,
-            "z_threshold": z_threshold,
-        }
-        if self.comparison is not None:
-            c = self.comparison
-            out.update(
-                k=c.k,
-                p_empirical=c.p_empirical,
-                statistic=c.statistic,
-                log_scale=c.log_scale,
-                degenerate=c.degenerate,
-            )
-        return out
 
     def summary(
         self, z_threshold: float, *, non_negative: bool, log_scale: bool
@@ -174,11 +147,13 @@ def judge(
     min_effect_name: str = "assert_mean_gte",
     fixed_score: float | None = None,
     noise_floor: bool = False,
+    uncalibrated_reason: str | None = None,
 ) -> Judgement:
     """The entry's bar, its calibration and its fixed checks → :func:`judge_effect`.
 
     ``noise_floor=True`` for divergence-type metrics, which the run's measured
-    batch-layout jitter (a JS) bounds from below.
+    batch-layout jitter (a JS) bounds from below. ``uncalibrated_reason`` says why
+    fixed thresholds decide for a probe that opts out of null calibration.
     """
     bar = Bar(
         z=z_bar(spec),
@@ -194,7 +169,7 @@ def judge(
         versus=cal.versus(),
         non_negative=non_negative,
         checks=checks,
-        uncalibrated_reason=cal.fallback_note(spec.kind),
+        uncalibrated_reason=uncalibrated_reason or cal.fallback_note(spec.kind),
         calibration_failed=cal.failed,
         fixed_score=fixed_score,
     )
@@ -245,78 +220,8 @@ def judged_result(
     )
 
 
-# ---- legacy API, removed once every probe goes through judge()/judged_result() ----
-
-
-def no_calibration_note(kind: str) -> str:
-    return f"(no calibration for {kind}: fixed thresholds)"
-
-
-def _legacy_score(cal: Calibration) -> float | None:
-    from dlm_sway.core.judge import score_from_z
-
-    return None if cal.z is None else score_from_z(cal.z)
-
-
-def calibrated_pass(
-    cal: Calibration, *, z_threshold: float, checks_ok: bool, effect_ok: bool
-) -> tuple[bool, float | None]:
-    """(passed, score) on the calibrated path: beyond the null *and* every fixed check;
-    no effect scores 0, and a FAIL never scores above 0.25."""
-    assert cal.z is not None
-    passed = cal.z >= z_threshold and checks_ok and effect_ok
-    score = _legacy_score(cal) if effect_ok else 0.0
-    if not passed and score is not None:
-        score = min(score, 0.25)
-    return passed, score
-
-
-def calibrated_result(
-    spec: ProbeSpec,
-    cal: Calibration,
-    *,
-    verdict: Verdict,
-    score: float | None,
-    raw: float | None,
-    evidence: dict[str, Any],
-    message: str,
-    ci_95: tuple[float, float] | None = None,
-    base_value: float | None = None,
-    ft_value: float | None = None,
-) -> ProbeResult:
-    """A numeric probe's result with its calibration reported the one way Holm and the
-    reports read it (z, p, effect ratio, ``evidence["null"]``, the rank profile), then
-    guarded by :func:`safe_finalize`."""
-    evidence = dict(evidence)
-    if cal.z_by_rank:
-        evidence["z_by_rank"] = cal.z_by_rank
-    if cal.stats is not None:
-        evidence["null"] = cal.evidence(z_bar(spec))
-    return safe_finalize(
-        ProbeResult(
-            name=spec.name,
-            kind=spec.kind,
-            verdict=verdict,
-            score=score,
-            raw=raw,
-            z_score=cal.z,
-            p_value=cal.p_value,
-            effect_ratio=cal.effect_ratio,
-            base_value=base_value,
-            ft_value=ft_value,
-            ci_95=ci_95,
-            evidence=evidence,
-            message=message,
-            null=cal.summary(z_bar(spec), non_negative=True, log_scale=False),
-        )
-    )
-
-
 __all__ = [
     "Calibration",
-    "calibrated_pass",
-    "calibrated_result",
-    "no_calibration_note",
     "calibrate",
     "judge",
     "judged_result",

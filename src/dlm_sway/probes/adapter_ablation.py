@@ -14,9 +14,10 @@ Two deliberate departures from the reference:
   outside its own pass band, so it contradicted the overshoot check.
 * A curve's shape says nothing when the effect itself is noise. A null adapter
   cannot be scaled, so the null calibrates the *effect at λ=1* (the mean
-  divergence base→fine-tune on these prompts, a ``delta_kl`` statistic); the
-  probe fails when that effect does not clear the null, whatever the shape
-  and whatever the grid.
+  divergence base→fine-tune on these prompts, a ``delta_kl`` statistic). That
+  effect is the result's ``raw`` and what the judge weighs against the nulls;
+  linearity, saturation band and overshoot are its fixed checks. A PASS needs
+  both, whatever the grid.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.divergence import DivergenceKind, divergence
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.judge import Check
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import ScalableDifferentialBackend, TokenDist
 from dlm_sway.core.stats import r_squared
 from dlm_sway.probes._dists import dists
@@ -42,8 +44,7 @@ from dlm_sway.probes._fields import (
     non_blank_items,
     reachable_mean_bar,
 )
-from dlm_sway.probes._judge import judge_effect
-from dlm_sway.probes._verdict import calibrate
+from dlm_sway.probes._verdict import calibrate, judge, judged_result
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 _DEFAULT_LAMBDAS = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
@@ -163,74 +164,50 @@ class AdapterAblationProbe(Probe):
         sat, reason = saturation_lambda(lams, curve)
         over = overshoot(lams, curve)
         over_measured = any(x > 1.0 + 1e-6 for x in lams) and not flat
-        lo, hi = spec.assert_saturation_between
         effect_at_1 = curve[lams.index(1.0)]
+        checks = _shape_checks(spec, lin, sat, reason, over if over_measured else None)
         cal = calibrate(effect_at_1, ctx, spec, log_scale=True)
-        effect = judge_effect(
+        unit = "JS" if spec.divergence == "js" else "KL(ft‖base)"
+        what = (
+            f"effect at λ=1 {effect_at_1:.4g} nats (mean {unit} over {len(spec.prompts)} prompt(s))"
+        )
+        judgement = judge(
             effect_at_1,
             cal,
-            kind=self.kind,
-            what=f"effect at λ=1 {effect_at_1:.3g} nats",
-            z_threshold=spec.assert_z_gte,
+            spec,
+            ctx,
+            what=what,
+            non_negative=True,  # a divergence
+            checks=checks,
             min_effect=spec.assert_mean_gte,
-            noise_floor=ctx.noise_floor,
-        )
-        ok_effect = effect.passed
-        ok_lin = lin >= spec.assert_linearity_gte
-        ok_sat = sat is not None and lo <= sat <= hi
-        ok_over = over >= spec.assert_overshoot_gte if over_measured else not flat
-        score = (
-            0.4 * min(1.0, max(0.0, lin / max(spec.assert_linearity_gte, 1e-9)))
-            + 0.3 * (1.0 if ok_sat else 0.3)
-            + 0.3 * (min(1.0, max(0.0, (over - 1.0) / 0.2)) if over_measured else float(ok_over))
+            fixed_score=_shape_score(
+                spec, lin, sat is not None and checks[1].ok, over_measured, over
+            ),
+            noise_floor=True,
         )
         sat_text = (
-            f"saturation λ={sat:g} ({'in' if ok_sat else 'out of'} band [{lo:g}, {hi:g}])"
-            if sat is not None
-            else f"saturation undetected ({reason})"
+            f"saturation λ={sat:g}" if sat is not None else f"saturation undetected ({reason})"
         )
         over_text = (
-            f"overshoot={over:.3f}" if over_measured else "overshoot not measured (no λ > 1)"
+            f"overshoot {over:.3f}" if over_measured else "overshoot not measured (no λ > 1)"
         )
-        shape = f"R²={lin:.3f} ({'ok' if ok_lin else 'low'}), {sat_text}, {over_text}"
-        if ok_effect:
-            msg = f"{shape}; {effect.detail}"
-        else:
-            msg = (
-                f"{effect.headline}: {effect.detail}, so the curve's shape is not evidence; {shape}"
-            )
-            score *= 0.25
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.PASS
-                if ok_effect and ok_lin and ok_sat and ok_over
-                else Verdict.FAIL,
-                score=score,
-                raw=lin,
-                z_score=cal.z,
-                p_value=cal.p_value,
-                effect_ratio=cal.effect_ratio,
-                evidence={
-                    "lambdas": lams,
-                    "lambdas_requested": spec.lambdas,
-                    "mean_divergence_per_lambda": curve,
-                    "linearity": lin,
-                    "saturation_lambda": sat,
-                    "saturation_reason": reason,
-                    "overshoot": over if over_measured else None,
-                    "passed_linearity": ok_lin,
-                    "passed_saturation": ok_sat,
-                    "passed_overshoot": ok_over,
-                    "effect_at_1": effect_at_1,
-                    "passed_effect_vs_null": ok_effect,
-                    "null": cal.evidence(spec.assert_z_gte),
-                    "z_statistic": "mean divergence at λ=1 vs null adapters",
-                    "weight": spec.weight,
-                },
-                message=msg,
-            )
+        return judged_result(
+            spec,
+            cal,
+            judgement,
+            raw=effect_at_1,
+            measured=f"{what}; curve R²={lin:.3f}, {sat_text}, {over_text}",
+            evidence={
+                "lambdas": lams,
+                "lambdas_requested": spec.lambdas,
+                "mean_divergence_per_lambda": curve,
+                "linearity": lin,
+                "saturation_lambda": sat,
+                "saturation_reason": reason,
+                "overshoot": over if over_measured else None,
+            },
+            non_negative=True,
+            log_scale=True,
         )
 
     @classmethod
@@ -262,6 +239,48 @@ class AdapterAblationProbe(Probe):
         )
         with opener as view:
             return dists(view, prompts, top_k)
+
+
+def _shape_checks(
+    spec: AdapterAblationSpec, lin: float, sat: float | None, reason: str, over: float | None
+) -> tuple[Check, ...]:
+    """The curve's fixed criteria: linearity, saturation band, overshoot (when measured)."""
+    lo, hi = spec.assert_saturation_between
+    checks = [
+        Check(
+            lin >= spec.assert_linearity_gte,
+            f"linearity R²={lin:.3f} {'≥' if lin >= spec.assert_linearity_gte else '<'} "
+            f"{spec.assert_linearity_gte:g} (assert_linearity_gte)",
+        ),
+        Check(
+            sat is not None and lo <= sat <= hi,
+            f"saturation λ={sat:g} {'in' if lo <= sat <= hi else 'outside'} [{lo:g}, {hi:g}] "
+            "(assert_saturation_between)"
+            if sat is not None
+            else f"saturation undetected ({reason}; assert_saturation_between [{lo:g}, {hi:g}])",
+        ),
+    ]
+    if over is not None:
+        ok = over >= spec.assert_overshoot_gte
+        checks.append(
+            Check(
+                ok,
+                f"overshoot {over:.3f} {'≥' if ok else '<'} {spec.assert_overshoot_gte:g} "
+                "(assert_overshoot_gte)",
+            )
+        )
+    return tuple(checks)
+
+
+def _shape_score(
+    spec: AdapterAblationSpec, lin: float, ok_sat: bool, over_measured: bool, over: float
+) -> float:
+    """How well the curve's shape meets its criteria, in [0, 1] (fixed thresholds only)."""
+    return (
+        0.4 * min(1.0, max(0.0, lin / max(spec.assert_linearity_gte, 1e-9)))
+        + 0.3 * (1.0 if ok_sat else 0.3)
+        + 0.3 * (min(1.0, max(0.0, (over - 1.0) / 0.2)) if over_measured else 1.0)
+    )
 
 
 __all__ = [

@@ -87,9 +87,7 @@ class RunContext:
     calibrating: bool = False
     #: Entry name → why the suite's null_adapter could not calibrate it. The judge then
     #: says WARN "not calibrated" instead of falling back to fixed thresholds.
-    calibration_failures: Mapping[str, str] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    calibration_failures: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def downstream_kinds(self) -> tuple[str, ...]:
@@ -185,14 +183,9 @@ def document_context(document: Document | None) -> RunContext:
 
 
 def bare_result(spec: ProbeSpec, verdict: Verdict, message: str) -> ProbeResult:
-    """A result with no numbers (SKIP, ERROR): the message says why; the weight is kept."""
-    return ProbeResult(
-        name=spec.name,
-        kind=spec.kind,
-        verdict=verdict,
-        message=message,
-        evidence={"weight": spec.weight},
-    )
+    """A result with no numbers (SKIP, ERROR): the message says why (the runner stamps
+    the entry's weight and category on it like on every result)."""
+    return ProbeResult(name=spec.name, kind=spec.kind, verdict=verdict, message=message)
 
 
 _REGISTRY: dict[str, type[Probe]] = {}

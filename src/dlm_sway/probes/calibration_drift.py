@@ -26,27 +26,28 @@ good direction, as the reference did) would fail every harmless adapter.
 Forgetting that crosses the practical thresholds while random adapters of the
 same size forget as much is a WARN: real loss, caused by the adapter's
 magnitude rather than what it learned. Without a usable null the practical
-thresholds decide alone. ``z_score`` keeps the suite convention (higher is
-better, ``sign=-1`` on the fraction); ``p_value`` is the one-sided p of the
-harm claim.
+thresholds decide alone. The verdict comes from :func:`dlm_sway.core.judge.judge_harm`;
+the result has ``direction=harm`` and its ``z_score``/``p_value`` are those of the
+harm claim (larger z = more forgetting than the nulls), so Holm's family of
+"effect beyond noise" claims leaves it out.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.judge import judge_harm
+from dlm_sway.core.result import Direction, ProbeResult, Verdict
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import PackItem, load_general_pack, pack_categories
 from dlm_sway.probes._fields import NATS_MAX, STRICT, Nats, NonBlank, Seed, ZBar
 from dlm_sway.probes._logprob import token_counts, try_logprobs
-from dlm_sway.probes._verdict import Calibration, calibrate, no_calibration_note
+from dlm_sway.probes._verdict import calibrate, judged_result
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 #: Items a suite entry scores by default (calibration runs score the same items).
@@ -114,80 +115,6 @@ class CalibrationDriftSpec(ProbeSpec):
                     f"categories {unknown} match no item; known categories: {', '.join(known)}"
                 )
         return self
-
-
-@dataclass(frozen=True, slots=True)
-class HarmJudgement:
-    verdict: Verdict
-    headline: str
-    detail: str
-
-
-def judge_harm(
-    good: Calibration,
-    harm: Calibration,
-    *,
-    kind: str,
-    what: str,
-    practical_ok: bool,
-    threshold_text: str,
-    z_threshold: float,
-) -> HarmJudgement:
-    """PASS/WARN/FAIL for a forgetting metric (see the module docstring for the logic).
-
-    ``good`` is calibrated in the metric's good direction, ``harm`` in the
-    opposite one; ``practical_ok`` says whether the fixed thresholds hold.
-    """
-    if harm.usable and harm.z is not None:
-        p = f", p={harm.p_value:.2g}" if harm.p_value is not None else ""
-        ratio = f", {good.effect_ratio:.3g}× the null median" if good.effect_ratio else ""
-        stand = f"harm z={harm.z:+.2f}σ{p} {harm.versus()}{ratio}"
-        significant = harm.z >= z_threshold
-        if significant and not practical_ok:
-            return HarmJudgement(
-                Verdict.FAIL,
-                "forgets more than random adapters",
-                f"{what} ({threshold_text}); {stand}",
-            )
-        if not practical_ok:
-            return HarmJudgement(
-                Verdict.WARN,
-                "forgetting within what random adapters do",
-                f"{what} ({threshold_text}), but random adapters of the same size forget "
-                f"as much ({stand}): the adapter's magnitude, not its content, costs this",
-            )
-        if significant:
-            return HarmJudgement(
-                Verdict.PASS,
-                "small but real forgetting",
-                f"{what} stays within {threshold_text}, though beyond random adapters ({stand})",
-            )
-        return HarmJudgement(Verdict.PASS, "no forgetting beyond noise", f"{what}; {stand}")
-    reason = f" — null unusable: {harm.degenerate}" if harm.degenerate else ""
-    note = f"{no_calibration_note(kind)}{reason}"
-    if practical_ok:
-        return HarmJudgement(Verdict.PASS, "within threshold", f"{what} ({threshold_text}) {note}")
-    return HarmJudgement(Verdict.FAIL, "forgetting", f"{what} ({threshold_text}) {note}")
-
-
-def harm_null_evidence(good: Calibration, harm: Calibration, z_threshold: float) -> dict[str, Any]:
-    """The ``evidence["null"]`` block of a forgetting probe.
-
-    The harm threshold is stored as ``harm_z_threshold``, not ``z_threshold``: the
-    suite's Holm step demotes PASSes whose p misses ``z_threshold``, which is right
-    for "effect beyond null" claims and wrong here, where a PASS claims no effect.
-    """
-    out = good.evidence(z_threshold)
-    if not out:
-        return out
-    out.pop("z_threshold", None)
-    out.update(
-        direction="harm",
-        harm_z_threshold=z_threshold,
-        harm_z=harm.z,
-        harm_p=harm.p_value,
-    )
-    return out
 
 
 def selection_seed(spec: CalibrationDriftSpec, run_seed: int) -> int:
@@ -267,13 +194,7 @@ class CalibrationDriftProbe(Probe):
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, CalibrationDriftSpec)
         if ctx.backend is None:
-            return ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.SKIP,
-                message="needs a model backend to score items",
-                evidence={"weight": spec.weight},
-            )
+            return bare_result(spec, Verdict.SKIP, "needs a model backend to score items")
         seed = selection_seed(spec, ctx.seed)
         items = select_items(spec, ctx.seed)
         if not items:
@@ -303,7 +224,7 @@ class CalibrationDriftProbe(Probe):
         regressed = [float(d < -margin) for d in deltas]
         fraction = float(np.mean(regressed)) if finite else math.nan
         mean_delta = float(np.mean(deltas))
-        good = calibrate(fraction, ctx, spec, sign=-1)
+        # Harm direction: a larger fraction regressed than the nulls' is the claim tested.
         harm = calibrate(fraction, ctx, spec, sign=+1)
         practical_ok = (
             fraction < spec.assert_fraction_regressed_lt
@@ -314,23 +235,22 @@ class CalibrationDriftProbe(Probe):
             f"({fraction:.1%}), mean Δ {mean_delta:+.3f} nats/token"
         )
         limits = (
-            f"limits: fraction < {spec.assert_fraction_regressed_lt:g}, "
-            f"mean Δ ≥ {spec.assert_mean_delta_gte:g}"
+            f"limits: fraction < {spec.assert_fraction_regressed_lt:g} "
+            f"(assert_fraction_regressed_lt), mean Δ ≥ {spec.assert_mean_delta_gte:g} "
+            "(assert_mean_delta_gte)"
         )
         judgement = judge_harm(
-            good,
-            harm,
-            kind=self.kind,
+            harm.comparison if harm.usable else None,
             what=what,
+            versus=harm.versus(),
             practical_ok=practical_ok,
-            threshold_text=limits,
-            z_threshold=spec.assert_z_gte,
+            limit_text=limits,
+            z_bar=spec.assert_z_gte,
+            non_negative=True,  # a fraction: its ratio to the null median means something
+            uncalibrated_reason=harm.fallback_note(self.kind),
+            calibration_failed=harm.failed,
+            practical_score=practical_score(fraction, mean_delta, spec) if finite else None,
         )
-        score = practical_score(fraction, mean_delta, spec) if finite else None
-        if score is not None and judgement.verdict is Verdict.FAIL:
-            score = min(score, 0.25)
-        elif score is not None and judgement.verdict is Verdict.WARN:
-            score = min(score, 0.5)
         order = np.argsort(deltas, kind="stable")
         worst = [
             {
@@ -345,7 +265,6 @@ class CalibrationDriftProbe(Probe):
             if deltas[i] < -margin
         ]
         evidence: dict[str, Any] = {
-            "headline": judgement.headline,
             "fraction_regressed": fraction,
             "mean_delta_nats_per_token": mean_delta,
             "regressed_count": int(sum(regressed)),
@@ -356,27 +275,18 @@ class CalibrationDriftProbe(Probe):
             "worst_items": worst,
             "mean_delta_ci_95": bootstrap_ci(deltas, seed=ctx.seed),
             "selection_seed": seed,
-            "weight": spec.weight,
         }
-        if good.z_by_rank:
-            evidence["z_by_rank"] = good.z_by_rank
-        if good.stats is not None:
-            evidence["null"] = harm_null_evidence(good, harm, spec.assert_z_gte)
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=judgement.verdict,
-                score=score,
-                raw=fraction,
-                z_score=good.z,
-                p_value=harm.p_value,
-                effect_ratio=good.effect_ratio,
-                ft_value=mean_delta,
-                ci_95=bootstrap_ci(regressed, seed=ctx.seed),
-                evidence=evidence,
-                message=f"{judgement.headline}: {judgement.detail}",
-            )
+        return judged_result(
+            spec,
+            harm,
+            judgement,
+            raw=fraction,
+            measured=what,
+            evidence=evidence,
+            direction=Direction.HARM,
+            non_negative=True,
+            ft_value=mean_delta,
+            ci_95=bootstrap_ci(regressed, seed=ctx.seed),
         )
 
     def _error(self, spec: CalibrationDriftSpec, message: str) -> ProbeResult:
@@ -403,9 +313,6 @@ __all__ = [
     "CalibrationDriftProbe",
     "CalibrationDriftSpec",
     "GoldItem",
-    "HarmJudgement",
-    "harm_null_evidence",
-    "judge_harm",
     "practical_score",
     "select_items",
     "selection_seed",

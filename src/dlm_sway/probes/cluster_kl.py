@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.divergence import DivergenceKind, divergence
+from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.sections import Document
 from dlm_sway.probes import _embed
@@ -49,12 +50,7 @@ from dlm_sway.probes._fields import (
     non_blank_items,
     reachable_mean_bar,
 )
-from dlm_sway.probes._verdict import (
-    calibrate,
-    calibrated_pass,
-    calibrated_result,
-    no_calibration_note,
-)
+from dlm_sway.probes._verdict import calibrate, judge, judged_result
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 _N_BOOTSTRAP = 1000
@@ -243,13 +239,9 @@ class ClusterKLProbe(Probe):
     def _early(
         self, spec: ClusterKLSpec, verdict: Verdict, message: str, evidence: dict[str, Any]
     ) -> ProbeResult:
+        """A result with no specificity to judge (SKIP, or WARN for a single topic)."""
         return ProbeResult(
-            name=spec.name,
-            kind=self.kind,
-            verdict=verdict,
-            score=0.0 if verdict is Verdict.FAIL else None,
-            message=message,
-            evidence={**evidence, "weight": spec.weight},
+            name=spec.name, kind=self.kind, verdict=verdict, message=message, evidence=evidence
         )
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
@@ -313,7 +305,6 @@ class ClusterKLProbe(Probe):
                 ][:2]
                 for c in range(len(sizes))
             ],
-            "weight": spec.weight,
         }
         if len(sizes) < 2:
             return self._early(
@@ -324,60 +315,55 @@ class ClusterKLProbe(Probe):
                 evidence,
             )
         raw = specificity(means)
+        unit = "JS" if spec.divergence == "js" else "KL(ft‖base)"
         if raw is None:
-            return self._early(
-                spec,
-                Verdict.FAIL,
-                "indistinguishable from noise: the adapter moves no cluster at all",
-                evidence,
-            )
+            cal = calibrate(None, ctx, spec)
+            what = f"mean {unit} 0 in all {len(sizes)} topic clusters (no cluster moved)"
+            j = judge(0.0, cal, spec, ctx, what=what)
+            return judged_result(spec, cal, j, raw=None, measured=what, evidence=evidence)
         top_c = int(np.nanargmax(means))
         low_c = int(np.nanargmin(means))
         evidence.update(most_moved_cluster=top_c, least_moved_cluster=low_c)
         peak = means[top_c]
         floor = ctx.noise_floor
-        ok_effect = peak >= spec.assert_mean_gte and (floor is None or peak > floor)
-        ok_spec = raw >= spec.assert_specificity_gte
-        evidence["passed_effect"] = ok_effect
-        evidence["passed_specificity"] = ok_spec
         cal = calibrate(raw, ctx, spec, sign=1, log_scale=False)
-
-        unit = "JS" if spec.divergence == "js" else "KL(ft‖base)"
+        bar = spec.assert_specificity_gte
         what = (
             f"specificity {raw:.3f} over {len(sizes)} topic clusters: the least-moved "
             f"({sizes[low_c]} prompts) shifts {means[low_c] / peak:.0%} as much as the "
             f"most-moved ({sizes[top_c]} prompts, mean {unit} {peak:.3g} nats) "
-            f"(threshold {spec.assert_specificity_gte:g})"
+            f"(threshold {bar:g})"
         )
-        if not ok_effect:
-            why = (
-                f"the noise floor {floor:.3g}"
-                if floor is not None and peak <= floor and peak >= spec.assert_mean_gte
-                else f"{spec.assert_mean_gte:g} (assert_mean_gte)"
-            )
-            what += f"; but even the most-moved cluster's shift is below {why}"
-        if cal.usable:
-            assert cal.z is not None
-            passed, score = calibrated_pass(
-                cal, z_threshold=spec.assert_z_gte, checks_ok=ok_spec, effect_ok=ok_effect
-            )
-            ratio = f", {cal.effect_ratio:.3g}× the null median" if cal.effect_ratio else ""
-            msg = f"{what}; z={cal.z:+.2f}σ {cal.versus()}{ratio}"
-        else:
-            passed = ok_spec and ok_effect
-            thr = max(spec.assert_specificity_gte, 1e-9)
-            score = min(1.0, raw / thr) if ok_effect else 0.0
-            reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
-            msg = f"{what} {no_calibration_note(self.kind)}{reason}"
-        return calibrated_result(
+        most = f"the most-moved cluster's mean {unit}, {peak:.3g} nats,"
+        checks = (
+            Check(raw >= bar, f"specificity {raw:.3f} < {bar:g} (assert_specificity_gte)"),
+            Check(
+                peak >= spec.assert_mean_gte,
+                f"{most} is below {spec.assert_mean_gte:g} (assert_mean_gte)",
+            ),
+            Check(
+                floor is None or peak > floor,
+                f"{most} is at or below the noise floor {floor or 0.0:.3g}",
+            ),
+        )
+        ok_effect = all(c.ok for c in checks[1:])
+        j = judge(
+            raw,
+            cal,
+            spec,
+            ctx,
+            what=what,
+            checks=checks,
+            fixed_score=min(1.0, raw / max(bar, 1e-9)) if ok_effect else 0.0,
+        )
+        return judged_result(
             spec,
             cal,
-            verdict=Verdict.PASS if passed else Verdict.FAIL,
-            score=score,
+            j,
             raw=raw,
-            ci_95=specificity_ci(values, labels, seed=ctx.seed),
+            measured=what,
             evidence=evidence,
-            message=msg,
+            ci_95=specificity_ci(values, labels, seed=ctx.seed),
         )
 
     @classmethod

@@ -15,12 +15,11 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.divergence import LN2, DivergenceKind, divergence
-from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.result import ProbeResult
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._dists import dists, max_tail_bound
 from dlm_sway.probes._fields import NonNegNats, TopK, ZBar, non_blank_items, reachable_mean_bar
-from dlm_sway.probes._judge import judge_effect
-from dlm_sway.probes._verdict import calibrate, calibrated_result
+from dlm_sway.probes._verdict import calibrate, judge, judged_result
 from dlm_sway.probes.base import SENTINEL_PROMPTS, Probe, ProbeSpec, RunContext
 
 
@@ -65,41 +64,35 @@ class DeltaKLProbe(Probe):
         cal = calibrate(raw, ctx, spec, log_scale=True)
         unit = "JS" if spec.divergence == "js" else "KL(ft‖base)"
         what = f"mean {unit} {raw:.4g} nats over {len(per_prompt)} prompt(s)"
-        verdict = judge_effect(
+        judgement = judge(
             raw,
             cal,
-            kind=self.kind,
+            spec,
+            ctx,
             what=what,
-            z_threshold=spec.assert_z_gte,
+            non_negative=True,  # a divergence: the ratio to the null median means something
             min_effect=spec.assert_mean_gte,
-            noise_floor=ctx.noise_floor,
+            fixed_score=min(1.0, raw / (LN2 if spec.divergence == "js" else 1.0)),
+            noise_floor=True,
         )
-        if cal.usable:
-            score = cal.score()
-            if not verdict.passed and score is not None:
-                score = min(score, 0.25)
-        else:
-            score = min(1.0, raw / (LN2 if spec.divergence == "js" else 1.0))
-        msg = f"{verdict.headline}: {verdict.detail}"
         evidence: dict[str, Any] = {
-            "headline": verdict.headline,
             "divergence_kind": spec.divergence,
             "per_prompt": per_prompt,
             "max": float(np.max(per_prompt)),
             "num_prompts": len(per_prompt),
             "top_k": top_k,
             "max_tail_bound": max_tail_bound(base, ft, spec.divergence),  # 0.0: exact
-            "weight": spec.weight,
         }
-        return calibrated_result(
+        return judged_result(
             spec,
             cal,
-            verdict=Verdict.PASS if verdict.passed else Verdict.FAIL,
-            score=score,
+            judgement,
             raw=raw,
-            ci_95=None if ctx.calibrating else bootstrap_ci(per_prompt, seed=ctx.seed),
+            measured=what,
             evidence=evidence,
-            message=msg,
+            non_negative=True,
+            log_scale=True,
+            ci_95=None if ctx.calibrating else bootstrap_ci(per_prompt, seed=ctx.seed),
         )
 
     @classmethod

@@ -13,12 +13,14 @@ nats per token. ``raw`` is the mean δ over chunks: 0 means no change, negative
 means the fine-tune is more perplexed (forgetting), positive means more fluent.
 The CI resamples chunks.
 
-The verdict follows :mod:`dlm_sway.probes.calibration_drift`: FAIL only when
-the drop is both significantly worse than random adapters of the same size
-(harm z ≥ ``assert_z_gte``) and below ``assert_delta_gte``; a drop past the
-threshold that random adapters match is a WARN; fixed threshold alone without
-a usable null. Demanding that the adapter be *more* fluent than noise (the
-reference's z-path) would fail any adapter that simply leaves prose alone.
+The verdict is :func:`dlm_sway.core.judge.judge_harm`'s, as for
+:mod:`dlm_sway.probes.calibration_drift`: FAIL only when the drop is both
+significantly worse than random adapters of the same size (harm z ≥
+``assert_z_gte``) and below ``assert_delta_gte``; a drop past the threshold that
+random adapters match is a WARN; fixed threshold alone without a usable null.
+Demanding that the adapter be *more* fluent than noise (the reference's z-path)
+would fail any adapter that simply leaves prose alone. δ is signed, so the
+message gives the distance in null SDs, never a ratio to the null median.
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.judge import judge_harm
+from dlm_sway.core.result import Direction, ProbeResult, Verdict
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import MIN_CHUNK_CHARS, load_general_corpus_chunks
 from dlm_sway.probes._fields import Nats, ZBar
 from dlm_sway.probes._logprob import rollings
-from dlm_sway.probes._verdict import calibrate
+from dlm_sway.probes._verdict import calibrate, judged_result
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
-from dlm_sway.probes.calibration_drift import harm_null_evidence, judge_harm
 
 #: Chunks scored when calibrating without a target entry.
 NULL_CHUNKS = 4
@@ -64,13 +66,7 @@ class ExternalPerplexityProbe(Probe):
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, ExternalPerplexitySpec)
         if ctx.backend is None:
-            return ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.SKIP,
-                message="needs a model backend to score the corpus",
-                evidence={"weight": spec.weight},
-            )
+            return bare_result(spec, Verdict.SKIP, "needs a model backend to score the corpus")
         texts = load_general_corpus_chunks(spec.chunks, spec.chunk_chars)
         if not texts:
             return self._error(spec, "the packaged corpus gave no chunks")
@@ -100,7 +96,7 @@ class ExternalPerplexityProbe(Probe):
         n_tokens = sum(tokens)
         base_mean = base_total / n_tokens
         ft_mean = ft_total / n_tokens
-        good = calibrate(raw, ctx, spec, sign=+1)
+        # Harm direction: a lower δ (more perplexed) than the nulls' is the claim tested.
         harm = calibrate(raw, ctx, spec, sign=-1)
         practical_ok = raw >= spec.assert_delta_gte
         what = (
@@ -110,57 +106,37 @@ class ExternalPerplexityProbe(Probe):
             else f"non-finite log-probs over {len(per_chunk)} chunk(s)"
         )
         judgement = judge_harm(
-            good,
-            harm,
-            kind=self.kind,
+            harm.comparison if harm.usable else None,
             what=what,
+            versus=harm.versus(),
             practical_ok=practical_ok,
-            threshold_text=f"limit: Δ ≥ {spec.assert_delta_gte:g}",
-            z_threshold=spec.assert_z_gte,
+            limit_text=f"limit: Δ ≥ {spec.assert_delta_gte:g} (assert_delta_gte)",
+            z_bar=spec.assert_z_gte,
+            non_negative=False,  # δ is signed: no ratio to the null median
+            uncalibrated_reason=harm.fallback_note(self.kind),
+            calibration_failed=harm.failed,
+            practical_score=_practical_score(raw, spec) if finite else None,
         )
-        score: float | None = None
-        if finite:
-            limit = spec.assert_delta_gte
-            if limit < 0.0:
-                score = max(0.0, 1.0 - min(0.0, raw) / limit)
-            else:
-                score = 1.0 if practical_ok else 0.0
-            if judgement.verdict is Verdict.FAIL:
-                score = min(score, 0.25)
-            elif judgement.verdict is Verdict.WARN:
-                score = min(score, 0.5)
         evidence: dict[str, Any] = {
-            "headline": judgement.headline,
             "corpus": "general_corpus",
             "chunk_chars": spec.chunk_chars,
             "num_chunks": len(per_chunk),
             "skipped_chunks": skipped,
             "per_chunk_delta": per_chunk,
             "per_chunk_tokens": tokens,
-            "base_mean_logprob_per_token": base_mean,
-            "ft_mean_logprob_per_token": ft_mean,
-            "weight": spec.weight,
         }
-        if good.z_by_rank:
-            evidence["z_by_rank"] = good.z_by_rank
-        if good.stats is not None:
-            evidence["null"] = harm_null_evidence(good, harm, spec.assert_z_gte)
-        return safe_finalize(
-            ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=judgement.verdict,
-                score=score,
-                raw=raw,
-                z_score=good.z,
-                p_value=harm.p_value,
-                effect_ratio=good.effect_ratio,
-                base_value=base_mean,
-                ft_value=ft_mean,
-                ci_95=bootstrap_ci(per_chunk, seed=ctx.seed),
-                evidence=evidence,
-                message=f"{judgement.headline}: {judgement.detail}",
-            )
+        return judged_result(
+            spec,
+            harm,
+            judgement,
+            raw=raw,
+            measured=what,
+            evidence=evidence,
+            direction=Direction.HARM,
+            non_negative=False,
+            base_value=base_mean,
+            ft_value=ft_mean,
+            ci_95=bootstrap_ci(per_chunk, seed=ctx.seed),
         )
 
     def _error(self, spec: ExternalPerplexitySpec, message: str) -> ProbeResult:
@@ -177,6 +153,14 @@ class ExternalPerplexityProbe(Probe):
         if isinstance(target, ExternalPerplexitySpec):
             return target
         return ExternalPerplexitySpec(name="external_perplexity_null", chunks=NULL_CHUNKS)
+
+
+def _practical_score(delta: float, spec: ExternalPerplexitySpec) -> float:
+    """1 with no loss of fluency, falling linearly to 0 at ``assert_delta_gte``."""
+    limit = spec.assert_delta_gte
+    if limit < 0.0:
+        return max(0.0, 1.0 - min(0.0, delta) / limit)
+    return 1.0 if delta >= limit else 0.0
 
 
 __all__ = ["NULL_CHUNKS", "ExternalPerplexityProbe", "ExternalPerplexitySpec"]

@@ -7,7 +7,8 @@ that the runner hands to every later probe. This probe calibrates; it never
 judges the adapter, so it PASSes whenever calibration ran. Entries it tried and
 failed to calibrate are listed in ``calibration.failures``; the runner turns
 their fixed-threshold PASS into a WARN, and when none could be calibrated this
-result itself is a WARN.
+result itself is a WARN. The statistics travel typed, in ``result.calibration``;
+``evidence`` only repeats details for people reading a report.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dlm_sway import __version__
 from dlm_sway.core.calibration import Method
 from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import NullCalibration, ProbeResult, Verdict
-from dlm_sway.core.scoring import NullCalibratedBackend, NullConstruction
+from dlm_sway.core.scoring import CacheIdentified, NullCalibratedBackend, NullConstruction
 from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import _null_cache
@@ -239,17 +240,16 @@ class NullAdapterProbe(Probe):
                 kind=self.kind,
                 verdict=Verdict.WARN,
                 message=msg,
-                evidence={**base_evidence, "null_stats": {}, "null_stats_by_rank": {}},
+                evidence=base_evidence,
                 calibration=NullCalibration(by_rank={}, primary=rank_key(1.0), failures=failed),
             )
 
         ranks = [rank_key(m) for m in spec.rank_multipliers]
         expected: _null_cache.Expected | None = None
         cached: _null_cache.CacheRead | None = None
-        identity = getattr(backend, "cache_identity", None)
-        if spec.cache and callable(identity):
+        if spec.cache and isinstance(backend, CacheIdentified):
             expected = _null_cache.Expected(
-                identity=str(identity()),
+                identity=str(backend.cache_identity()),
                 params={
                     "runs": spec.runs,
                     "null": spec.null,
@@ -368,12 +368,10 @@ class NullAdapterProbe(Probe):
                 skipped.append({"kind": "", "name": name, "reason": reason})
                 failures[name] = reason
         cache_file = str(cached.path) if cached is not None else None
-        dicts = {r: {n: s.to_dict() for n, s in g.items()} for r, g in by_rank.items()}
+        # Human detail only: the statistics later layers use are the typed ``calibration``.
         evidence = {
             **evidence,
             "skipped_kinds": skipped,
-            "null_stats": dicts[primary_key],
-            "null_stats_by_rank": dicts if len(by_rank) > 1 else {},
             "calibrated": sorted(primary),
             "calibration_failed": failures,
             "errors": {k: v[:3] for k, v in errors.items()},

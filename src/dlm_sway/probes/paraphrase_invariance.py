@@ -26,19 +26,20 @@ test robustness to framing more than true rewording; give real paraphrases in
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.judge import ALPHA, Check
+from dlm_sway.core.result import OverfitSignal, ProbeResult, Verdict, verbatim_over_paraphrase
 from dlm_sway.core.sections import Document
-from dlm_sway.core.stats import bootstrap_ci, score_from_z
+from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._fields import STRICT, Fraction, NonNegNats, ZBar
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, token_counts
-from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, document_context
+from dlm_sway.probes._verdict import Calibration, calibrate, judge, judged_result
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result, document_context
 
 #: Prefixes used to reword a section's prompt when the spec gives no cases.
 PARAPHRASE_PREFIXES: tuple[str, ...] = (
@@ -153,13 +154,7 @@ class ParaphraseInvarianceProbe(Probe):
         assert isinstance(spec, ParaphraseInvarianceSpec)
         cases, origin = _cases(spec, ctx)
         if not cases:
-            return ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.SKIP,
-                message=_missing(ctx),
-                evidence={"weight": spec.weight},
-            )
+            return bare_result(spec, Verdict.SKIP, _missing(ctx))
         backend = ctx.require_backend
         pairs: list[Pair] = []
         for case in cases:
@@ -184,11 +179,25 @@ class ParaphraseInvarianceProbe(Probe):
         mean_verb = float(np.mean(verb))
         mean_par = float(np.mean(par))
         ratio = mean_par / mean_verb if mean_verb > 1e-9 else None
-        raw = mean_verb
-        cal = calibrate(raw, ctx, spec, sign=+1, log_scale=False)
-        verdict, headline, detail, score = _judge(spec, cal, mean_verb, mean_par, ratio, self.kind)
+        cal = calibrate(mean_verb, ctx, spec, sign=+1, log_scale=False)
+        ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
+        what = (
+            f"mean verbatim lift {mean_verb:+.3g} nats/token over {len(cases)} case(s) "
+            f"(paraphrase lift {mean_par:+.3g}, ratio {ratio_text})"
+        )
+        judgement = judge(
+            mean_verb,
+            cal,
+            spec,
+            ctx,
+            what=what,
+            non_negative=False,  # a log-prob lift is signed: no ratio to the null median
+            checks=(_shape_check(spec, ratio),),
+            min_effect=spec.min_verbatim_lift,
+            min_effect_name="min_verbatim_lift",
+            fixed_score=_fixed_score(spec, mean_verb, ratio),
+        )
         evidence: dict[str, Any] = {
-            "headline": headline,
             "intent": spec.intent,
             "cases_from": origin,
             "num_cases": len(cases),
@@ -204,22 +213,21 @@ class ParaphraseInvarianceProbe(Probe):
                 }
                 for c, v, p in list(zip(cases, verb, par, strict=True))[:8]
             ],
-            "raw_statistic": "mean verbatim lift (nats per gold token)",
-            "weight": spec.weight,
         }
         ft_verb = [b + v for b, v in zip(base_verb, verb, strict=True)]
-        return calibrated_result(
+        result = judged_result(
             spec,
             cal,
-            verdict=verdict,
-            score=score,
-            raw=raw,
+            judgement,
+            raw=mean_verb,
+            measured=what,
+            evidence=evidence,
+            non_negative=False,
             base_value=float(np.mean(base_verb)),
             ft_value=float(np.mean(ft_verb)),
             ci_95=bootstrap_ci(verb, seed=ctx.seed),
-            evidence=evidence,
-            message=f"{headline}: {detail}",
         )
+        return replace(result, overfit=_overfit(spec, cal, mean_verb, mean_par))
 
     @classmethod
     def calibrate_spec(cls, ctx: RunContext, target: ProbeSpec | None = None) -> ProbeSpec | None:
@@ -228,6 +236,18 @@ class ParaphraseInvarianceProbe(Probe):
             return None
         cases, _ = _cases(target, ctx)
         return target if cases else None
+
+
+def _overfit(
+    spec: ParaphraseInvarianceSpec, cal: Calibration, verb: float, par: float
+) -> OverfitSignal | None:
+    """The memorisation signal that makes a run's band "suspicious" (never under
+    ``intent: memorize``, whose goal it is). The verbatim lift is real when it beats
+    its nulls (p < α), or, without a usable null, when it reaches min_verbatim_lift."""
+    if spec.intent != "generalize":
+        return None
+    real = cal.p_value < ALPHA if cal.usable and cal.p_value is not None else True
+    return verbatim_over_paraphrase(verb, par, min_lift=spec.min_verbatim_lift, real=real)
 
 
 def _missing(ctx: RunContext) -> str:
@@ -246,52 +266,34 @@ def _clip(x: float) -> float:
     return max(0.0, min(1.0, x))
 
 
-def _judge(
-    spec: ParaphraseInvarianceSpec,
-    cal: Calibration,
-    verb: float,
-    par: float,
-    ratio: float | None,
-    kind: str,
-) -> tuple[Verdict, str, str, float | None]:
-    """(verdict, headline, detail, score) under the intent-aware rule."""
-    ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
-    what = f"verbatim lift {verb:.3g}, paraphrase lift {par:.3g} nats/token, ratio {ratio_text}"
+def _shape_check(spec: ParaphraseInvarianceSpec, ratio: float | None) -> Check:
+    """The intent's bar on paraphrase lift ÷ verbatim lift (no lift: ratio 0)."""
     r = 0.0 if ratio is None else ratio
-    lifted = verb >= spec.min_verbatim_lift
+    shown = "n/a" if ratio is None else f"{ratio:.3g}"
     if spec.intent == "memorize":
-        shape_ok = r <= spec.max_generalization_ratio_if_memorize
-        shape = f"ratio ≤ {spec.max_generalization_ratio_if_memorize:g} (memorize)"
-        fixed_score = _clip(verb / max(spec.min_verbatim_lift, 1e-9)) * (1.0 if shape_ok else 0.5)
-    else:
-        shape_ok = r >= spec.min_generalization_ratio
-        shape = f"ratio ≥ {spec.min_generalization_ratio:g} (generalize)"
-        fixed_score = 0.5 * _clip(r / max(spec.min_generalization_ratio, 1e-9)) + 0.5 * _clip(
-            verb / max(spec.min_verbatim_lift, 1e-9)
+        bar = spec.max_generalization_ratio_if_memorize
+        ok = r <= bar
+        return Check(
+            ok,
+            f"generalisation ratio {shown} {'≤' if ok else '>'} {bar:g} "
+            "(max_generalization_ratio_if_memorize, intent memorize)",
         )
-    if not math.isfinite(verb):
-        return Verdict.ERROR, "non-finite", what, None
-    small = f"verbatim lift below {spec.min_verbatim_lift:g} (min_verbatim_lift)"
-    if cal.usable:
-        assert cal.z is not None
-        p = f", p={cal.p_value:.2g}" if cal.p_value is not None else ""
-        stand = f"z={cal.z:+.2f}σ{p} {cal.versus()}"
-        score = score_from_z(cal.z)
-        low = min(score, 0.25)
-        if cal.z < spec.assert_z_gte:
-            return Verdict.FAIL, "indistinguishable from noise", f"{what}; {stand}", low
-        if not lifted:
-            return Verdict.FAIL, "real but negligible", f"{what}: {small}; {stand}", low
-        if not shape_ok:
-            return Verdict.FAIL, "wrong shape", f"{what}: needs {shape}; {stand}", low
-        return Verdict.PASS, "above noise", f"{what}; {shape}; {stand}", score
-    reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
-    note = f"{no_calibration_note(kind)}{reason}"
-    if not lifted:
-        return Verdict.FAIL, "below threshold", f"{what}: {small} {note}", fixed_score
-    if not shape_ok:
-        return Verdict.FAIL, "wrong shape", f"{what}: needs {shape} {note}", fixed_score
-    return Verdict.PASS, "above threshold", f"{what}; {shape} {note}", fixed_score
+    bar = spec.min_generalization_ratio
+    ok = r >= bar
+    return Check(
+        ok,
+        f"generalisation ratio {shown} {'≥' if ok else '<'} {bar:g} "
+        "(min_generalization_ratio, intent generalize)",
+    )
+
+
+def _fixed_score(spec: ParaphraseInvarianceSpec, verb: float, ratio: float | None) -> float:
+    """Closeness to both fixed bars, in [0, 1] (used only without null calibration)."""
+    r = 0.0 if ratio is None else ratio
+    lift = _clip(verb / max(spec.min_verbatim_lift, 1e-9))
+    if spec.intent == "memorize":
+        return lift * (1.0 if r <= spec.max_generalization_ratio_if_memorize else 0.5)
+    return 0.5 * _clip(r / max(spec.min_generalization_ratio, 1e-9)) + 0.5 * lift
 
 
 __all__ = [

@@ -15,11 +15,12 @@ continuous, defined for any set of triples, and is what the objective moves.
 
 Verdict. The flip rate is the practical bar: among triples whose base margin is
 negative ("base-wrong"), the share the fine-tune turns positive must reach
-``assert_flip_rate_gte``. With null calibration a PASS also needs the shift to
-stand beyond random adapters (z ≥ ``assert_z_gte``); a shift that does not is a
-FAIL whatever the flips. With fewer than ``min_triples_for_decision`` base-wrong
-triples the flip rate cannot be judged and the verdict is WARN (or FAIL when
-the calibrated shift is noise).
+``assert_flip_rate_gte``: a fixed check of the one judge (:mod:`dlm_sway.core.judge`).
+With null calibration a PASS also needs the shift to stand beyond random adapters
+(z ≥ ``assert_z_gte``); a shift indistinguishable from theirs (p ≥ 0.05) FAILs
+whatever the flips. With fewer than ``min_triples_for_decision`` base-wrong
+triples the flip rate cannot be judged: the check is unjudged, so the verdict is
+at best WARN.
 
 Triples come from the spec, or from the preference sections of ``dlm_source``
 when the spec lists none. A triple that cannot be scored (e.g. a completion
@@ -28,19 +29,19 @@ that adds no tokens) is dropped and reported; if all are dropped, ERROR.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.sections import Document
-from dlm_sway.core.stats import bootstrap_ci, score_from_z
+from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._fields import STRICT, Fraction, ZBar
 from dlm_sway.probes._logprob import Pair, try_logprobs
-from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, document_context
+from dlm_sway.probes._verdict import calibrate, judge, judged_result
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result, document_context
 
 
 class PreferenceTriple(BaseModel):
@@ -136,12 +137,10 @@ class PreferenceFlipProbe(Probe):
                 if ctx.sections is None
                 else "the document has no preference sections with triples"
             )
-            return ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.SKIP,
-                message=f"no preference triples: add triples: [{{prompt, chosen, rejected}}] or {where}",
-                evidence={"weight": spec.weight},
+            return bare_result(
+                spec,
+                Verdict.SKIP,
+                f"no preference triples: add triples: [{{prompt, chosen, rejected}}] or {where}",
             )
         backend = ctx.require_backend
         pairs: list[Pair] = [
@@ -164,16 +163,10 @@ class PreferenceFlipProbe(Probe):
             mf.append(cf - rf)
         dropped = len(triples) - kept
         if not kept:
-            return ProbeResult(
-                name=spec.name,
-                kind=self.kind,
-                verdict=Verdict.ERROR,
-                message=f"every one of {len(triples)} triple(s) was unscorable: {reasons[0]}",
-                evidence={
-                    "dropped_triples": dropped,
-                    "dropped_reasons": reasons[:5],
-                    "weight": spec.weight,
-                },
+            return bare_result(
+                spec,
+                Verdict.ERROR,
+                f"every one of {len(triples)} triple(s) was unscorable: {reasons[0]}",
             )
         shift = [f - b for b, f in zip(mb, mf, strict=True)]
         raw = float(np.mean(shift))
@@ -181,11 +174,19 @@ class PreferenceFlipProbe(Probe):
         flipped = [i for i in base_wrong if mf[i] > 0.0]
         flip_rate = len(flipped) / len(base_wrong) if base_wrong else None
         cal = calibrate(raw, ctx, spec, sign=+1, log_scale=False)
-        verdict, headline, detail, score = _judge(
-            spec, cal, raw, flip_rate, len(base_wrong), len(flipped), self.kind
+        what = f"mean margin shift {raw:+.3g} nats over {kept} triple(s)"
+        flips = _flip_check(spec, len(flipped), len(base_wrong))
+        judgement = judge(
+            raw,
+            cal,
+            spec,
+            ctx,
+            what=what,
+            non_negative=False,  # a margin shift is signed: no ratio to the null median
+            checks=(flips,),
+            fixed_score=_fixed_score(spec, raw, flip_rate, len(base_wrong)),
         )
         evidence: dict[str, Any] = {
-            "headline": headline,
             "triples_from": origin,
             "flip_rate": flip_rate,
             "flipped": len(flipped),
@@ -195,20 +196,18 @@ class PreferenceFlipProbe(Probe):
             "implicit_reward_accuracy": float(np.mean([d > 0.0 for d in shift])),
             "dropped_triples": dropped,
             "dropped_reasons": reasons[:5],
-            "raw_statistic": "mean margin shift (nats): (lp_c − lp_r)_ft − (lp_c − lp_r)_base",
-            "weight": spec.weight,
         }
-        return calibrated_result(
+        return judged_result(
             spec,
             cal,
-            verdict=verdict,
-            score=score,
+            judgement,
             raw=raw,
+            measured=f"{what}; {flips.text}",
+            evidence=evidence,
+            non_negative=False,
             base_value=float(np.mean(mb)),
             ft_value=float(np.mean(mf)),
             ci_95=bootstrap_ci(shift, seed=ctx.seed),
-            evidence=evidence,
-            message=f"{headline}: {detail}",
         )
 
     @classmethod
@@ -220,52 +219,33 @@ class PreferenceFlipProbe(Probe):
         return target if triples else None
 
 
-def _judge(
-    spec: PreferenceFlipSpec,
-    cal: Calibration,
-    raw: float,
-    flip_rate: float | None,
-    n_wrong: int,
-    n_flipped: int,
-    kind: str,
-) -> tuple[Verdict, str, str, float | None]:
-    """(verdict, headline, detail, score)."""
-    what = f"mean margin shift {raw:+.3g} nats"
-    decided = flip_rate is not None and n_wrong >= spec.min_triples_for_decision
-    flips = f"{n_flipped}/{n_wrong} base-wrong triple(s) flipped"
-    few = (
-        f"only {n_wrong} triple(s) have a wrong base preference (need "
-        f"{spec.min_triples_for_decision} to judge flips): add triples the base model gets wrong"
+def _flip_check(spec: PreferenceFlipSpec, n_flipped: int, n_wrong: int) -> Check:
+    """Flip rate ≥ ``assert_flip_rate_gte``; unjudged with too few base-wrong triples."""
+    bar = spec.assert_flip_rate_gte
+    if n_wrong < spec.min_triples_for_decision:
+        return Check(
+            False,
+            f"flip rate: only {n_wrong} triple(s) have a wrong base preference, fewer than "
+            f"min_triples_for_decision {spec.min_triples_for_decision}; add triples the base "
+            "model gets wrong",
+            judged=False,
+        )
+    rate = n_flipped / n_wrong
+    ok = rate >= bar
+    return Check(
+        ok,
+        f"flip rate {n_flipped}/{n_wrong} = {rate:.3g} {'≥' if ok else '<'} {bar:g} "
+        "(assert_flip_rate_gte)",
     )
-    if not math.isfinite(raw):
-        return Verdict.ERROR, "non-finite", what, None
-    bar = f"flip rate ≥ {spec.assert_flip_rate_gte:g}"
-    if cal.usable:
-        assert cal.z is not None
-        p = f", p={cal.p_value:.2g}" if cal.p_value is not None else ""
-        stand = f"z={cal.z:+.2f}σ{p} {cal.versus()}"
-        score = score_from_z(cal.z)
-        if cal.z < spec.assert_z_gte:
-            detail = f"{what}; {flips}; {stand}"
-            return Verdict.FAIL, "indistinguishable from noise", detail, min(score, 0.25)
-        if not decided:
-            return Verdict.WARN, "shift real, flips unjudged", f"{what}; {stand}; {few}", score
-        assert flip_rate is not None
-        if flip_rate < spec.assert_flip_rate_gte:
-            detail = f"{flips} ({flip_rate:.0%}), below {bar}; {what}; {stand}"
-            return Verdict.FAIL, "real but too few flips", detail, min(score, 0.25)
-        return Verdict.PASS, "above noise", f"{flips} ({flip_rate:.0%}); {what}; {stand}", score
-    reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
-    note = f"{no_calibration_note(kind)}{reason}"
-    if not decided:
-        score = max(0.0, min(1.0, 0.5 + raw / 4.0))
-        return Verdict.WARN, "flips unjudged", f"{what}; {few} {note}", score
-    assert flip_rate is not None
-    score = min(1.0, flip_rate / max(spec.assert_flip_rate_gte, 1e-9))
-    detail = f"{flips} ({flip_rate:.0%}) vs {bar}; {what} {note}"
-    if flip_rate >= spec.assert_flip_rate_gte:
-        return Verdict.PASS, "above threshold", detail, score
-    return Verdict.FAIL, "below threshold", detail, score
+
+
+def _fixed_score(
+    spec: PreferenceFlipSpec, raw: float, flip_rate: float | None, n_wrong: int
+) -> float:
+    """Closeness to the flip bar, in [0, 1] (used only without null calibration)."""
+    if flip_rate is None or n_wrong < spec.min_triples_for_decision:
+        return max(0.0, min(1.0, 0.5 + raw / 4.0))
+    return min(1.0, flip_rate / max(spec.assert_flip_rate_gte, 1e-9))
 
 
 __all__ = ["PreferenceFlipProbe", "PreferenceFlipSpec", "PreferenceTriple"]

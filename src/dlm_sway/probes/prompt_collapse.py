@@ -18,7 +18,10 @@ requested ones.
 PASS needs a half-life of at least ``assert_half_life_tokens`` *and* an effect
 worth tracking: the divergence at the shortest context must reach
 ``assert_mean_gte`` (and clear the noise floor), since the "half-life" of a
-curve that is noise from the start describes nothing.
+curve that is noise from the start describes nothing. These are fixed checks
+handed to the one judge (:mod:`dlm_sway.probes._verdict`); the probe opts out of
+null calibration (see :meth:`PromptCollapseProbe.calibrate_spec`), and its result
+says so.
 """
 
 from __future__ import annotations
@@ -32,18 +35,14 @@ from numpy.typing import NDArray
 from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.divergence import DivergenceKind, divergence
-from dlm_sway.core.result import ProbeResult, Verdict, safe_finalize
+from dlm_sway.core.judge import Check
+from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import ScoringModel, TokenCounting
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._fields import NonNegNats, TopK, ZBar, non_blank_items, reachable_mean_bar
 from dlm_sway.probes._filler import filler_for_tokens, with_padding
-from dlm_sway.probes._verdict import (
-    calibrate,
-    calibrated_pass,
-    calibrated_result,
-    no_calibration_note,
-)
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
+from dlm_sway.probes._verdict import Calibration, judge, judged_result
+from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 _DEFAULT_LENGTHS = [0, 128, 256, 512]
 #: Longest padding (tokens): past any context window a probe would plausibly need.
@@ -69,7 +68,7 @@ class PromptCollapseSpec(ProbeSpec):
     half_life_cap_tokens: float = Field(default=4096.0, gt=0.0, le=MAX_TOKENS)
     #: Divergence at the shortest context below which there is nothing worth tracking.
     assert_mean_gte: NonNegNats = 0.02
-    #: Used only if nulls exist for this entry; the built-in calibration opts out.
+    #: Unused: the probe opts out of null calibration (kept so existing specs load).
     assert_z_gte: ZBar = 3.0
 
     @field_validator("prompts")
@@ -256,72 +255,75 @@ class PromptCollapseProbe(Probe):
             "divergence_kind": spec.divergence,
             "num_prompts": len(prompts),
             "top_k": top_k,
-            "weight": spec.weight,
         }
-        if fit is None:
-            return safe_finalize(
-                ProbeResult(
-                    name=spec.name,
-                    kind=self.kind,
-                    verdict=Verdict.FAIL,
-                    score=0.0,
-                    raw=None,
-                    evidence=evidence,
-                    message=(
-                        "indistinguishable from noise: the adapter changes nothing at any "
-                        "context length, so there is no influence to decay"
-                    ),
-                )
+        if not all(math.isfinite(v) for v in curve):
+            return bare_result(
+                spec,
+                Verdict.ERROR,
+                "non-finite divergence in the decay curve: the probe cannot produce a "
+                "meaningful result (check the adapter weights for NaN/inf)",
             )
+        # Opted out of null calibration: fixed thresholds decide, and the words say why.
+        cal = Calibration(stats=None, comparison=None)
+        not_calibrated = f"not calibrated against null adapters: {self.uncalibrated_reason}"
+        div = spec.divergence.upper()
+        unit_word = "token" if unit == "tokens" else "word"
+        span = f"from {measured[0]} to {measured[-1]} {unit_word}s of padding"
+        if fit is None and max(curve) > 0.0:
+            return bare_result(
+                spec,
+                Verdict.ERROR,
+                f"the decay curve {curve} over lengths {measured} cannot be fitted "
+                "(a negative divergence, or lengths that do not vary)",
+            )
+        if fit is None:
+            what = f"mean {div} 0 at every context length {span}, so no influence to decay"
+            j = judge(0.0, cal, spec, ctx, what=what, uncalibrated_reason=not_calibrated)
+            return judged_result(spec, cal, j, raw=None, measured=what, evidence=evidence)
         evidence["fit"] = fit.to_dict()
         raw = fit.half_life
-        cal = calibrate(raw, ctx, spec, sign=1, log_scale=True)
         effect = curve[0]
-        unit_word = "token" if unit == "tokens" else "word"
         floor = ctx.noise_floor
-        ok_effect = effect >= spec.assert_mean_gte and (floor is None or effect > floor)
-        ok_half = raw >= spec.assert_half_life_tokens
-        evidence["passed_effect"] = ok_effect
-        evidence["passed_half_life"] = ok_half
-
+        bar = spec.assert_half_life_tokens
         lead = (
             f"no decay up to {measured[-1]} {unit_word}s (half-life ≥ cap {raw:.4g})"
             if fit.capped
             else f"half-life {raw:.4g} {unit_word}s"
         )
         what = (
-            f"{lead}; mean {spec.divergence.upper()} {curve[0]:.3g} → {curve[-1]:.3g} nats "
-            f"from {measured[0]} to {measured[-1]} {unit_word}s of padding "
-            f"(threshold {spec.assert_half_life_tokens:g})"
+            f"{lead}; mean {div} {curve[0]:.3g} → {curve[-1]:.3g} nats {span} (threshold {bar:g})"
         )
-        if not ok_effect:
-            why = (
-                f"below the noise floor {floor:.3g}"
-                if floor is not None and effect <= floor and effect >= spec.assert_mean_gte
-                else f"below {spec.assert_mean_gte:g} (assert_mean_gte)"
-            )
-            what += f"; but the effect at the shortest context, {effect:.3g}, is {why}"
-
-        if cal.usable:
-            assert cal.z is not None
-            passed, score = calibrated_pass(
-                cal, z_threshold=spec.assert_z_gte, checks_ok=ok_half, effect_ok=ok_effect
-            )
-            msg = f"{what}; z={cal.z:+.2f}σ {cal.versus()}"
-        else:
-            passed = ok_half and ok_effect
-            score = min(1.0, raw / spec.assert_half_life_tokens) if ok_effect else 0.0
-            reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
-            msg = f"{what} {no_calibration_note(self.kind)}{reason}"
-        return calibrated_result(
+        at_start = f"the {div} at the shortest context, {effect:.3g} nats,"
+        checks = (
+            Check(raw >= bar, f"half-life {raw:.4g} < {bar:g} (assert_half_life_tokens)"),
+            Check(
+                effect >= spec.assert_mean_gte,
+                f"{at_start} is below {spec.assert_mean_gte:g} (assert_mean_gte)",
+            ),
+            Check(
+                floor is None or effect > floor,
+                f"{at_start} is at or below the noise floor {floor or 0.0:.3g}",
+            ),
+        )
+        ok_effect = all(c.ok for c in checks[1:])
+        j = judge(
+            raw,
+            cal,
+            spec,
+            ctx,
+            what=what,
+            checks=checks,
+            fixed_score=min(1.0, raw / bar) if ok_effect else 0.0,
+            uncalibrated_reason=not_calibrated,
+        )
+        return judged_result(
             spec,
             cal,
-            verdict=Verdict.PASS if passed else Verdict.FAIL,
-            score=score,
+            j,
             raw=raw,
-            ci_95=half_life_ci(xs, per_prompt, cap=spec.half_life_cap_tokens, seed=ctx.seed),
+            measured=what,
             evidence=evidence,
-            message=msg,
+            ci_95=half_life_ci(xs, per_prompt, cap=spec.half_life_cap_tokens, seed=ctx.seed),
         )
 
     @classmethod

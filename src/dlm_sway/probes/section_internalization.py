@@ -48,12 +48,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator
 
+from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import ScoringModel
 from dlm_sway.core.sections import Document, Section, SectionKind
 from dlm_sway.probes._fields import Fraction, ZBar
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, rollings, token_counts
-from dlm_sway.probes._verdict import Calibration, calibrate, calibrated_result, no_calibration_note
+from dlm_sway.probes._verdict import calibrate, judge, judged_result
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result, document_context
 
 _ALL_KINDS: list[SectionKind] = ["prose", "instruction", "preference"]
@@ -201,15 +202,24 @@ class SectionInternalizationProbe(Probe):
         raw = sorted(sc.internalization, reverse=True)[k - 1] if finite else math.nan
         passed = [x >= spec.per_section_threshold for x in sc.internalization]
         n_pass = sum(passed)
-        enough = n_pass >= k
         cal = calibrate(raw, ctx, spec, sign=+1, log_scale=False)
-        verdict, headline, detail = _judge(spec, cal, raw, n_pass, n, k, enough, self.kind)
-        if cal.usable:
-            score = cal.score()
-            if verdict is not Verdict.PASS and score is not None:
-                score = min(score, 0.25)
-        else:
-            score = n_pass / n
+        what = f"internalisation {raw:.3g} of the #{k} best of {n} sections (relative NLL lift)"
+        enough = Check(
+            n_pass >= k,
+            f"{n_pass}/{n} section(s) internalised (lift ≥ {spec.per_section_threshold:g}, "
+            f"per_section_threshold), need {k} (assert_passing_section_frac "
+            f"{spec.assert_passing_section_frac:g})",
+        )
+        judgement = judge(
+            raw,
+            cal,
+            spec,
+            ctx,
+            what=what,
+            non_negative=False,  # a lift is signed: no ratio to the null median
+            checks=(enough,),
+            fixed_score=n_pass / n,
+        )
         per_section = [
             {
                 "section_id": p.section.id,
@@ -228,7 +238,6 @@ class SectionInternalizationProbe(Probe):
             for i, p in enumerate(plans)
         ]
         evidence: dict[str, Any] = {
-            "headline": headline,
             "per_section": per_section,
             "passing_sections": [p.section.id for p, ok in zip(plans, passed, strict=True) if ok],
             "num_sections": n,
@@ -237,20 +246,17 @@ class SectionInternalizationProbe(Probe):
             "per_section_threshold": spec.per_section_threshold,
             "assert_passing_section_frac": spec.assert_passing_section_frac,
             "unscored_sections": unscored,
-            "raw_statistic": f"internalization of the #{k} best of {n} sections",
-            "weight": spec.weight,
         }
-        return calibrated_result(
+        return judged_result(
             spec,
             cal,
-            verdict=verdict,
-            score=score,
+            judgement,
             raw=raw,
+            measured=f"{what}; {enough.text}",
+            evidence=evidence,
+            non_negative=False,
             base_value=float(np.mean(base)),
             ft_value=float(np.mean(ft)),
-            ci_95=None,
-            evidence=evidence,
-            message=f"{headline}: {detail}",
         )
 
     def _skip(self, spec: SectionInternalizationSpec, message: str) -> ProbeResult:
@@ -282,42 +288,6 @@ def _skip_reason(spec: SectionInternalizationSpec, ctx: RunContext) -> str | Non
             f"{len(plans)}: add sections to the document or widen include_kinds"
         )
     return None
-
-
-def _judge(
-    spec: SectionInternalizationSpec,
-    cal: Calibration,
-    raw: float,
-    n_pass: int,
-    n: int,
-    k: int,
-    enough: bool,
-    kind: str,
-) -> tuple[Verdict, str, str]:
-    what = (
-        f"{n_pass}/{n} section(s) internalised (need {k}); #{k} best section's "
-        f"lift {raw:.3g} vs threshold {spec.per_section_threshold:g}"
-    )
-    if not math.isfinite(raw):
-        return Verdict.ERROR, "non-finite", what
-    if cal.usable:
-        assert cal.z is not None
-        p = f", p={cal.p_value:.2g}" if cal.p_value is not None else ""
-        stand = f"z={cal.z:+.2f}σ{p} {cal.versus()}"
-        if cal.z < spec.assert_z_gte:
-            return Verdict.FAIL, "indistinguishable from noise", f"{what}; {stand}"
-        if not enough:
-            return (
-                Verdict.FAIL,
-                "real but too narrow",
-                f"{what}: beyond random adapters ({stand}) but too few sections moved",
-            )
-        return Verdict.PASS, "above noise", f"{what}; {stand}"
-    reason = f" — null unusable: {cal.degenerate}" if cal.degenerate else ""
-    note = f"{no_calibration_note(kind)}{reason}"
-    if enough:
-        return Verdict.PASS, "above threshold", f"{what} {note}"
-    return Verdict.FAIL, "below threshold", f"{what} {note}"
 
 
 __all__ = [

@@ -9,27 +9,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from dlm_sway.core.calibration import prediction_threshold
 from dlm_sway.core.divergence import divergence
-from dlm_sway.core.multiplicity import holm, p_from_z, z_from_p
-from dlm_sway.core.result import HealthCheck, ProbeResult, Verdict
+from dlm_sway.core.judge import holm_rejudge
+from dlm_sway.core.multiplicity import holm, p_from_z
+from dlm_sway.core.result import Direction, HealthCheck, ProbeResult, Verdict
 from dlm_sway.core.scoring import (
+    AdapterNorms,
     DifferentialBackend,
     LoadDiagnostics,
     NoiseFloorMeasurable,
+    NullCoverage,
     TokenDist,
 )
-from dlm_sway.core.stats import score_from_z
 from dlm_sway.probes.base import Probe, ProbeSpec
 
 #: One forward per prompt is the expensive layout; jitter is a property of the numerics,
 #: not of the prompt set, so a handful of the suite's prompts measures it.
 NOISE_FLOOR_MAX_PROMPTS = 8
+#: Below this many nulls the calibration is too coarse to stake verdicts on.
+MIN_NULLS = 5
+NULL_ADAPTER_KIND = "null_adapter"
 
 
 def measure_noise_floor(
@@ -69,60 +73,35 @@ def _max_logprob_diff(a: TokenDist, b: TokenDist) -> float:
     return float(diff.max())
 
 
-def _is_harm_test(result: ProbeResult) -> bool:
-    """Forgetting probes test for *harm*: their PASS means "no significant harm", so
-    they must not join the family of "effect beyond null" claims that Holm guards."""
-    null = result.evidence.get("null")
-    return isinstance(null, dict) and null.get("direction") == "harm"
+def holm_family(results: Sequence[ProbeResult]) -> dict[str, float]:
+    """Name → p of the calibrated "effect beyond random adapters" claims Holm guards.
+
+    Read from typed fields only: an EFFECT claim (a forgetting probe's PASS claims
+    *no* harm, the opposite) with a null comparison and a finite p, that reached a
+    verdict, and is not the null_adapter itself.
+    """
+    return {
+        r.name: float(r.p_value)
+        for r in results
+        if r.direction is Direction.EFFECT
+        and r.null is not None
+        and r.p_value is not None
+        and math.isfinite(r.p_value)
+        and r.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.WARN)
+        and r.kind != NULL_ADAPTER_KIND
+    }
 
 
 def apply_holm(results: list[ProbeResult]) -> list[ProbeResult]:
-    """Holm-adjust the p-values of calibrated effect claims; a PASS that does not survive FAILs."""
-    family = {
-        r.name: float(r.p_value)
-        for r in results
-        if r.p_value is not None
-        and math.isfinite(r.p_value)
-        and r.verdict in (Verdict.PASS, Verdict.FAIL)
-        and r.kind != "null_adapter"
-        and not _is_harm_test(r)
-    }
+    """Holm-adjust the family's p-values; each member is re-judged on its adjusted p
+    (:func:`dlm_sway.core.judge.holm_rejudge` writes the words from those numbers)."""
+    family = holm_family(results)
     if not family:
         return results
     adjusted = holm(family)
-    out = []
-    for r in results:
-        if r.name not in adjusted:
-            out.append(r)
-            continue
-        p_adj = adjusted[r.name]
-        r = replace(r, p_adjusted=p_adj)
-        threshold = _z_threshold(r)
-        if r.verdict == Verdict.PASS and threshold is not None:
-            z_adj = z_from_p(p_adj)
-            if z_adj < threshold:
-                score = (
-                    score_from_z(z_adj) if r.score is None else min(r.score, score_from_z(z_adj))
-                )
-                r = replace(
-                    r,
-                    verdict=Verdict.FAIL,
-                    score=score,
-                    message=(
-                        f"not significant after Holm correction across {len(family)} "
-                        f"calibrated probes (p_adj={p_adj:.2g}, z={z_adj:+.2f}σ < "
-                        f"{threshold:g}): {r.message}"
-                    ),
-                )
-        out.append(r)
-    return out
-
-
-def _z_threshold(result: ProbeResult) -> float | None:
-    null = result.evidence.get("null")
-    if isinstance(null, dict) and isinstance(null.get("z_threshold"), int | float):
-        return float(null["z_threshold"])
-    return None
+    return [
+        holm_rejudge(r, adjusted[r.name], len(family)) if r.name in adjusted else r for r in results
+    ]
 
 
 def health_checks(
@@ -134,9 +113,8 @@ def health_checks(
     checks: list[HealthCheck] = []
     if isinstance(backend, LoadDiagnostics):
         checks.extend(backend.load_health())
-    norms = getattr(backend, "adapter_norms", None)
-    if callable(norms):
-        values = list(norms().values())
+    if isinstance(backend, AdapterNorms):
+        values = list(backend.adapter_norms().values())
         if values and not any(v > 0 for v in values):
             checks.append(
                 HealthCheck(
@@ -148,9 +126,8 @@ def health_checks(
                     "never trained)",
                 )
             )
-    coverage = getattr(backend, "null_coverage", None)
-    if callable(coverage):
-        uncovered = list(coverage())
+    if isinstance(backend, NullCoverage):
+        uncovered = list(backend.null_coverage())
         if uncovered:
             checks.append(
                 HealthCheck(
@@ -163,8 +140,8 @@ def health_checks(
                 )
             )
     kinds = [s.kind for _, s in probes]
-    null_results = [r for r in results if r.kind == "null_adapter"]
-    if "null_adapter" not in kinds and any(k in kinds for k in ("delta_kl", "adapter_ablation")):
+    null_results = [r for r in results if r.kind == NULL_ADAPTER_KIND]
+    if NULL_ADAPTER_KIND not in kinds and any(k in kinds for k in ("delta_kl", "adapter_ablation")):
         checks.append(
             HealthCheck(
                 "warn",
@@ -174,42 +151,19 @@ def health_checks(
                 "add {name: null_baseline, kind: null_adapter} as the first probe",
             )
         )
-    thresholds = [t for t in (_z_threshold(r) for r in results) if t is not None]
+    thresholds = [r.null.z_threshold for r in results if r.null is not None]
     z_needed = max(thresholds, default=3.0)
     for r in null_results:
-        runs = r.evidence.get("runs")
-        if not isinstance(runs, int) or runs >= 5:
-            continue
-        if r.evidence.get("calibration") == "reference_z":
-            message = (
-                f"only {runs} null adapter(s) with reference_z: (x − mean)/pstdev on so few "
-                "samples is over-confident (about 19% false positives at a nominal 5% with "
-                "K=3, see docs/statistics.md)"
-            )
-        else:
-            need = prediction_threshold(runs, p_from_z(z_needed)) if runs >= 2 else math.inf
-            message = (
-                f"only {runs} null adapter(s): to reach z ≥ {z_needed:g} an effect must sit "
-                f"{need:.0f} null standard deviations above the null mean, so real effects "
-                "will often fail"
-            )
-        checks.append(
-            HealthCheck(
-                "warn",
-                "too_few_nulls",
-                message,
-                "set runs: 10 or more on null_adapter (each null costs one pass over the "
-                "probe prompts)",
-            )
-        )
+        few = _too_few_nulls(r, z_needed)
+        if few is not None:
+            checks.append(few)
     for r in results:
-        null = r.evidence.get("null")
-        if isinstance(null, dict) and null.get("degenerate"):
+        if r.null is not None and r.null.degenerate:
             checks.append(
                 HealthCheck(
                     "warn",
                     "degenerate_null",
-                    f"{r.name}: the null distribution is unusable ({null['degenerate']}), so "
+                    f"{r.name}: the null distribution is unusable ({r.null.degenerate}), so "
                     "this probe fell back to fixed thresholds",
                     "raise runs: on null_adapter; if the adapter norm is zero, fix the adapter",
                 )
@@ -217,4 +171,37 @@ def health_checks(
     return tuple(checks)
 
 
-__all__ = ["apply_holm", "health_checks", "measure_noise_floor"]
+def _too_few_nulls(result: ProbeResult, z_needed: float) -> HealthCheck | None:
+    """A warning when the null_adapter's verdicts rest on fewer than 5 nulls.
+
+    K is the fewest finite nulls any calibrated entry got (``calibration`` is typed
+    on the null_adapter's result); an entry with none is reported by its own WARN.
+    """
+    cal = result.calibration
+    if cal is None or not cal.stats:
+        return None
+    runs = min(s.n for s in cal.stats.values())
+    if runs >= MIN_NULLS:
+        return None
+    if any(s.method == "reference_z" for s in cal.stats.values()):
+        message = (
+            f"only {runs} null adapter(s) with reference_z: (x − mean)/pstdev on so few "
+            "samples is over-confident (about 19% false positives at a nominal 5% with "
+            "K=3, see docs/statistics.md)"
+        )
+    else:
+        need = prediction_threshold(runs, p_from_z(z_needed)) if runs >= 2 else math.inf
+        message = (
+            f"only {runs} null adapter(s): to reach z ≥ {z_needed:g} an effect must sit "
+            f"{need:.0f} null standard deviations above the null mean, so real effects "
+            "will often fail"
+        )
+    return HealthCheck(
+        "warn",
+        "too_few_nulls",
+        message,
+        "set runs: 10 or more on null_adapter (each null costs one pass over the probe prompts)",
+    )
+
+
+__all__ = ["apply_holm", "health_checks", "holm_family", "measure_noise_floor"]

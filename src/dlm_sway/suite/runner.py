@@ -100,7 +100,9 @@ def run(
     )
     null_stats: dict[str, NullStats] = {}
     by_rank: dict[str, dict[str, NullStats]] = {}
-    #: Entry name → why the suite's null_adapter could not calibrate it.
+    #: Entry name → why the suite's null_adapter could not calibrate it. Later probes
+    #: get it as ``ctx.calibration_failures``, and the judge (the one place) makes such
+    #: an entry WARN "not calibrated" instead of passing on fixed thresholds.
     uncalibrated: dict[str, str] = {}
     total = len(loaded.probes)
     for i, (probe, pspec) in enumerate(loaded.probes):
@@ -122,8 +124,6 @@ def run(
             result = result.with_duration(time.perf_counter() - tp)
             if pspec.kind == "null_adapter":
                 _note_calibration(result, pspec, ctx, null_stats, by_rank, uncalibrated)
-            elif pspec.name in uncalibrated and pspec.name not in null_stats:
-                result = uncalibrated_result(result, uncalibrated[pspec.name])
         result = _stamp(result, probe, pspec)
         results.append(result)
         if progress is not None:
@@ -197,33 +197,6 @@ def _note_calibration(
         uncalibrated.pop(name, None)
 
 
-def uncalibrated_result(result: ProbeResult, reason: str) -> ProbeResult:
-    """The one place a probe that asked for a null and got none is judged.
-
-    Without its null a probe falls back to fixed thresholds, which cannot tell its
-    effect from a random adapter's: a PASS there is no evidence, so it becomes an
-    unscored WARN that says why calibration failed. FAIL, WARN, SKIP and ERROR keep
-    their verdict and gain the reason.
-    """
-    if result.verdict in (Verdict.SKIP, Verdict.ERROR):
-        return result
-    note = f"null calibration failed ({reason})"
-    evidence = {**result.evidence, "calibration_failed": reason}
-    if result.verdict is not Verdict.PASS:
-        return replace(result, message=f"{result.message} [{note}]", evidence=evidence)
-    return replace(
-        result,
-        verdict=Verdict.WARN,
-        score=None,
-        headline="not calibrated",
-        message=(
-            f"not calibrated: {note}, so no claim beyond noise can be made; "
-            f"fixed thresholds alone said: {result.message}"
-        ),
-        evidence=evidence,
-    )
-
-
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers (only those already imported)."""
     out = {"sway": __version__, "python": platform.python_version()}
@@ -264,4 +237,4 @@ def _assemble(
     )
 
 
-__all__ = ["RunProgress", "library_versions", "run", "uncalibrated_result"]
+__all__ = ["RunProgress", "library_versions", "run"]

@@ -1,15 +1,20 @@
 """The composite sway score: one number per category, one overall, one band.
 
-Each scorable probe lands in the category its registered class declares. A
-category's score is the weight-averaged score of its probes (the per-probe
-weight is read back from ``evidence["weight"]``); the overall score is the
-weighted mean of the categories that had at least one scorable probe, so a
-suite without, say, an ablation probe is not penalised for the gap. SKIP and
-ERROR results never enter the average: they are reported as findings instead,
-so a broken probe cannot quietly drag the number up or down.
+Each scorable result lands in its typed ``category`` (stamped by the runner from
+the probe's class), weighted by its typed ``weight`` (the spec's, validated at
+load). Nothing is looked up in the probe registry or the ``evidence`` dict, so a
+saved run scores the same with no probe installed. A category's score is the
+weight-averaged score of its results; the overall score is the weighted mean of
+the categories that had at least one scorable result, so a suite without, say,
+an ablation probe is not penalised for the gap. SKIP and ERROR results never
+enter the average: they are reported as findings instead.
 
-Which results count, and which category a kind belongs to, is decided by
-:func:`dlm_sway.report.format.is_scored` and :func:`~dlm_sway.report.format.category_of`,
+The band comes from the verdicts first and the overall last
+(:func:`dlm_sway.core.result.band_of`): a failed forgetting probe is never
+"healthy", and "suspicious" needs a named over-fit signal.
+
+Which results count, and under which category, is decided by
+:func:`dlm_sway.report.format.is_scored` and :func:`~dlm_sway.report.format.result_category`,
 the same helpers the renderers use to tell an empty category from a zero one.
 """
 
@@ -20,10 +25,17 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from dlm_sway.core.errors import SpecValidationError
-from dlm_sway.core.result import ProbeResult, SuiteResult, SwayScore, Verdict, band_for
+from dlm_sway.core.result import (
+    Direction,
+    ProbeResult,
+    SuiteResult,
+    SwayScore,
+    Verdict,
+    band_of,
+)
 from dlm_sway.probes._fields import WEIGHT_MAX
 from dlm_sway.probes.base import CATEGORIES
-from dlm_sway.report.format import category_of, is_scored
+from dlm_sway.report.format import is_scored, result_category
 
 #: Category weights used when the spec and the CLI say nothing. ``baseline``
 #: (the null-calibration step) is informational and never moves the score.
@@ -127,8 +139,8 @@ def compute(suite: SuiteResult, weights: Mapping[str, float] | None = None) -> S
     for result in suite.probes:
         if not is_scored(result) or result.score is None:
             continue
-        category = category_of(result.kind)
-        buckets.setdefault(category, []).append((_probe_weight(result), float(result.score)))
+        category = result_category(result)
+        buckets.setdefault(category, []).append((result.weight, float(result.score)))
 
     components: dict[str, float] = {}
     active: list[str] = []
@@ -144,50 +156,51 @@ def compute(suite: SuiteResult, weights: Mapping[str, float] | None = None) -> S
     numerator = sum(w.get(category, 0.0) * components[category] for category in active)
     overall = numerator / (denominator or 1.0)
 
+    band = band_of(suite.probes, overall)
     return SwayScore(
         overall=overall,
-        band=band_for(overall),
+        band=band.name,
         components=components,
         weights=w,
         findings=tuple(_findings(suite, components, active)),
+        band_reason=band.reason,
     )
-
-
-def _probe_weight(result: ProbeResult) -> float:
-    """The spec weight a probe copied into its evidence: 1.0 when absent, never negative."""
-    value = result.evidence.get("weight", 1.0)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 1.0
-    number = float(value)
-    if not math.isfinite(number):
-        # NaN or +inf would poison the weighted mean; -inf clamps like any negative.
-        return 0.0 if number < 0 else 1.0
-    return max(number, 0.0)
 
 
 def _findings(suite: SuiteResult, components: Mapping[str, float], active: list[str]) -> list[str]:
     """At most :data:`MAX_FINDINGS` lines; low categories give way first when over the cap.
 
-    Order: preflight abort, first FAIL, low categories, errored count, "no score".
-    The errored count is never the line that gets cut: errored probes are left
-    out of the score, so this line is the only place they show up.
+    Order: preflight abort, first FAIL (a failed forgetting probe first: it makes the
+    band "harmful"), the first over-fit signal (it makes the band "suspicious"), low
+    categories, errored count, "no score". The errored count is never the line that
+    gets cut: errored probes are left out of the score, so this line is the only
+    place they show up.
     """
     head: list[str] = []
     errored = 0
     aborted = False
     first_fail: ProbeResult | None = None
+    flagged: ProbeResult | None = None
     for result in suite.probes:
+        if result.verdict not in (Verdict.SKIP, Verdict.ERROR) and flagged is None:
+            flagged = result if result.overfit is not None else None
         if result.kind == PREFLIGHT_KIND and result.verdict is Verdict.ERROR:
             aborted = True
             reason = result.message or "no reason recorded"
             head.append(f"preflight check failed, no probe ran: {reason}")
         elif result.verdict is Verdict.ERROR:
             errored += 1
-        elif result.verdict is Verdict.FAIL and first_fail is None:
+        elif result.verdict is Verdict.FAIL and (
+            first_fail is None
+            or (result.direction is Direction.HARM and first_fail.direction is Direction.EFFECT)
+        ):
             first_fail = result
     if first_fail is not None:
         line = f"{first_fail.name} ({first_fail.kind}) failed"
         head.append(f"{line}: {first_fail.message}" if first_fail.message else line)
+    if flagged is not None and flagged.overfit is not None:
+        signal = flagged.overfit
+        head.append(f"over-fit signal {signal.name} in {flagged.name}: {signal.message}")
     low = [
         f"{category} scores {components[category]:.2f}, under the "
         f"{LOW_CATEGORY_THRESHOLD:.1f} noise threshold"
