@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
+from dlm_sway.core.result import NullCalibration, NullSummary, ProbeResult, SuiteResult, Verdict
 from dlm_sway.report.format import (
     DASH,
+    FALLBACK_CATEGORY,
     adapter_label,
     backend_line,
-    category_of,
-    collect_degenerate_null_kinds,
-    collect_missing_extras,
-    collect_null_opt_outs,
-    count_missing_extra_skips,
+    collect_degenerate_nulls,
+    collect_uncalibrated,
     format_ci,
     format_duration,
     format_js,
@@ -34,6 +35,7 @@ from dlm_sway.report.format import (
     null_marker,
     probe_note,
     rank_profile,
+    result_category,
     scored_categories,
 )
 
@@ -95,7 +97,8 @@ def test_format_raw(value: float, text: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(9.41, "+9.41σ"), (-0.5, "-0.50σ"), (1234.567, "+1,234.57σ"), (3, "+3.00σ")],
+    # As the judge writes z into messages (``z=+1234.57σ``): no grouping, or the two differ.
+    [(9.41, "+9.41σ"), (-0.5, "-0.50σ"), (1234.567, "+1234.57σ"), (3, "+3.00σ")],
 )
 def test_format_z(value: float, text: str) -> None:
     assert format_z(value) == text
@@ -104,18 +107,20 @@ def test_format_z(value: float, text: str) -> None:
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        (0.5, "p=0.500"),
+        (0.5, "p=0.5"),
         (0.003, "p=0.003"),
-        (0.001, "p=0.001"),
-        (0.00042, "p=0.0004"),
-        (0.0001, "p=0.0001"),
-        (0.00009, "p<1e-4"),
-        (0.0, "p<1e-4"),
-        (1.0, "p=1.000"),
+        (0.0022, "p=0.0022"),
+        (0.0014, "p=0.0014"),
+        (0.00042, "p=0.00042"),
+        (2e-05, "p=2e-05"),
+        (0.0, "p=0"),
+        (1.0, "p=1"),
     ],
 )
-def test_format_p(value: float, text: str) -> None:
-    assert format_p(value) == text
+def test_format_p_is_the_judges_format(value: float, text: str) -> None:
+    from dlm_sway.core.judge import format_p as judge_p
+
+    assert format_p(value) == text == f"p={judge_p(value)}"
 
 
 @pytest.mark.parametrize(
@@ -167,24 +172,46 @@ def test_adapter_label(adapter: str, label: str) -> None:
     assert adapter_label(adapter) == label
 
 
+def summary(**overrides: Any) -> NullSummary:
+    fields: dict[str, Any] = {
+        "construction": "norm_matched",
+        "method": "t_prediction",
+        "k": 10,
+        "samples": (0.1, 0.2),
+        "z_threshold": 3.0,
+    }
+    return NullSummary(**{**fields, **overrides})
+
+
 def test_rank_profile_needs_two_ranks_and_sorts_by_multiplier() -> None:
-    assert rank_profile({}) == ""
-    assert rank_profile({"z_by_rank": {"rank_1.00": 4.2}}) == ""
-    profile = rank_profile({"z_by_rank": {"rank_2.00": 8.0, "rank_0.50": 2.5, "rank_1.00": 4.2}})
-    assert profile == "+2.50σ @ 0.5x / +4.20σ @ 1x / +8.00σ @ 2x"
-    assert rank_profile({"z_by_rank": {1.0: math.nan, 2.0: 1.0}}) == f"{DASH} @ 1x / +1.00σ @ 2x"
-
-
-def test_probe_note_appends_rank_profile() -> None:
-    evidence = {"z_by_rank": {"rank_1.00": 4.2, "rank_0.50": 6.8}}
-    assert probe_note("kl 1.2 nats", {}) == "kl 1.2 nats"
-    assert probe_note("kl 1.2 nats", evidence) == (
-        "kl 1.2 nats | rank profile: +6.80σ @ 0.5x / +4.20σ @ 1x"
+    assert rank_profile(None) == ""
+    assert rank_profile(summary()) == ""
+    assert rank_profile(summary(z_by_rank={"rank_1.00": 4.2})) == ""
+    profile = rank_profile(
+        summary(z_by_rank={"rank_2.00": 8.0, "rank_0.50": 2.5, "rank_1.00": 4.2})
     )
-    assert probe_note("", evidence) == "rank profile: +6.80σ @ 0.5x / +4.20σ @ 1x"
+    assert profile == "+2.50σ @ 0.5x / +4.20σ @ 1x / +8.00σ @ 2x"
+    nan_rank = summary(z_by_rank={"rank_1.00": math.nan, "rank_2.00": 1.0})
+    assert rank_profile(nan_rank) == f"{DASH} @ 1x / +1.00σ @ 2x"
+
+
+def test_probe_note_appends_rank_profile_from_the_typed_null() -> None:
+    ranked = summary(z_by_rank={"rank_1.00": 4.2, "rank_0.50": 6.8})
+    plain = ProbeResult("kl", "delta_kl", Verdict.PASS, message="kl 1.2 nats")
+    assert probe_note(plain) == "kl 1.2 nats"
+    # A z_by_rank left in evidence (v1's place for it) is not read.
+    stray = ProbeResult(
+        "kl", "delta_kl", Verdict.PASS, message="m", evidence={"z_by_rank": {"a": 1, "b": 2}}
+    )
+    assert probe_note(stray) == "m"
+    with_rank = ProbeResult("kl", "delta_kl", Verdict.PASS, message="kl 1.2 nats", null=ranked)
+    assert probe_note(with_rank) == "kl 1.2 nats | rank profile: +6.80σ @ 0.5x / +4.20σ @ 1x"
+    bare = ProbeResult("kl", "delta_kl", Verdict.PASS, null=ranked)
+    assert probe_note(bare) == "rank profile: +6.80σ @ 0.5x / +4.20σ @ 1x"
 
 
 def _suite(*probes: ProbeResult, null_stats: dict[str, Any] | None = None) -> SuiteResult:
+    """A suite of ``probes`` (``null_stats`` is SuiteResult's own provenance block)."""
     t = datetime(2025, 1, 1, tzinfo=UTC)
     return SuiteResult(
         spec_path="s.yaml",
@@ -198,51 +225,53 @@ def _suite(*probes: ProbeResult, null_stats: dict[str, Any] | None = None) -> Su
     )
 
 
-def test_missing_extras_come_from_skip_messages_only() -> None:
-    suite = _suite(
-        ProbeResult("a", "k", Verdict.SKIP, message="needs: pip install 'dlm-sway[hf]'"),
-        ProbeResult("b", "k", Verdict.SKIP, message="pip install 'dlm-sway[semsim,hf]'"),
-        ProbeResult("c", "k", Verdict.FAIL, message="pip install 'dlm-sway[ignored]'"),
-        ProbeResult("d", "k", Verdict.SKIP, message="disabled in spec"),
-    )
-    assert collect_missing_extras(suite) == ["hf", "semsim"]
-    assert count_missing_extra_skips(suite) == 2
-
-
-def test_null_opt_outs_read_the_null_adapter_evidence() -> None:
-    null = ProbeResult(
-        "null",
+def _null_step(failures: dict[str, str] | None = None) -> ProbeResult:
+    return ProbeResult(
+        "calib",
         "null_adapter",
         Verdict.PASS,
         score=1.0,
-        evidence={
-            "skipped_kinds": [
-                {"kind": "adapter_ablation", "name": "abl", "reason": "probe opted out"},
-                {"kind": "delta_kl", "reason": "no finite raw"},
-                {"kind": "", "name": "kl2", "reason": "seed 1000: boom"},
-                "style_fingerprint",
-            ]
-        },
+        calibration=NullCalibration(by_rank={}, primary="rank_1.00", failures=failures or {}),
+        # v1 kept this list in evidence; reports no longer read it.
+        evidence={"skipped_kinds": [{"kind": "ghost", "name": "ghost", "reason": "evidence"}]},
     )
-    other = ProbeResult("x", "delta_kl", Verdict.PASS, evidence={"skipped_kinds": ["nope"]})
-    assert collect_null_opt_outs(_suite(null, other)) == [
-        ("abl (adapter_ablation)", "probe opted out"),
-        ("delta_kl", "no finite raw"),
-        ("kl2", "seed 1000: boom"),
-        ("style_fingerprint", ""),
+
+
+def test_uncalibrated_entries_come_from_typed_fields() -> None:
+    suite = _suite(
+        _null_step({"kl2": "seed 1000: boom"}),
+        ProbeResult("kl", "delta_kl", Verdict.PASS, null=summary()),
+        ProbeResult("kl2", "delta_kl", Verdict.WARN, message="not calibrated: ..."),
+        ProbeResult("abl", "adapter_ablation", Verdict.PASS),
+        ProbeResult("prompt_collapse", "prompt_collapse", Verdict.FAIL),
+        ProbeResult("gone", "delta_kl", Verdict.SKIP),
+        ProbeResult("broke", "delta_kl", Verdict.ERROR),
+    )
+    assert collect_uncalibrated(suite) == [
+        ("kl2 (delta_kl)", "seed 1000: boom"),
+        ("abl (adapter_ablation)", ""),
+        ("prompt_collapse", ""),
     ]
 
 
-def test_degenerate_null_kinds_accept_bool_and_float_flags() -> None:
-    suite = _suite(
-        null_stats={
-            "kl": {"mean": 0.1, "std": 1e-6, "n": 1, "degenerate": True},
-            "abl": {"mean": 0.1, "std": 1e-6, "n": 3, "degenerate": 1.0},
-            "fine": {"mean": 0.1, "std": 0.2, "n": 3, "degenerate": False},
-            "old": {"mean": 0.1, "std": 0.2, "n": 3},
-        }
+def test_without_a_null_step_nothing_is_listed_as_uncalibrated() -> None:
+    """Every message then says "no null_adapter in the suite" itself."""
+    evidence_only = ProbeResult(
+        "calib", "null_adapter", Verdict.PASS, evidence={"skipped_kinds": ["delta_kl"]}
     )
-    assert collect_degenerate_null_kinds(suite) == ["abl", "kl"]
+    suite = _suite(evidence_only, ProbeResult("abl", "adapter_ablation", Verdict.PASS))
+    assert collect_uncalibrated(suite) == []
+
+
+def test_degenerate_nulls_come_from_each_results_null() -> None:
+    suite = _suite(
+        ProbeResult("kl", "delta_kl", Verdict.PASS, null=summary(degenerate="no spread")),
+        ProbeResult("abl", "adapter_ablation", Verdict.PASS, null=summary()),
+        ProbeResult("x", "delta_kl", Verdict.PASS),
+        # SuiteResult.null_stats is provenance, not where the verdict's null lives.
+        null_stats={"abl": {"mean": 0.1, "std": 1e-6, "n": 1, "degenerate": True}},
+    )
+    assert collect_degenerate_nulls(suite) == [("kl", "no spread")]
 
 
 def test_backend_line_uses_counters_that_are_present() -> None:
@@ -261,17 +290,21 @@ def test_backend_line_uses_counters_that_are_present() -> None:
     )
 
 
-def test_category_lookup_and_scored_categories() -> None:
-    assert category_of("delta_kl") == "adherence"
-    assert category_of("adapter_ablation") == "ablation"
-    assert category_of("null_adapter") == "baseline"
-    assert category_of("not_a_registered_kind") == "adherence"
+def test_category_is_the_stamped_one_not_the_registrys() -> None:
+    # A kind nobody registered keeps the category its run stamped on it.
+    plugin = ProbeResult("p", "third_party_probe", Verdict.PASS, score=0.9, category="ablation")
+    assert result_category(plugin) == "ablation"
+    # Even a registered kind: the result's own category wins (a saved run is a record).
+    moved = ProbeResult("k", "delta_kl", Verdict.PASS, score=0.9, category="attribution")
+    assert result_category(moved) == "attribution"
+    assert result_category(ProbeResult("u", "x", Verdict.PASS)) == FALLBACK_CATEGORY
     suite = _suite(
-        ProbeResult("n", "null_adapter", Verdict.PASS, score=1.0),
-        ProbeResult("a", "adapter_ablation", Verdict.SKIP),
-        ProbeResult("k", "delta_kl", Verdict.ERROR),
+        ProbeResult("n", "null_adapter", Verdict.PASS, score=1.0, category="baseline"),
+        ProbeResult("a", "adapter_ablation", Verdict.SKIP, category="ablation"),
+        ProbeResult("k", "delta_kl", Verdict.ERROR, category="adherence"),
+        plugin,
     )
-    assert scored_categories(suite) == {"baseline"}
+    assert scored_categories(suite) == {"baseline", "ablation"}
     assert not is_scored(ProbeResult("w", "delta_kl", Verdict.WARN, score=math.nan))
     assert is_scored(ProbeResult("w", "delta_kl", Verdict.WARN, score=0.0))
 
@@ -280,14 +313,14 @@ def test_category_lookup_and_scored_categories() -> None:
     ("p_value", "p_adjusted", "expected"),
     [
         (0.003, 0.009, "p=0.003 (Holm 0.009)"),
-        (0.0004, 0.0012, "p=0.0004 (Holm 0.001)"),
-        (0.00001, 0.00005, "p<1e-4 (Holm <1e-4)"),
-        (0.00001, 0.0004, "p<1e-4 (Holm 0.0004)"),
-        (0.3, 1.0, "p=0.300 (Holm 1.000)"),
+        (0.0004, 0.0012, "p=0.0004 (Holm 0.0012)"),
+        (0.00047, 0.0014, "p=0.00047 (Holm 0.0014)"),
+        (0.00001, 0.00005, "p=1e-05 (Holm 5e-05)"),
+        (0.3, 1.0, "p=0.3 (Holm 1)"),
         (0.003, None, "p=0.003"),
         (0.003, math.nan, "p=0.003"),
         (None, None, DASH),
-        (math.nan, 0.01, f"{DASH} (Holm 0.010)"),
+        (math.nan, 0.01, f"{DASH} (Holm 0.01)"),
     ],
 )
 def test_p_with_holm(p_value: Any, p_adjusted: Any, expected: str) -> None:
@@ -299,21 +332,17 @@ def test_p_with_holm(p_value: Any, p_adjusted: Any, expected: str) -> None:
     [
         ({"construction": "norm_matched", "k": 10, "method": "t_prediction"}, "norm×10"),
         ({"construction": "init_scale", "k": 3, "method": "reference_z"}, "init×3 ref"),
-        ({"construction": "permuted", "k": 19, "method": "t_prediction"}, "perm×19"),
-        ({"construction": "norm_matched", "k": 10}, "norm×10"),  # t prediction is the default
-        ({"construction": "norm_matched", "k": 8.0, "method": "bootstrap"}, "norm×8 bootstrap"),
+        ({"construction": "permuted", "k": 19}, "perm×19"),
+        ({"construction": "norm_matched", "k": 8, "method": "bootstrap"}, "norm×8 bootstrap"),
         ({"construction": "spectral", "k": 5}, "spec×5"),
-        ({"construction": "norm_matched"}, "norm"),
-        ({"construction": "norm_matched", "k": math.nan}, "norm"),
-        ({"k": 4}, "null×4"),
-        ({}, DASH),
+        ({"construction": "norm_matched", "k": 0}, "norm"),
+        ({"construction": "", "k": 4}, "null×4"),
+        ({"construction": "norm_matched", "k": 1, "degenerate": "1 sample"}, "norm×1 unusable"),
         (None, DASH),
-        ("norm_matched", DASH),
     ],
 )
-def test_null_marker(null: Any, expected: str) -> None:
-    evidence = {} if null is None else {"null": null}
-    assert null_marker(evidence) == expected
+def test_null_marker_reads_the_typed_null(null: Any, expected: str) -> None:
+    assert null_marker(None if null is None else summary(**null)) == expected
 
 
 def test_js_values_are_readable_at_any_scale() -> None:
@@ -340,3 +369,79 @@ def test_js_values_are_readable_at_any_scale() -> None:
 )
 def test_noise_floor_line(floor: dict[str, Any], expected: str) -> None:
     assert noise_floor_line(floor) == expected
+
+
+# --- the table and the judge's message print the same numbers ----------------------------
+
+
+def _judged(raw: float, samples: list[float], *, log_scale: bool, z_bar: float) -> ProbeResult:
+    """A result built the way probes build it: compare_to_null → judge_effect → typed fields."""
+    from dlm_sway.core.calibration import compare_to_null
+    from dlm_sway.core.judge import Bar, judge_effect, versus
+
+    c = compare_to_null(raw, samples, log_scale=log_scale)
+    j = judge_effect(
+        raw, c, Bar(z=z_bar), what=f"mean KL {raw:.4g}", versus=versus("norm_matched", c.k)
+    )
+    return ProbeResult(
+        "kl",
+        "delta_kl",
+        j.verdict,
+        score=j.score,
+        raw=raw,
+        z_score=c.z,
+        p_value=c.p_value,
+        effect_ratio=c.effect_ratio,
+        message=j.message,
+        headline=j.headline,
+        null=NullSummary("norm_matched", c.method, c.k, tuple(samples), z_bar, log_scale),
+    )
+
+
+def _row_cells(result: ProbeResult) -> dict[str, str]:
+    from dlm_sway.core.result import SwayScore
+    from dlm_sway.report.markdown import PROBE_HEADERS, to_markdown
+
+    text = to_markdown(_suite(result), SwayScore(0.5, "partial", {}, {}))
+    row = next(line for line in text.splitlines() if line.startswith("| kl "))
+    cells = [c.strip() for c in row.strip().strip("|").split(" | ")]
+    return dict(zip(PROBE_HEADERS, cells, strict=True))
+
+
+positive = st.floats(min_value=1e-3, max_value=5.0, allow_nan=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    raw=positive,
+    samples=st.lists(positive, min_size=3, max_size=20, unique=True),
+    log_scale=st.booleans(),
+    z_bar=st.sampled_from([2.0, 3.0, 4.0]),
+    family=st.integers(min_value=1, max_value=12),
+)
+def test_table_z_and_p_appear_verbatim_in_the_judges_message(
+    raw: float, samples: list[float], log_scale: bool, z_bar: float, family: int
+) -> None:
+    """PASS, WARN and FAIL alike: a reader never sees two different p's for one result."""
+    from dlm_sway.core.judge import holm_rejudge
+
+    result = _judged(raw, samples, log_scale=log_scale, z_bar=z_bar)
+    if result.p_value is None:  # the null had no spread: no z or p anywhere
+        assert _row_cells(result)["p (Holm)"] == DASH
+        return
+    cells = _row_cells(result)
+    assert _verbatim(cells["p (Holm)"], result.message), (cells, result.message)
+    assert _verbatim(f"z={cells['z']}", result.message), (cells, result.message)
+    # After Holm: a PASS is re-judged and its message names the adjusted p the table prints.
+    p_adj = min(1.0, result.p_value * family)
+    adjusted = holm_rejudge(result, p_adj, family)
+    holm_cell = _row_cells(adjusted)["p (Holm)"]
+    assert holm_cell.startswith(cells["p (Holm)"] + " (Holm ")
+    if result.verdict is Verdict.PASS:
+        holm = holm_cell.removeprefix(cells["p (Holm)"] + " (Holm ").removesuffix(")")
+        assert _verbatim(f"p_adj={holm}", adjusted.message), (holm_cell, adjusted.message)
+
+
+def _verbatim(number: str, message: str) -> bool:
+    """``number`` in ``message`` as a whole number (``p=0.002`` is not in ``p=0.0022``)."""
+    return re.search(re.escape(number) + r"(?![0-9.e])", message) is not None

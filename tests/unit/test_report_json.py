@@ -1,4 +1,4 @@
-"""JSON report: the schema, the no-NaN rule, and an exact round trip."""
+"""JSON report: the v2 shape, the no-NaN rule, and an exact round trip of every typed field."""
 
 from __future__ import annotations
 
@@ -10,16 +10,25 @@ from typing import Any
 import pytest
 
 from dlm_sway.core.errors import SpecValidationError
+from dlm_sway.core.gate import GateDecision, GateReason
 from dlm_sway.core.result import (
     SCHEMA_VERSION,
     DeterminismReport,
+    Direction,
     HealthCheck,
+    NullCalibration,
+    NullSummary,
+    OverfitSignal,
     ProbeResult,
     SuiteResult,
     SwayScore,
     Verdict,
 )
-from dlm_sway.report.json_report import from_json, to_json, to_json_dict
+from dlm_sway.core.stats import NullStats
+from dlm_sway.report.json_report import from_json, read_run, to_json, to_json_dict
+from dlm_sway.report.junit import to_junit
+from dlm_sway.report.markdown import to_markdown
+from dlm_sway.report.terminal import render_terminal
 
 TOP_LEVEL_KEYS = {
     "schema_version",
@@ -56,6 +65,28 @@ PROBE_KEYS = {
     "evidence",
     "message",
     "duration_s",
+    "category",
+    "weight",
+    "direction",
+    "headline",
+    "measured",
+    "null",
+    "calibration",
+    "config",
+    "overfit",
+}
+NULL_KEYS = {
+    "construction",
+    "method",
+    "k",
+    "samples",
+    "z_threshold",
+    "log_scale",
+    "non_negative",
+    "statistic",
+    "p_empirical",
+    "degenerate",
+    "z_by_rank",
 }
 
 
@@ -67,13 +98,30 @@ def full_run() -> tuple[SuiteResult, SwayScore]:
             "null_adapter",
             Verdict.PASS,
             score=1.0,
-            evidence={
-                "weight": 1.0,
-                "skipped_kinds": [{"kind": "adapter_ablation", "reason": "opted out"}],
-                "runs": 3,
-            },
+            evidence={"runs": 3},
             message="calibrated 1 probe(s) over 3 null seed(s)",
             duration_s=2.5,
+            category="baseline",
+            weight=0.0,
+            config={"name": "null", "kind": "null_adapter", "runs": 3, "enabled": True},
+            calibration=NullCalibration(
+                by_rank={
+                    "rank_1.00": {
+                        "kl": NullStats.from_samples(
+                            [0.01, 0.012, 0.008], construction="norm_matched"
+                        )
+                    },
+                    "rank_0.50": {
+                        "kl": NullStats.from_samples(
+                            [0.005, 0.006, 0.004], construction="norm_matched"
+                        )
+                    },
+                },
+                primary="rank_1.00",
+                failures={"abl": "seed 1000: no finite null raw"},
+                from_cache=True,
+                cache_file="/cache/nulls/abc.json",
+            ),
         ),
         ProbeResult(
             "kl",
@@ -88,20 +136,29 @@ def full_run() -> tuple[SuiteResult, SwayScore]:
             base_value=0.0,
             ft_value=1.7,
             ci_95=(1.5, 1.9),
-            evidence={
-                "weight": 2.0,
-                "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0},
-                "null": {
-                    "construction": "norm_matched",
-                    "k": 10,
-                    "method": "t_prediction",
-                    "p_empirical": None,
-                    "log_scale": True,
-                    "degenerate": None,
-                },
-            },
-            message="mean KL 1.700 nats",
+            evidence={"per_prompt": [1.6, 1.8]},
+            message="above noise: mean KL 1.700 nats; z=+9.40σ, p=0.0004 vs 3 norm-matched nulls",
             duration_s=0.75,
+            category="adherence",
+            weight=2.0,
+            direction=Direction.EFFECT,
+            headline="above noise",
+            measured="mean KL 1.700 nats",
+            config={"name": "kl", "kind": "delta_kl", "prompts": ["a", "b"], "weight": 2.0},
+            null=NullSummary(
+                construction="norm_matched",
+                method="t_prediction",
+                k=3,
+                samples=(0.01, 0.012, 0.008),
+                z_threshold=3.0,
+                log_scale=True,
+                non_negative=True,
+                statistic=8.1,
+                p_empirical=0.25,
+                degenerate=None,
+                z_by_rank={"rank_1.00": 9.4, "rank_0.50": 12.0},
+            ),
+            overfit=OverfitSignal("verbatim_over_paraphrase", "verbatim 1.2, paraphrase 0.1"),
         ),
         ProbeResult(
             "abl",
@@ -109,6 +166,8 @@ def full_run() -> tuple[SuiteResult, SwayScore]:
             Verdict.ERROR,
             evidence={"non_finite_inputs": {"raw": "nan"}},
             message="non-finite raw",
+            category="ablation",
+            direction=Direction.HARM,
         ),
     )
     suite = SuiteResult(
@@ -136,6 +195,7 @@ def full_run() -> tuple[SuiteResult, SwayScore]:
         components={"adherence": 0.93, "baseline": 1.0, "ablation": 0.0},
         weights={"adherence": 0.3, "baseline": 0.0, "ablation": 0.15},
         findings=("1 probe(s) errored — see messages",),
+        band_reason="kl shows the over-fit signal verbatim_over_paraphrase",
     )
     return suite, score
 
@@ -148,8 +208,16 @@ def test_top_level_and_probe_schema() -> None:
     assert data["started_at"] == "2025-03-04T05:06:07.123456+00:00"
     assert data["wall_seconds"] == 12.5
     assert data["determinism"] == {"class": "strict", "seed": 7, "notes": ["cpu", "fp32"]}
-    assert set(data["score"]) == {"overall", "band", "components", "weights", "findings"}
+    assert set(data["score"]) == {
+        "overall",
+        "band",
+        "band_reason",
+        "components",
+        "weights",
+        "findings",
+    }
     assert all(set(p) == PROBE_KEYS for p in data["probes"])
+    assert SCHEMA_VERSION == 2
     assert [p["verdict"] for p in data["probes"]] == ["pass", "pass", "error"]
     assert data["probes"][1]["ci_95"] == [1.5, 1.9]
     assert data["probes"][0]["ci_95"] is None
@@ -177,6 +245,33 @@ def test_top_level_and_probe_schema() -> None:
     ]
 
 
+def test_every_typed_field_is_written() -> None:
+    suite, score = full_run()
+    data = to_json_dict(suite, score)
+    calib, kl, abl = data["probes"]
+    assert set(kl["null"]) == NULL_KEYS
+    assert kl["null"]["k"] == 3 and kl["null"]["samples"] == [0.01, 0.012, 0.008]
+    assert kl["null"]["z_by_rank"] == {"rank_1.00": 9.4, "rank_0.50": 12.0}
+    assert (kl["category"], kl["weight"], kl["direction"]) == ("adherence", 2.0, "effect")
+    assert (kl["headline"], kl["measured"]) == ("above noise", "mean KL 1.700 nats")
+    assert kl["config"]["prompts"] == ["a", "b"]
+    assert kl["overfit"] == {
+        "name": "verbatim_over_paraphrase",
+        "message": "verbatim 1.2, paraphrase 0.1",
+    }
+    assert kl["calibration"] is None and calib["null"] is None
+    cal = calib["calibration"]
+    assert cal["primary"] == "rank_1.00" and set(cal["by_rank"]) == {"rank_1.00", "rank_0.50"}
+    assert cal["by_rank"]["rank_1.00"]["kl"]["n"] == 3
+    assert cal["by_rank"]["rank_1.00"]["kl"]["construction"] == "norm_matched"
+    assert cal["failures"] == {"abl": "seed 1000: no finite null raw"}
+    assert (cal["from_cache"], cal["cache_file"]) == (True, "/cache/nulls/abc.json")
+    assert abl["direction"] == "harm" and abl["null"] is None and abl["overfit"] is None
+    assert data["score"]["band_reason"].startswith("kl shows")
+    # Weight and category live in typed fields, not in evidence.
+    assert all("weight" not in p["evidence"] for p in data["probes"])
+
+
 def test_to_json_is_indented_sorted_and_parses_back_to_the_dict() -> None:
     suite, score = full_run()
     text = to_json(suite, score)
@@ -192,8 +287,41 @@ def test_round_trip_is_exact() -> None:
     assert suite2 == suite
     assert score2 == score
     assert suite2.probes[1].p_adjusted == 0.0012
+    assert suite2.probes[1].null == suite.probes[1].null
+    assert suite2.probes[0].calibration == suite.probes[0].calibration
+    assert suite2.probes[2].direction is Direction.HARM
     assert suite2.noise_floor == suite.noise_floor
     assert suite2.health == suite.health
+
+
+def _terminal(suite: SuiteResult, score: SwayScore) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=160, record=True, color_system=None, file=io.StringIO())
+    render_terminal(suite, score, console=console)
+    return console.export_text()
+
+
+def test_round_trip_renders_identically_in_every_format() -> None:
+    suite, score = full_run()
+    gate = GateDecision(
+        exit_code=1,
+        threshold=0.5,
+        overall=score.overall,
+        reasons=(GateReason("errored", "1 probe errored", ("abl",)),),
+    )
+    back_suite, back_score, back_gate = read_run(json.loads(to_json(suite, score, gate=gate)))
+    assert back_gate == gate
+    assert _terminal(back_suite, back_score) == _terminal(suite, score)
+    assert to_markdown(back_suite, back_score) == to_markdown(suite, score)
+    assert to_junit(back_suite, back_score, gate=back_gate) == to_junit(suite, score, gate=gate)
+    assert to_json(back_suite, back_score, gate=back_gate) == to_json(suite, score, gate=gate)
+    # What the typed fields put on screen survives the trip.
+    text = " ".join(_terminal(back_suite, back_score).split())
+    assert "norm×3" in text and "rank profile: +12.00σ @ 0.5x / +9.40σ @ 1x" in text
+    assert "kl shows the over-fit signal" in text  # the band line's reason
 
 
 def test_run_without_statistics_writes_empty_defaults_and_round_trips() -> None:
@@ -313,7 +441,7 @@ def test_from_json_tolerates_a_minimal_payload() -> None:
     assert partial_check.noise_floor == {}
     assert partial_check.health == (HealthCheck("warn", "", "m", ""),)
     determinism_default, _ = from_json(
-        {"schema_version": 1, "score": {"overall": 0}, "probes": [], "determinism": {}}
+        {"schema_version": 2, "score": {"overall": 0}, "probes": [], "determinism": {}}
     )
     assert determinism_default.determinism == DeterminismReport("best_effort", 0, ())
 
@@ -323,7 +451,8 @@ def test_from_json_tolerates_a_minimal_payload() -> None:
     [
         ([], "not a sway JSON report"),
         ({"probes": []}, "not a sway JSON report"),
-        ({"schema_version": 2, "score": {"overall": 0}, "probes": []}, "schema_version 2"),
+        ({"schema_version": 3, "score": {"overall": 0}, "probes": []}, "schema_version 3"),
+        ({"schema_version": 0, "score": {"overall": 0}, "probes": []}, "versions 1 and 2"),
         ({"schema_version": "1", "score": {"overall": 0}, "probes": []}, "schema_version '1'"),
         ({"schema_version": True, "score": {"overall": 0}, "probes": []}, "schema_version True"),
         ({"schema_version": 1, "score": {"overall": 0}}, "probes is missing"),

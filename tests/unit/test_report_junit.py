@@ -40,13 +40,20 @@ def run(*probes: ProbeResult) -> SuiteResult:
                 message=f"{NASTY}\nsecond line",
                 duration_s=0.25,
             ),
-            ProbeResult("worried", "adapter_ablation", Verdict.WARN, score=0.5, message="wobbly"),
+            ProbeResult(
+                "worried",
+                "adapter_ablation",
+                Verdict.WARN,
+                score=0.5,
+                message="wobbly",
+                category="ablation",
+            ),
             ProbeResult(
                 "off", "delta_kl", Verdict.SKIP, message="needs pip install 'dlm-sway[hf]'"
             ),
             ProbeResult("broken", "delta_kl", Verdict.ERROR, message="ProbeError: boom & bust"),
             ProbeResult("silent", "delta_kl", Verdict.FAIL, score=0.0),
-            ProbeResult("calib", "null_adapter", Verdict.PASS, score=1.0),
+            ProbeResult("calib", "null_adapter", Verdict.PASS, score=1.0, category="baseline"),
         ),
     )
 
@@ -136,6 +143,7 @@ def test_properties_hold_overall_band_and_scored_components() -> None:
     props = {p.get("name"): p.get("value") for p in parse(suite, score).iter("property")}
     assert props["overall"] == f"{score.overall:.4f}"
     assert props["band"] == score.band
+    assert score.band_reason and props["band_reason"] == score.band_reason
     assert props["component.adherence"] == f"{score.components['adherence']:.4f}"
     assert props["component.ablation"] == f"{score.components['ablation']:.4f}"
     # No probe scored under attribution: no made-up 0.0000 for it.

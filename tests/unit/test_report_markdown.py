@@ -8,9 +8,13 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from dlm_sway.core.result import (
     DeterminismReport,
     HealthCheck,
+    NullCalibration,
+    NullSummary,
     ProbeResult,
     SuiteResult,
     SwayScore,
@@ -35,13 +39,10 @@ def run() -> SuiteResult:
             "null_adapter",
             Verdict.PASS,
             score=1.0,
-            evidence={
-                "skipped_kinds": [
-                    {"kind": "adapter_ablation", "name": "ablate", "reason": "probe opted out"}
-                ]
-            },
             message="calibrated 2 probe(s) over 10 null seed(s)",
             duration_s=2.5,
+            category="baseline",
+            calibration=NullCalibration(by_rank={}, primary="rank_1.00"),
         ),
         ProbeResult(
             "moves_tokens",
@@ -54,12 +55,17 @@ def run() -> SuiteResult:
             p_adjusted=0.0002,
             effect_ratio=170.0,
             ci_95=(1.5, 1.9),
-            evidence={
-                "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0},
-                "null": {"construction": "norm_matched", "k": 10, "method": "t_prediction"},
-            },
             message="mean KL 1.700 nats",
             duration_s=0.75,
+            category="adherence",
+            null=NullSummary(
+                construction="norm_matched",
+                method="t_prediction",
+                k=10,
+                samples=(0.01,) * 10,
+                z_threshold=3.0,
+                z_by_rank={"rank_1.00": 9.4, "rank_0.50": 12.0},
+            ),
         ),
         ProbeResult(
             "pipes|and\nlines",
@@ -71,9 +77,17 @@ def run() -> SuiteResult:
             p_value=0.6,
             p_adjusted=1.0,
             effect_ratio=1.02,
-            evidence={"null": {"construction": "init_scale", "k": 3, "method": "reference_z"}},
             message="a | b\nsecond line\r\nthird",
             duration_s=0.5,
+            category="adherence",
+            null=NullSummary(
+                construction="init_scale",
+                method="reference_z",
+                k=3,
+                samples=(0.02, 0.02, 0.02),
+                z_threshold=3.0,
+                degenerate="the null has\nno spread",
+            ),
         ),
         ProbeResult(
             "sections",
@@ -84,6 +98,7 @@ def run() -> SuiteResult:
             evidence={"per_section": PER_SECTION},
             message="1 of 2 sections moved",
             duration_s=1.25,
+            category="attribution",
         ),
         ProbeResult(
             "ablate",
@@ -97,6 +112,7 @@ def run() -> SuiteResult:
             },
             message="R²=0.950",
             duration_s=0.3,
+            category="ablation",
         ),
         ProbeResult(
             "styled",
@@ -152,7 +168,8 @@ def test_summary_names_score_models_run_and_backend() -> None:
     score = compute(suite)
     text = render(suite, score)
     assert text.startswith("# sway report\n")
-    assert f"- **Overall:** {score.overall:.2f} `{score.band}`" in text
+    assert score.band_reason
+    assert f"- **Overall:** {score.overall:.2f} `{score.band}` — {score.band_reason}\n" in text
     assert "- **Base:** `HuggingFaceTB/SmolLM2-135M-Instruct`" in text
     assert "- **Adapter:** `exp1/checkpoint-500/adapter`" in text
     assert "- **Wall:** 12.5s (started 2025-03-04 05:06:07 UTC)" in text
@@ -194,7 +211,7 @@ def test_probe_table_has_one_row_per_probe_with_shared_formatting() -> None:
         "×170.0",
         "[1.500, 1.900]",
         "+9.40σ",
-        "p<1e-4 (Holm 0.0002)",
+        "p=4e-05 (Holm 0.0002)",
         "norm×10",
         "0.75s",
     ]
@@ -220,7 +237,7 @@ def test_no_nan_or_inf_leaks_into_the_document() -> None:
     assert "inf" not in lowered.replace("information", "")
 
 
-def test_findings_health_extras_opt_outs_and_degenerate_nulls() -> None:
+def test_findings_health_uncalibrated_and_unusable_nulls() -> None:
     suite = run()
     score = compute(suite)
     text = render(suite, score)
@@ -230,12 +247,16 @@ def test_findings_health_extras_opt_outs_and_degenerate_nulls() -> None:
     health = section(text, "Health checks")
     assert "- **warn** `too_few_nulls`: only 3 nulls — raise runs to 19" in health
     assert "- **error** `adapter_norm_zero`: the adapter has zero norm\n" in health + "\n"
-    extras = section(text, "Skipped for missing extras")
-    assert "```sh\npip install 'dlm-sway[style]'\n```" in extras
-    assert "- ablate (adapter_ablation): probe opted out" in section(
-        text, "Null-calibration opt-outs"
-    )
-    assert "`pipes|and lines`" in section(text, "Degenerate null distributions")
+    # The SKIP says what to install in its own row; no section re-parses messages.
+    assert "## Skipped" not in text
+    probes = section(text, "Probes")
+    assert "needs pip install 'dlm-sway[style]'" in probes
+    uncalibrated = section(text, "Not null-calibrated")
+    assert "- sections (section_internalization)\n" in uncalibrated
+    assert "- ablate (adapter_ablation)" in uncalibrated
+    assert "moves_tokens" not in uncalibrated and "styled" not in uncalibrated
+    unusable = section(text, "Unusable null distributions")
+    assert "- pipes|and lines: the null has no spread" in unusable
 
 
 def test_per_section_evidence_becomes_a_table() -> None:
@@ -279,8 +300,8 @@ def test_optional_sections_are_absent_when_not_applicable() -> None:
         "## Top findings",
         "## Health checks",
         "## Skipped",
-        "## Null-calibration",
-        "## Degenerate",
+        "## Not null-calibrated",
+        "## Unusable",
         "## Details",
         "Noise floor",
         "Backend",
@@ -360,3 +381,50 @@ def test_long_detail_tables_are_capped() -> None:
     )
     assert len(table_rows(detail)) == 2 + 50
     assert "… and 10 more sections" in detail
+
+
+def test_unregistered_kinds_render_under_their_recorded_category(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A saved run re-renders the same whatever is installed: no report asks the registry."""
+    import io
+
+    from rich.console import Console
+
+    import dlm_sway.probes.base as base
+    from dlm_sway.report.junit import to_junit
+    from dlm_sway.report.terminal import render_terminal
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("a report consulted the probe registry")
+
+    monkeypatch.setattr(base, "registry", refuse)
+    monkeypatch.setattr(base, "get_probe_class", refuse)
+    suite = replace(
+        run(),
+        probes=(
+            ProbeResult("mine", "my_plugin_probe", Verdict.PASS, score=0.9, category="attribution"),
+            ProbeResult("yours", "other_plugin", Verdict.FAIL, score=0.1, category="ablation"),
+        ),
+        null_stats={},
+    )
+    score = SwayScore(
+        0.5,
+        "partial",
+        {"adherence": 0.0, "attribution": 0.9, "ablation": 0.1},
+        {"adherence": 0.3, "attribution": 0.35, "ablation": 0.15},
+        band_reason="by the overall score 0.50",
+    )
+    rows = {r[0]: r for r in table_rows(section(to_markdown(suite, score), "Components"))[2:]}
+    assert rows["attribution"][1] == "0.90" and rows["ablation"][1] == "0.10"
+    assert rows["adherence"][1:] == ["—", "0.3", "no scored probes"]
+    junit = to_junit(suite, score)
+    assert 'name="component.attribution" value="0.9000"' in junit
+    assert "component.adherence" not in junit
+    console = Console(width=160, record=True, color_system=None, file=io.StringIO())
+    render_terminal(suite, score, console=console)
+    text = console.export_text()
+    adherence = next(line for line in text.splitlines() if " adherence " in line)
+    assert "no scored probes" in adherence
+    attribution = next(line for line in text.splitlines() if " attribution " in line)
+    assert "0.90" in attribution

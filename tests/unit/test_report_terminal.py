@@ -13,11 +13,14 @@ from rich.console import Console
 from dlm_sway.core.result import (
     DeterminismReport,
     HealthCheck,
+    NullCalibration,
+    NullSummary,
     ProbeResult,
     SuiteResult,
     SwayScore,
     Verdict,
 )
+from dlm_sway.core.stats import NullStats
 from dlm_sway.report.json_report import from_json, to_json
 from dlm_sway.report.terminal import HEALTH_STYLES, VERDICT_STYLES, render_terminal
 from dlm_sway.suite.score import compute
@@ -48,14 +51,14 @@ def run() -> SuiteResult:
             "null_adapter",
             Verdict.PASS,
             score=1.0,
-            evidence={
-                "weight": 1.0,
-                "skipped_kinds": [
-                    {"kind": "adapter_ablation", "name": "ablate", "reason": "probe opted out"}
-                ],
-            },
             message="calibrated 1 probe(s) over 3 null seed(s)",
             duration_s=2.5,
+            category="baseline",
+            calibration=NullCalibration(
+                by_rank={"rank_1.00": {"moves_tokens": NullStats.from_samples([0.01, 0.012])}},
+                primary="rank_1.00",
+                failures={"flat": "seed 1000: no finite null raw"},
+            ),
         ),
         ProbeResult(
             "moves_tokens",
@@ -68,20 +71,18 @@ def run() -> SuiteResult:
             p_adjusted=0.0002,
             effect_ratio=170.0,
             ci_95=(1.5, 1.9),
-            evidence={
-                "weight": 1.0,
-                "z_by_rank": {"rank_1.00": 9.4, "rank_0.50": 12.0},
-                "null": {
-                    "construction": "norm_matched",
-                    "k": 10,
-                    "method": "t_prediction",
-                    "p_empirical": None,
-                    "log_scale": True,
-                    "degenerate": None,
-                },
-            },
             message="mean KL 1.700 nats",
             duration_s=0.75,
+            category="adherence",
+            null=NullSummary(
+                construction="norm_matched",
+                method="t_prediction",
+                k=10,
+                samples=(0.01,) * 10,
+                z_threshold=3.0,
+                log_scale=True,
+                z_by_rank={"rank_1.00": 9.4, "rank_0.50": 12.0},
+            ),
         ),
         ProbeResult(
             "wordy",
@@ -94,9 +95,43 @@ def run() -> SuiteResult:
             p_adjusted=1.0,
             effect_ratio=1.02,
             ci_95=(0.01, 0.03),
-            evidence={"null": {"construction": "init_scale", "k": 3, "method": "reference_z"}},
             message=LONG_NOTE,
             duration_s=0.5,
+            category="adherence",
+            null=NullSummary(
+                construction="init_scale",
+                method="reference_z",
+                k=3,
+                samples=(0.02, 0.03, 0.01),
+                z_threshold=3.0,
+            ),
+        ),
+        ProbeResult(
+            "flat",
+            "external_perplexity",
+            Verdict.WARN,
+            raw=1.2,
+            message="not calibrated: the null adapters could not be measured for this probe",
+            duration_s=0.3,
+            category="calibration",
+        ),
+        ProbeResult(
+            "lumpy",
+            "cluster_kl",
+            Verdict.PASS,
+            score=0.6,
+            raw=0.4,
+            message="above threshold: clusters differ; null unusable (no spread)",
+            duration_s=0.3,
+            category="adherence",
+            null=NullSummary(
+                construction="norm_matched",
+                method="t_prediction",
+                k=1,
+                samples=(0.2,),
+                z_threshold=3.0,
+                degenerate="only 1 null sample: need at least 2 (raise runs:)",
+            ),
         ),
         ProbeResult(
             "ablate",
@@ -104,6 +139,7 @@ def run() -> SuiteResult:
             Verdict.SKIP,
             message="needs pip install 'dlm-sway[hf]' for [bold]scaling[/bold]",
             duration_s=0.01,
+            category="ablation",
         ),
         ProbeResult(
             "broken",
@@ -112,6 +148,7 @@ def run() -> SuiteResult:
             raw=math.nan,
             message="ProbeError: boom",
             duration_s=0.02,
+            category="adherence",
         ),
     )
     return SuiteResult(
@@ -124,7 +161,6 @@ def run() -> SuiteResult:
         probes=probes,
         null_stats={
             "moves_tokens": {"mean": 0.01, "std": 0.002, "n": 3, "degenerate": False},
-            "wordy": {"mean": 0.02, "std": 1e-6, "n": 1, "degenerate": True},
         },
         determinism=DeterminismReport(class_="strict", seed=7),
         backend_stats={
@@ -164,7 +200,9 @@ def test_header_panel_names_models_score_band_and_components() -> None:
     score = compute(suite)
     text = render(suite, score)
     assert "sway — HuggingFaceTB/SmolLM2-135M-Instruct vs exp1/checkpoint-500/adapter" in text
-    assert f"overall: {score.overall:.2f}  [ {score.band} ]" in text
+    assert score.band_reason  # the band rules always name the rule that decided
+    flat = " ".join(text.split())
+    assert f"overall: {score.overall:.2f} [ {score.band} ] {score.band_reason}" in flat
     assert "(informational, weight=0)" in text
     baseline = next(line for line in text.splitlines() if "baseline" in line)
     assert "1.00" in baseline and "██████████" in baseline
@@ -180,7 +218,7 @@ def test_header_panel_names_models_score_band_and_components() -> None:
 def test_probe_columns_use_the_shared_formatters() -> None:
     text = render(run())
     row = next(line for line in text.splitlines() if "moves_tokens" in line)
-    for cell in ("0.93", "1.700", "×170.0", "[1.500, 1.900]", "+9.40σ", "p<1e-4", "0.75s"):
+    for cell in ("0.93", "1.700", "×170.0", "[1.500, 1.900]", "+9.40σ", "p=4e-05", "0.75s"):
         assert cell in row
     assert "rank profile: +12.00σ @ 0.5x / +9.40σ @ 1x" in " ".join(text.split())
 
@@ -219,11 +257,18 @@ def test_narrow_console_stacks_probes_instead_of_crushing_columns() -> None:
     assert "moves_tokens (delta_kl)" not in wide  # the table has separate columns
 
 
-def test_footers_list_opt_outs_degenerate_nulls_extras_and_run_stats() -> None:
+def test_footers_list_uncalibrated_and_unusable_nulls_and_run_stats() -> None:
     text = " ".join(render(run()).split())
-    assert "not null-calibrated" in text and "ablate (adapter_ablation): probe opted out" in text
-    assert "degenerate null distribution for: wordy" in text
-    assert "1 probe(s) skipped for missing extras: pip install 'dlm-sway[hf]'" in text
+    assert (
+        "not null-calibrated (fixed thresholds, no z-score): "
+        "flat (external_perplexity): seed 1000: no finite null raw"
+    ) in text
+    assert (
+        "unusable null distribution (fixed thresholds instead): "
+        "lumpy: only 1 null sample: need at least 2 (raise runs:)"
+    ) in text
+    # A SKIP's message says what to install itself; no footer re-parses it.
+    assert "missing extras" not in text
     assert (
         "wall 12.5s | sway 0.1.0 | det: strict (seed=7) | "
         "forwards: 1,200, tokens: 45,678, cache hit 75%"
@@ -326,11 +371,13 @@ def test_saved_json_re_renders_identically() -> None:
 def test_calibrated_probes_show_holm_adjusted_p_and_null_marker() -> None:
     text = render(run(), width=200)
     row = next(line for line in text.splitlines() if "moves_tokens" in line)
-    for cell in ("×170.0", "[1.500, 1.900]", "+9.40σ", "p<1e-4 (Holm 0.0002)", "norm×10"):
+    for cell in ("×170.0", "[1.500, 1.900]", "+9.40σ", "p=4e-05 (Holm 0.0002)", "norm×10"):
         assert cell in row
     assert " t " not in row  # the default t prediction carries no marker
     wordy = next(line for line in text.splitlines() if line.lstrip().startswith("wordy"))
-    assert "p=0.600 (Holm 1.000)" in wordy and "init×3 ref" in wordy
+    assert "p=0.6 (Holm 1)" in wordy and "init×3 ref" in wordy
+    lumpy = next(line for line in text.splitlines() if line.lstrip().startswith("lumpy"))
+    assert "norm×1 unusable" in lumpy
     header = next(line for line in text.splitlines() if line.lstrip().startswith("name"))
     assert header.split()[7:11] == ["z", "p", "null", "time"]
 
@@ -340,29 +387,29 @@ def test_p_without_holm_shows_just_the_p() -> None:
     plain = replace(suite.probes[1], p_adjusted=None)
     text = render(replace(suite, probes=(plain,)), width=200)
     row = next(line for line in text.splitlines() if "moves_tokens" in line)
-    assert "p<1e-4" in row and "Holm" not in text
+    assert "p=4e-05" in row and "Holm" not in text
 
 
 def test_narrow_layout_shows_calibration_on_its_own_line() -> None:
     text = render(run(), width=80)
     lines = [line.strip() for line in text.splitlines()]
     assert "raw 1.700 · effect ×170.0 · ci95 [1.500, 1.900] · 0.75s" in lines
-    assert "z +9.40σ · p<1e-4 (Holm 0.0002) · null norm×10" in lines
-    assert "z -0.30σ · p=0.600 (Holm 1.000) · null init×3 ref" in lines
+    assert "z +9.40σ · p=4e-05 (Holm 0.0002) · null norm×10" in lines
+    assert "z -0.30σ · p=0.6 (Holm 1) · null init×3 ref" in lines
     assert "z — · p — · null —" in lines  # uncalibrated probes
     assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
 
 
 def test_medium_console_keeps_the_table_with_holm_on_a_second_line() -> None:
-    medium = render(run(), width=150)
+    medium = render(run(), width=158)
     assert "moves_tokens (delta_kl)" not in medium  # still the table
     lines = medium.splitlines()
     i = next(n for n, line in enumerate(lines) if "moves_tokens" in line)
-    assert "p<1e-4" in lines[i] and "Holm" not in lines[i]
+    assert "p=4e-05" in lines[i] and "Holm" not in lines[i]
     assert "(Holm 0.0002)" in lines[i + 1]
-    assert max(len(line.rstrip()) for line in lines) <= 150
-    wide = render(run(), width=160)
-    assert "p<1e-4 (Holm 0.0002)" in wide
+    assert max(len(line.rstrip()) for line in lines) <= 158
+    wide = render(run(), width=170)
+    assert "p=4e-05 (Holm 0.0002)" in wide
     for width in range(100, 201, 5):
         text = render(run(), width=width)
         assert max(len(line.rstrip()) for line in text.splitlines()) <= width, width
@@ -411,7 +458,14 @@ def test_broken_statistics_never_print_nan() -> None:
         p_adjusted=math.nan,
         effect_ratio=math.nan,
         ci_95=(math.nan, 0.3),
-        evidence={"null": {"construction": None, "k": math.nan, "method": None}},
+        null=NullSummary(
+            construction="",
+            method="",
+            k=0,
+            samples=(),
+            z_threshold=math.nan,
+            z_by_rank={"rank_1.00": math.nan, "rank_2.00": math.inf},
+        ),
     )
     broken = replace(
         suite,

@@ -13,6 +13,7 @@ from dlm_sway.cli.demo import demo_cmd
 from dlm_sway.cli.info import doctor_cmd, list_probes_cmd
 from dlm_sway.cli.report import report_cmd
 from dlm_sway.cli.run import gate_cmd, run_cmd
+from dlm_sway.cli.schema import schema_cmd
 
 app = typer.Typer(
     name="sway",
@@ -47,6 +48,7 @@ app.command("autogen")(autogen_cmd)
 app.command("demo")(demo_cmd)
 app.command("list-probes")(list_probes_cmd)
 app.command("doctor")(doctor_cmd)
+app.command("schema")(schema_cmd)
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ The file is validated and read back through
 :func:`~dlm_sway.report.json_report.read_run` (every malformed field is exit 2
 naming its JSON path) and handed to the same renderers a live run uses, so the markdown or JUnit it
 prints equals what ``run --markdown`` / ``gate --junit`` wrote for that run.
-Nothing here imports torch.
+Version 2 files are read as written; version 1 files (before the typed verdict
+fields) are upgraded on reading; any other ``schema_version`` is exit 2 naming it.
+``--format json`` always writes version 2. Nothing here imports torch.
 """
 
 from __future__ import annotations

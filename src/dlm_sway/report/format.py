@@ -3,6 +3,12 @@
 One rule runs through all of them: a value that is missing (None) or not
 finite renders as an em dash. A report must never print ``0.00`` for a number
 that was never measured, nor leak ``nan``/``inf`` into a table.
+
+Every helper reads a result's typed fields (``category``, ``null``,
+``calibration``), never its ``evidence`` and never the probe registry, so a
+saved run renders the same wherever it is re-read. z and p are printed exactly
+as :mod:`dlm_sway.core.judge` writes them into messages: a table and the
+message beside it can never disagree.
 """
 
 from __future__ import annotations
@@ -12,18 +18,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
-from dlm_sway.probes.base import registry
+from dlm_sway.core.judge import format_p as judge_p
+from dlm_sway.core.result import NullSummary, ProbeResult, SuiteResult, Verdict
 
 DASH = "—"
-NULL_ADAPTER_KIND = "null_adapter"
+#: The category of a result nobody stamped one on (built outside the runner).
 FALLBACK_CATEGORY = "adherence"
 
 
-def category_of(kind: str) -> str:
-    """The category a probe kind scores under; kinds nobody registered count as adherence."""
-    cls = registry().get(kind)
-    return FALLBACK_CATEGORY if cls is None else str(cls.category)
+def result_category(result: ProbeResult) -> str:
+    """The category a result scores under: the one the runner stamped on it."""
+    return result.category or FALLBACK_CATEGORY
 
 
 def is_scored(result: ProbeResult) -> bool:
@@ -35,7 +40,7 @@ def is_scored(result: ProbeResult) -> bool:
 
 def scored_categories(suite: SuiteResult) -> set[str]:
     """Categories with at least one result that entered the composite."""
-    return {category_of(result.kind) for result in suite.probes if is_scored(result)}
+    return {result_category(result) for result in suite.probes if is_scored(result)}
 
 
 def _number(value: object) -> float | None:
@@ -63,31 +68,24 @@ def format_raw(value: float | None) -> str:
 
 
 def format_z(value: float | None) -> str:
-    """A z-score: signed, two decimals, grouped thousands, σ suffix (``+9.41σ``)."""
+    """A z-score as the judge's messages write it: signed, two decimals, σ (``+9.41σ``)."""
     number = _number(value)
-    return DASH if number is None else f"{number:+,.2f}σ"
+    return DASH if number is None else f"{number:+.2f}σ"
 
 
 def format_p(value: float | None) -> str:
-    """A p-value: ``p=0.003``; ``p=0.0004`` below 1e-3; ``p<1e-4`` below that."""
+    """A p-value as the judge's messages write it: ``p=0.0022``, ``p=2e-05``."""
     number = _number(value)
-    if number is None:
-        return DASH
-    if number < 1e-4:
-        return "p<1e-4"
-    if number < 1e-3:
-        return f"p={number:.4f}"
-    return f"p={number:.3f}"
+    return DASH if number is None else f"p={judge_p(number)}"
 
 
 def format_p_holm(p_value: float | None, p_adjusted: float | None) -> str:
-    """``p=0.003 (Holm 0.009)``; just the p when there is no Holm-adjusted value."""
+    """``p=0.0022 (Holm 0.0066)``; just the p when there is no Holm-adjusted value."""
     raw = format_p(p_value)
     adjusted = format_p(p_adjusted)
     if adjusted == DASH:
         return raw
-    holm = adjusted.removeprefix("p=").removeprefix("p")  # "0.009" / "<1e-4"
-    return f"{raw} (Holm {holm})"
+    return f"{raw} (Holm {adjusted.removeprefix('p=')})"
 
 
 NULL_CONSTRUCTIONS: Mapping[str, str] = {
@@ -99,23 +97,24 @@ NULL_METHODS: Mapping[str, str] = {"t_prediction": "t", "reference_z": "ref"}
 DEFAULT_NULL_METHOD = "t_prediction"
 
 
-def null_marker(evidence: Mapping[str, Any]) -> str:
-    """``norm×10`` from ``evidence["null"]``; ``init×3 ref`` for the reference z; else a dash.
+def null_marker(null: NullSummary | None) -> str:
+    """``norm×10`` from ``result.null``; ``init×3 ref`` for the reference z; else a dash.
 
     The construction is shortened (norm | init | perm) and followed by the number of
-    nulls K; the method is named only when it is not the default t prediction.
+    nulls K; the method is named only when it is not the default t prediction, and
+    ``unusable`` marks a null whose spread could not judge (see the footer for why).
     """
-    null = evidence.get("null")
-    if not isinstance(null, Mapping) or not null:
+    if null is None:
         return DASH
-    construction = str(null.get("construction") or "")
+    construction = null.construction
     label = NULL_CONSTRUCTIONS.get(construction, construction[:4] or "null")
-    k = _number(null.get("k"))
-    if k is not None:
-        label += f"×{k:.0f}"
-    method = str(null.get("method") or DEFAULT_NULL_METHOD)
+    if null.k > 0:
+        label += f"×{null.k}"
+    method = null.method or DEFAULT_NULL_METHOD
     if method != DEFAULT_NULL_METHOD:
         label += f" {NULL_METHODS.get(method, method)}"
+    if null.degenerate:
+        label += " unusable"
     return label
 
 
@@ -195,13 +194,13 @@ def adapter_label(adapter_id: str) -> str:
     return f'"{label}"' if any(ch.isspace() for ch in label) else label
 
 
-def rank_profile(evidence: Mapping[str, Any]) -> str:
-    """``+4.20σ @ 0.5x / +6.80σ @ 1x`` from ``evidence["z_by_rank"]``; empty below two ranks.
+def rank_profile(null: NullSummary | None) -> str:
+    """``+4.20σ @ 0.5x / +6.80σ @ 1x`` from ``null.z_by_rank``; empty below two ranks.
 
     Keys are rank multipliers (numbers or strings such as ``"1.0"``/``"rank_1.00"``).
     """
-    by_rank = evidence.get("z_by_rank")
-    if not isinstance(by_rank, Mapping) or len(by_rank) < 2:
+    by_rank = {} if null is None else null.z_by_rank
+    if len(by_rank) < 2:
         return ""
     entries: list[tuple[float, str, str]] = []
     for key, z in by_rank.items():
@@ -220,73 +219,52 @@ def _multiplier(key: object) -> float | None:
     return float(match.group()) if match else None
 
 
-def probe_note(message: str, evidence: Mapping[str, Any]) -> str:
-    """A probe's message, with its rank profile appended when it has one."""
-    profile = rank_profile(evidence)
+def probe_note(result: ProbeResult) -> str:
+    """A probe's message as it carries it, with its rank profile appended when it has one."""
+    message = result.message
+    profile = rank_profile(result.null)
     if not profile:
         return message
     return f"{message} | rank profile: {profile}" if message else f"rank profile: {profile}"
 
 
-_EXTRA_PATTERN = re.compile(r"dlm-sway\[([A-Za-z0-9_,\-]+)\]")
+_JUDGED = (Verdict.PASS, Verdict.FAIL, Verdict.WARN)
 
 
-def collect_missing_extras(suite: SuiteResult) -> list[str]:
-    """Extras named in SKIP messages (``pip install 'dlm-sway[hf]'``), sorted and unique."""
-    extras: set[str] = set()
-    for result in suite.probes:
-        if result.verdict is not Verdict.SKIP:
-            continue
-        for match in _EXTRA_PATTERN.finditer(result.message):
-            extras.update(name for name in match.group(1).split(",") if name)
-    return sorted(extras)
+def collect_uncalibrated(suite: SuiteResult) -> list[tuple[str, str]]:
+    """(label, reason) for each judged entry that got no null although the suite draws them.
 
-
-def count_missing_extra_skips(suite: SuiteResult) -> int:
-    """How many SKIP results point at a missing extra."""
-    return sum(
-        1
-        for result in suite.probes
-        if result.verdict is Verdict.SKIP and _EXTRA_PATTERN.search(result.message)
-    )
-
-
-def collect_null_opt_outs(suite: SuiteResult) -> list[tuple[str, str]]:
-    """(label, reason) for every suite entry the null-calibration step did not calibrate.
-
-    Entries of ``evidence["skipped_kinds"]`` carry a ``kind`` and usually the entry
-    ``name``; the label is ``"name (kind)"`` when both are known and differ.
+    Read from typed fields only: a result carrying ``calibration`` is the suite's
+    null step, and a later judged result without ``null`` was judged on fixed
+    thresholds. The reason is the one the null step recorded in
+    ``calibration.failures`` (empty when the entry opted out; its message says why).
+    Empty when the suite has no null step: then every message says so itself.
     """
-    opt_outs: list[tuple[str, str]] = []
-    seen: set[str] = set()
+    steps = [result for result in suite.probes if result.calibration is not None]
+    if not steps:
+        return []
+    failures: dict[str, str] = {}
+    for step in steps:
+        assert step.calibration is not None
+        failures.update(step.calibration.failures)
+    out: list[tuple[str, str]] = []
     for result in suite.probes:
-        if result.kind != NULL_ADAPTER_KIND:
+        if result.calibration is not None or result.null is not None:
             continue
-        skipped = result.evidence.get("skipped_kinds")
-        if not isinstance(skipped, list | tuple):
+        if result.verdict not in _JUDGED:
             continue
-        for entry in skipped:
-            if isinstance(entry, Mapping):
-                kind, name = str(entry.get("kind") or ""), str(entry.get("name") or "")
-                reason = str(entry.get("reason") or "")
-            else:
-                kind, name, reason = str(entry), "", ""
-            label = f"{name} ({kind})" if name and kind and name != kind else name or kind or "?"
-            if label not in seen:
-                seen.add(label)
-                opt_outs.append((label, reason))
-    return opt_outs
+        label = result.name if result.name == result.kind else f"{result.name} ({result.kind})"
+        out.append((label, failures.get(result.name, "")))
+    return out
 
 
-def collect_degenerate_null_kinds(suite: SuiteResult) -> list[str]:
-    """Kinds whose null distribution had no usable spread (flag true or ≥ 0.5), sorted."""
-    kinds = []
-    for kind, stats in suite.null_stats.items():
-        flag = stats.get("degenerate") if isinstance(stats, Mapping) else None
-        number = _number(flag)
-        if flag is True or (number is not None and number >= 0.5):
-            kinds.append(kind)
-    return sorted(kinds)
+def collect_degenerate_nulls(suite: SuiteResult) -> list[tuple[str, str]]:
+    """(entry name, why) for each result whose null had no usable spread, in suite order."""
+    return [
+        (result.name, result.null.degenerate)
+        for result in suite.probes
+        if result.null is not None and result.null.degenerate
+    ]
 
 
 def backend_line(stats: Mapping[str, Any]) -> str:
@@ -317,11 +295,8 @@ __all__ = [
     "FALLBACK_CATEGORY",
     "adapter_label",
     "backend_line",
-    "category_of",
-    "collect_degenerate_null_kinds",
-    "collect_missing_extras",
-    "collect_null_opt_outs",
-    "count_missing_extra_skips",
+    "collect_degenerate_nulls",
+    "collect_uncalibrated",
     "format_ci",
     "format_duration",
     "format_js",
@@ -337,5 +312,6 @@ __all__ = [
     "null_marker",
     "probe_note",
     "rank_profile",
+    "result_category",
     "scored_categories",
 ]

@@ -4,13 +4,20 @@
 so the models are strict: numbers are real numbers (no strings, booleans,
 NaN or Infinity), bounded where the quantity is (a score or a p-value within
 [0, 1], a duration not negative), verdicts and health levels come from their
-enums, probe names are unique, the band matches the overall score, and a
+enums, probe names are unique, the band is a known band, and a
 recorded gate decision agrees with itself and the score. Every problem is a
 :class:`SpecValidationError` naming the JSON path (``score.overall``,
 ``probes[2].verdict``) and what is wrong with it.
 
 Optional fields may be missing (files from before they existed); ``null`` in
 an optional number is a non-finite value the writer cleared.
+
+The models are also the published contract: :func:`run_json_schema` is their
+JSON Schema (``sway schema``). Version 1 files (before the typed verdict
+fields) are read by :func:`upgrade_v1`, which lifts what v1 kept in
+``evidence`` (``null``, ``weight``, ``z_by_rank``, ``null_stats``) into the
+typed fields and takes each category from a frozen table of v1's built-in
+kinds, so re-reading never depends on which probes are installed.
 """
 
 from __future__ import annotations
@@ -28,18 +35,20 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.gate import GateDecision, GateReason, ReasonCode
-from dlm_sway.core.result import BANDS, SCHEMA_VERSION, Verdict, band_for
+from dlm_sway.core.result import BAND_NAMES, SCHEMA_VERSION, Direction, Verdict
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SOURCE = "JSON report"
+#: Every version ``sway report`` reads; the writer writes :data:`SCHEMA_VERSION`.
+READABLE_VERSIONS = (1, SCHEMA_VERSION)
 MAX_LISTED = 8
-BAND_NAMES = (*(name for _, name in BANDS), "suspicious")
 _VERDICTS = ", ".join(v.value for v in Verdict)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -81,15 +90,31 @@ def _none_as(default: Callable[[], object]) -> Callable[[object], object]:
     return lambda value: default() if value is None else value
 
 
-Unit = Annotated[float, BeforeValidator(_number(null="error", lo=0.0, hi=1.0))]
-OptUnit = Annotated[float | None, BeforeValidator(_number(null="none", lo=0.0, hi=1.0))]
-OptNumber = Annotated[float | None, BeforeValidator(_number(null="none"))]
+_NUM: dict[str, Any] = {"type": "number"}
+_UNIT: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
+_NONNEG: dict[str, Any] = {"type": "number", "minimum": 0}
+
+
+def _or_null(schema: dict[str, Any]) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": [schema, {"type": "null"}]})
+
+
+Number = Annotated[float, BeforeValidator(_number(null="error")), WithJsonSchema(_NUM)]
+Unit = Annotated[
+    float, BeforeValidator(_number(null="error", lo=0.0, hi=1.0)), WithJsonSchema(_UNIT)
+]
+OptUnit = Annotated[
+    float | None, BeforeValidator(_number(null="none", lo=0.0, hi=1.0)), _or_null(_UNIT)
+]
+OptNumber = Annotated[float | None, BeforeValidator(_number(null="none")), _or_null(_NUM)]
 #: Non-critical numbers the writer may have cleared: ``null`` reads back as NaN.
-NanUnit = Annotated[float, BeforeValidator(_number(null="nan", lo=0.0, hi=1.0))]
-NanSeconds = Annotated[float, BeforeValidator(_number(null="nan", lo=0.0))]
-Weight = Annotated[float, BeforeValidator(_number(null="error", lo=0.0))]
+NanNumber = Annotated[float, BeforeValidator(_number(null="nan")), _or_null(_NUM)]
+NanUnit = Annotated[float, BeforeValidator(_number(null="nan", lo=0.0, hi=1.0)), _or_null(_UNIT)]
+NanSeconds = Annotated[float, BeforeValidator(_number(null="nan", lo=0.0)), _or_null(_NONNEG)]
+Weight = Annotated[float, BeforeValidator(_number(null="error", lo=0.0)), WithJsonSchema(_NONNEG)]
+Count = Annotated[int, Field(strict=True, ge=0)]
 Name = Annotated[str, Field(min_length=1)]
-Obj = Annotated[dict[str, Any], BeforeValidator(_none_as(dict))]
+Obj = Annotated[dict[str, Any], BeforeValidator(_none_as(dict)), WithJsonSchema({"type": "object"})]
 
 
 class _In(BaseModel):
@@ -103,6 +128,16 @@ def _verdict(value: object) -> Verdict:
         return Verdict(value.lower())
     except ValueError:
         raise ValueError(f"{value!r} is not one of {_VERDICTS}") from None
+
+
+def _direction(value: object) -> Direction:
+    if isinstance(value, str):
+        try:
+            return Direction(value)
+        except ValueError:
+            pass
+    known = ", ".join(d.value for d in Direction)
+    raise ValueError(f"{_show(value)} is not one of {known}")
 
 
 def _timestamp(value: object) -> datetime:
@@ -131,6 +166,60 @@ def _interval(value: object) -> tuple[float, float] | None:
     return (lo, hi)
 
 
+class NullStatsIn(_In):
+    """One entry's null distribution at one rank multiplier (``core.stats.NullStats``)."""
+
+    mean: Number
+    std: Weight
+    n: Count
+    degenerate: bool = False
+    samples: list[Number] = Field(default_factory=list)
+    construction: str = "init_scale"
+    method: str = "t_prediction"
+
+
+class NullSummaryIn(_In):
+    """How one result stands against its nulls (``core.result.NullSummary``)."""
+
+    construction: str
+    method: str = "t_prediction"
+    k: Count
+    samples: list[Number] = Field(default_factory=list)
+    z_threshold: Number
+    log_scale: bool = False
+    non_negative: bool = True
+    statistic: OptNumber = None
+    p_empirical: OptUnit = None
+    degenerate: str | None = None
+    z_by_rank: Annotated[dict[str, NanNumber], BeforeValidator(_none_as(dict))] = Field(
+        default_factory=dict
+    )
+
+
+class NullCalibrationIn(_In):
+    """What a ``null_adapter`` measured (``core.result.NullCalibration``)."""
+
+    by_rank: dict[str, dict[str, NullStatsIn]]
+    primary: str
+    failures: dict[str, str] = Field(default_factory=dict)
+    from_cache: bool = False
+    cache_file: str | None = None
+
+    @model_validator(mode="after")
+    def _primary_known(self) -> NullCalibrationIn:
+        if self.by_rank and self.primary not in self.by_rank:
+            known = ", ".join(sorted(self.by_rank))
+            raise ValueError(f"primary {self.primary!r} is not a key of by_rank ({known})")
+        return self
+
+
+class OverfitIn(_In):
+    """A named memorisation signal (``core.result.OverfitSignal``)."""
+
+    name: Name
+    message: str = ""
+
+
 class ProbeIn(_In):
     name: Name
     kind: Name
@@ -147,6 +236,15 @@ class ProbeIn(_In):
     evidence: Obj = Field(default_factory=dict)
     message: str = ""
     duration_s: NanSeconds = 0.0
+    category: str = ""
+    weight: Weight = 1.0
+    direction: Annotated[Direction, BeforeValidator(_direction)] = Direction.EFFECT
+    headline: str = ""
+    measured: str = ""
+    null: NullSummaryIn | None = None
+    calibration: NullCalibrationIn | None = None
+    config: Obj = Field(default_factory=dict)
+    overfit: OverfitIn | None = None
 
 
 class HealthIn(_In):
@@ -165,6 +263,8 @@ class DeterminismIn(_In):
 class ScoreIn(_In):
     overall: Unit
     band: str | None = None
+    #: Why the band is what it is (the band rules weigh verdicts, not only ``overall``).
+    band_reason: str = ""
     components: Annotated[dict[str, NanUnit], BeforeValidator(_none_as(dict))] = Field(
         default_factory=dict
     )
@@ -173,16 +273,14 @@ class ScoreIn(_In):
     )
     findings: Annotated[list[str], BeforeValidator(_none_as(list))] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _band_matches(self) -> ScoreIn:
-        expected = band_for(self.overall)
-        if self.band is not None and self.band != expected:
-            known = ", ".join(BAND_NAMES)
-            what = "does not match" if self.band in BAND_NAMES else f"is not one of {known}; it"
-            raise ValueError(
-                f"band {self.band!r} {what} overall {self.overall:g} (expected {expected!r})"
-            )
-        return self
+    @field_validator("band")
+    @classmethod
+    def _band_known(cls, band: str | None) -> str | None:
+        # Only membership: a band also weighs verdicts (a FAILing forgetting probe
+        # caps it), so it is no function of ``overall`` alone.
+        if band is not None and band not in BAND_NAMES:
+            raise ValueError(f"band {band!r} is not one of {', '.join(BAND_NAMES)}")
+        return band
 
 
 class ReasonIn(_In):
@@ -210,7 +308,11 @@ class GateIn(_In):
 
 
 class RunIn(_In):
-    schema_version: StrictInt
+    """A run file as ``sway run --json`` writes it (version 1 files are upgraded first)."""
+
+    model_config = ConfigDict(title="sway run")
+
+    schema_version: Literal[2]
     sway_version: str = ""
     spec_path: str = ""
     base_model_id: str = ""
@@ -271,10 +373,11 @@ def parse_run(data: object) -> RunIn:
             source=SOURCE,
         )
     version = data["schema_version"]
-    if type(version) is not int or version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise SpecValidationError(
             f"schema_version {version!r} is not supported by this sway (it reads "
-            f"version {SCHEMA_VERSION}); re-run the suite or use the sway that wrote it",
+            f"versions {readable}); re-run the suite or use the sway that wrote it",
             source=SOURCE,
         )
     bad = _surrogate(data, "")
@@ -284,10 +387,121 @@ def parse_run(data: object) -> RunIn:
             "UTF-8 file can carry; this file was not written by sway — re-run the suite",
             source=SOURCE,
         )
+    v1 = version == 1
     try:
-        return RunIn.model_validate(dict(data))
+        return RunIn.model_validate(upgrade_v1(data) if v1 else dict(data))
     except ValidationError as exc:
-        raise SpecValidationError(describe(exc), source=SOURCE) from None
+        raise SpecValidationError(describe(exc, v1=v1), source=SOURCE) from None
+
+
+def run_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a run file this sway writes."""
+    schema = RunIn.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": (
+            f"sway run file, schema_version {SCHEMA_VERSION}; `sway report` also reads "
+            "version 1 files"
+        ),
+        **schema,
+    }
+
+
+# --- version 1 -------------------------------------------------------------------------
+
+#: Categories of the kinds sway shipped while it wrote version 1 (frozen: a v1 file's
+#: categories must not depend on what is registered when it is re-read).
+V1_CATEGORIES: Mapping[str, str] = {
+    "adapter_ablation": "ablation",
+    "calibration_drift": "calibration",
+    "cluster_kl": "adherence",
+    "delta_kl": "adherence",
+    "external_perplexity": "calibration",
+    "null_adapter": "baseline",
+    "paraphrase_invariance": "attribution",
+    "preference_flip": "attribution",
+    "prompt_collapse": "adherence",
+    "section_internalization": "attribution",
+}
+#: What v1's score used for kinds it did not know.
+V1_FALLBACK_CATEGORY = "adherence"
+V1_PRIMARY_RANK = "rank_1.00"
+V1_OPTED_OUT = "probe opted out"
+#: Typed field → where a v1 file kept it (named in errors about a v1 file).
+_V1_SOURCES = {
+    "null": ("evidence", "null"),
+    "weight": ("evidence", "weight"),
+    "calibration": ("evidence", "null_stats"),
+}
+
+
+def upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 1 document in version 2's shape: typed fields lifted out of ``evidence``.
+
+    Only well-formed-looking parts are lifted; whatever is lifted is then validated
+    like any v2 field (errors name the v1 ``evidence`` path it came from).
+    """
+    out = dict(data)
+    out["schema_version"] = SCHEMA_VERSION
+    probes = data.get("probes")
+    if isinstance(probes, list):
+        out["probes"] = [_upgrade_probe(p) if isinstance(p, Mapping) else p for p in probes]
+    return out
+
+
+def _upgrade_probe(probe: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(probe)
+    kind = probe.get("kind")
+    out["category"] = V1_CATEGORIES.get(kind, V1_FALLBACK_CATEGORY) if isinstance(kind, str) else ""
+    evidence = probe.get("evidence")
+    if not isinstance(evidence, Mapping):
+        return out
+    if "weight" in evidence:
+        out["weight"] = evidence["weight"]
+    null = evidence.get("null")
+    if isinstance(null, Mapping) and null:
+        harm = null.get("direction") == "harm"
+        out["direction"] = Direction.HARM.value if harm else Direction.EFFECT.value
+        threshold = null.get("harm_z_threshold" if harm else "z_threshold")
+        out["null"] = {
+            "construction": null.get("construction") or "",
+            "method": null.get("method") or "t_prediction",
+            "k": null.get("k", 0),
+            "samples": [],
+            "z_threshold": 3.0 if threshold is None else threshold,
+            "log_scale": null.get("log_scale") is True,
+            "non_negative": True,
+            "statistic": null.get("statistic"),
+            "p_empirical": null.get("p_empirical"),
+            "degenerate": null.get("degenerate"),
+            "z_by_rank": evidence.get("z_by_rank") or {},
+        }
+    if kind == "null_adapter" and isinstance(evidence.get("null_stats"), Mapping):
+        out["calibration"] = _v1_calibration(evidence)
+    return out
+
+
+def _v1_calibration(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """v1 ``null_stats`` (+ ``null_stats_by_rank``, ``skipped_kinds``) as a calibration."""
+    by_rank = evidence.get("null_stats_by_rank")
+    if not isinstance(by_rank, Mapping) or not by_rank:
+        by_rank = {V1_PRIMARY_RANK: evidence["null_stats"]}
+    primary = V1_PRIMARY_RANK if V1_PRIMARY_RANK in by_rank else next(iter(by_rank))
+    failures: dict[str, Any] = {}
+    skipped = evidence.get("skipped_kinds")
+    for entry in skipped if isinstance(skipped, list) else []:
+        # v1 listed opt-outs and failures together; only a failure is a missing null.
+        if isinstance(entry, Mapping) and entry.get("name"):
+            reason = entry.get("reason")
+            if reason != V1_OPTED_OUT:
+                failures[str(entry["name"])] = reason if isinstance(reason, str) else ""
+    return {
+        "by_rank": dict(by_rank),
+        "primary": primary,
+        "failures": failures,
+        "from_cache": evidence.get("from_cache") is True,
+        "cache_file": None,
+    }
 
 
 def _surrogate(value: object, where: str) -> str | None:
@@ -338,11 +552,15 @@ _MESSAGES = {
 }
 
 
-def describe(exc: ValidationError) -> str:
-    """``path: problem`` for each error (at most :data:`MAX_LISTED`), one per line."""
+def describe(exc: ValidationError, *, v1: bool = False) -> str:
+    """``path: problem`` for each error (at most :data:`MAX_LISTED`), one per line.
+
+    ``v1``: the document was upgraded from version 1, so a typed field's path is
+    shown as the ``evidence`` path the file really holds.
+    """
     lines = []
     for err in exc.errors(include_url=False):
-        path = _path(err["loc"])
+        path = _path(_v1_loc(err["loc"]) if v1 else err["loc"])
         kind = err["type"]
         if kind in ("value_error", "assertion_error"):
             problem = str(err["msg"]).removeprefix("Value error, ")
@@ -363,6 +581,18 @@ def describe(exc: ValidationError) -> str:
     return f"{len(lines)} problems:\n  - " + "\n  - ".join(shown)
 
 
+def _v1_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    if len(loc) >= 3 and loc[0] == "probes" and loc[2] in _V1_SOURCES:
+        field = str(loc[2])
+        rest = loc[3:]
+        if field == "null" and rest[:1] == ("z_by_rank",):
+            return (*loc[:2], "evidence", *rest)
+        if field == "calibration":
+            rest = ()  # by_rank / primary are v1's null_stats(_by_rank) as a whole
+        return (*loc[:2], *_V1_SOURCES[field], *rest)
+    return loc
+
+
 def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -373,4 +603,19 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-__all__ = ["EPOCH", "RunIn", "describe", "gate_of", "parse_run"]
+__all__ = [
+    "EPOCH",
+    "READABLE_VERSIONS",
+    "V1_CATEGORIES",
+    "NullCalibrationIn",
+    "OverfitIn",
+    "NullStatsIn",
+    "NullSummaryIn",
+    "ProbeIn",
+    "RunIn",
+    "describe",
+    "gate_of",
+    "parse_run",
+    "run_json_schema",
+    "upgrade_v1",
+]

@@ -1,10 +1,12 @@
 """The JSON report: the machine contract, and the way a saved run is re-rendered.
 
-``to_json`` writes ``schema_version`` so consumers can refuse a format they do
-not know; ``from_json`` rebuilds the exact ``(SuiteResult, SwayScore)`` pair, so
-``sway report run.json --format X`` goes through the same renderers as a live
-run. Non-finite floats are written as ``null`` (JSON has no NaN), tuples as
-lists, and naive timestamps are taken to be UTC.
+``to_json`` writes ``schema_version`` (2: every typed result field — null
+summary, calibration, category, weight, direction, headline, config — is
+written out; the JSON Schema is :func:`~dlm_sway.report.json_read.run_json_schema`)
+so consumers can refuse a format they do not know; ``from_json`` rebuilds the
+exact ``(SuiteResult, SwayScore)`` pair, so ``sway report run.json --format X``
+goes through the same renderers as a live run. Non-finite floats are written as
+``null`` (JSON has no NaN), tuples as lists, and naive timestamps are taken to be UTC.
 """
 
 from __future__ import annotations
@@ -20,12 +22,23 @@ from dlm_sway.core.result import (
     SCHEMA_VERSION,
     DeterminismReport,
     HealthCheck,
+    NullCalibration,
+    NullSummary,
+    OverfitSignal,
     ProbeResult,
     SuiteResult,
     SwayScore,
     band_for,
 )
-from dlm_sway.report.json_read import ProbeIn, gate_of, parse_run
+from dlm_sway.core.stats import NullStats
+from dlm_sway.report.json_read import (
+    NullCalibrationIn,
+    NullStatsIn,
+    NullSummaryIn,
+    ProbeIn,
+    gate_of,
+    parse_run,
+)
 
 
 def to_json(suite: SuiteResult, score: SwayScore, *, gate: GateDecision | None = None) -> str:
@@ -70,6 +83,7 @@ def to_json_dict(
             "components": score.components,
             "weights": score.weights,
             "findings": list(score.findings),
+            "band_reason": score.band_reason,
         },
         "probes": [_probe_dict(result) for result in suite.probes],
     }
@@ -97,6 +111,52 @@ def _probe_dict(result: ProbeResult) -> dict[str, Any]:
         "evidence": result.evidence,
         "message": result.message,
         "duration_s": result.duration_s,
+        "category": result.category,
+        "weight": result.weight,
+        "direction": result.direction.value,
+        "headline": result.headline,
+        "measured": result.measured,
+        "null": _null_dict(result.null),
+        "calibration": _calibration_dict(result.calibration),
+        "config": result.config,
+        "overfit": (
+            None
+            if result.overfit is None
+            else {"name": result.overfit.name, "message": result.overfit.message}
+        ),
+    }
+
+
+def _null_dict(null: NullSummary | None) -> dict[str, Any] | None:
+    if null is None:
+        return None
+    return {
+        "construction": null.construction,
+        "method": null.method,
+        "k": null.k,
+        "samples": null.samples,
+        "z_threshold": null.z_threshold,
+        "log_scale": null.log_scale,
+        "non_negative": null.non_negative,
+        "statistic": null.statistic,
+        "p_empirical": null.p_empirical,
+        "degenerate": null.degenerate,
+        "z_by_rank": null.z_by_rank,
+    }
+
+
+def _calibration_dict(cal: NullCalibration | None) -> dict[str, Any] | None:
+    if cal is None:
+        return None
+    return {
+        "by_rank": {
+            rank: {name: stats.to_dict() for name, stats in group.items()}
+            for rank, group in cal.by_rank.items()
+        },
+        "primary": cal.primary,
+        "failures": cal.failures,
+        "from_cache": cal.from_cache,
+        "cache_file": cal.cache_file,
     }
 
 
@@ -185,6 +245,7 @@ def read_run(data: object) -> tuple[SuiteResult, SwayScore, GateDecision | None]
         components=dict(body.components),
         weights=dict(body.weights),
         findings=tuple(body.findings),
+        band_reason=body.band_reason,
     )
     return suite, score, gate_of(run)
 
@@ -206,6 +267,60 @@ def _probe(entry: ProbeIn) -> ProbeResult:
         evidence=dict(entry.evidence),
         message=entry.message,
         duration_s=entry.duration_s,
+        category=entry.category,
+        weight=entry.weight,
+        direction=entry.direction,
+        headline=entry.headline,
+        measured=entry.measured,
+        null=None if entry.null is None else _null(entry.null),
+        calibration=None if entry.calibration is None else _calibration(entry.calibration),
+        config=dict(entry.config),
+        overfit=(
+            None
+            if entry.overfit is None
+            else OverfitSignal(entry.overfit.name, entry.overfit.message)
+        ),
+    )
+
+
+def _null(entry: NullSummaryIn) -> NullSummary:
+    return NullSummary(
+        construction=entry.construction,
+        method=entry.method,
+        k=entry.k,
+        samples=tuple(entry.samples),
+        z_threshold=entry.z_threshold,
+        log_scale=entry.log_scale,
+        non_negative=entry.non_negative,
+        statistic=entry.statistic,
+        p_empirical=entry.p_empirical,
+        degenerate=entry.degenerate,
+        z_by_rank=dict(entry.z_by_rank),
+    )
+
+
+def _stats(entry: NullStatsIn) -> NullStats:
+    return NullStats(
+        mean=entry.mean,
+        std=entry.std,
+        n=entry.n,
+        degenerate=entry.degenerate,
+        samples=tuple(entry.samples),
+        construction=entry.construction,
+        method=entry.method,
+    )
+
+
+def _calibration(entry: NullCalibrationIn) -> NullCalibration:
+    return NullCalibration(
+        by_rank={
+            rank: {name: _stats(stats) for name, stats in group.items()}
+            for rank, group in entry.by_rank.items()
+        },
+        primary=entry.primary,
+        failures=dict(entry.failures),
+        from_cache=entry.from_cache,
+        cache_file=entry.cache_file,
     )
 
 

@@ -74,6 +74,7 @@ def _properties(suite: SuiteResult, score: SwayScore) -> list[tuple[str, str]]:
     props = [
         ("overall", _fixed(score.overall, 4)),
         ("band", score.band),
+        *([("band_reason", score.band_reason)] if score.band_reason else []),
         ("base_model", suite.base_model_id),
         ("adapter", suite.adapter_id),
         ("sway_version", suite.sway_version),
@@ -109,7 +110,7 @@ def _testcase(result: ProbeResult, gate: GateDecision | None = None) -> ET.Eleme
             "time": _seconds(result.duration_s),
         },
     )
-    note = _xml_safe(probe_note(result.message, result.evidence))
+    note = _xml_safe(probe_note(result))
     blocked = gate.probe_reason(result.name) if gate is not None else None
     if blocked is not None:
         # A SKIP or WARN the gate did not allow fails the build like a FAIL would.

@@ -2,7 +2,9 @@
 
 Like every report it is a pure function of ``(SuiteResult, SwayScore)``, and it
 reads nothing that :func:`~dlm_sway.report.json_report.from_json` does not
-restore, so a saved run renders to the same text as the live one. Numbers go
+restore, so a saved run renders to the same text as the live one; verdict
+columns come from typed fields (``null``, ``category``), and ``evidence`` only
+feeds the per-probe detail tables. Numbers go
 through the shared formatters (an em dash for anything unmeasured); text from
 probes is made table-safe (pipes escaped, line breaks flattened) and code spans
 are fenced with enough backticks to hold whatever they quote.
@@ -22,10 +24,8 @@ from dlm_sway.report.format import (
     DASH,
     adapter_label,
     backend_line,
-    collect_degenerate_null_kinds,
-    collect_missing_extras,
-    collect_null_opt_outs,
-    count_missing_extra_skips,
+    collect_degenerate_nulls,
+    collect_uncalibrated,
     format_ci,
     format_duration,
     format_p_holm,
@@ -75,8 +75,7 @@ def to_markdown(suite: SuiteResult, score: SwayScore) -> str:
     for block in (
         _findings(score),
         _health(suite.health),
-        _missing_extras(suite),
-        _null_opt_outs(suite),
+        _uncalibrated(suite),
         _degenerate_nulls(suite),
         _details(suite),
     ):
@@ -136,8 +135,11 @@ def _utc(moment: datetime) -> str:
 
 
 def _summary(suite: SuiteResult, score: SwayScore) -> str:
+    overall = f"{format_score(score.overall)} {code(score.band)}"
+    if score.band_reason:
+        overall += f" — {flatten(score.band_reason)}"
     items = [
-        ("Overall", f"{format_score(score.overall)} {code(score.band)}"),
+        ("Overall", overall),
         ("Base", code(suite.base_model_id or "(unknown base)")),
         ("Adapter", code(adapter_label(suite.adapter_id))),
         ("Wall", f"{format_duration(suite.wall_seconds)} (started {_utc(suite.started_at)})"),
@@ -207,9 +209,9 @@ def _probe_row(result: ProbeResult) -> list[str]:
         format_ci(result.ci_95),
         format_z(result.z_score),
         format_p_holm(result.p_value, result.p_adjusted),
-        null_marker(result.evidence),
+        null_marker(result.null),
         format_duration(result.duration_s),
-        cell(probe_note(result.message, result.evidence)),
+        cell(probe_note(result)),
     ]
 
 
@@ -235,42 +237,30 @@ def _health(checks: tuple[HealthCheck, ...]) -> str:
     return "## Health checks\n\n" + "\n".join(lines)
 
 
-def _missing_extras(suite: SuiteResult) -> str:
-    extras = collect_missing_extras(suite)
-    if not extras:
-        return ""
-    count = count_missing_extra_skips(suite)
-    return (
-        "## Skipped for missing extras\n\n"
-        f"{count} probe(s) did not run because an optional dependency is missing:\n\n"
-        f"```sh\npip install 'dlm-sway[{','.join(extras)}]'\n```"
-    )
-
-
-def _null_opt_outs(suite: SuiteResult) -> str:
-    opt_outs = collect_null_opt_outs(suite)
-    if not opt_outs:
+def _uncalibrated(suite: SuiteResult) -> str:
+    entries = collect_uncalibrated(suite)
+    if not entries:
         return ""
     lines = [
         f"- {flatten(label)}: {flatten(reason)}" if reason else f"- {flatten(label)}"
-        for label, reason in opt_outs
+        for label, reason in entries
     ]
     return (
-        "## Null-calibration opt-outs\n\n"
+        "## Not null-calibrated\n\n"
         "These entries were judged on fixed thresholds only (no z-score, no p-value):\n\n"
         + "\n".join(lines)
     )
 
 
 def _degenerate_nulls(suite: SuiteResult) -> str:
-    kinds = collect_degenerate_null_kinds(suite)
-    if not kinds:
+    entries = collect_degenerate_nulls(suite)
+    if not entries:
         return ""
-    listed = ", ".join(code(kind) for kind in kinds)
+    lines = [f"- {flatten(name)}: {flatten(why)}" for name, why in entries]
     return (
-        "## Degenerate null distributions\n\n"
-        f"The null adapters did not vary for {listed}, so these fell back to fixed "
-        "thresholds. Raise the `null_adapter` probe's `runs` to get a usable spread."
+        "## Unusable null distributions\n\n"
+        "The null adapters could not judge these entries, so fixed thresholds did:\n\n"
+        + "\n".join(lines)
     )
 
 

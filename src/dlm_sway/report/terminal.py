@@ -3,6 +3,8 @@
 Everything user-supplied (probe names, messages, paths) goes through
 :class:`rich.text.Text`, never through markup, so a message such as
 ``pip install 'dlm-sway[hf]'`` prints verbatim instead of being eaten as a style tag.
+Messages are printed as the results carry them: the judge wrote them from the
+same numbers the table prints (a WARN row's note says why it is not a PASS).
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ from dlm_sway.report.format import (
     DASH,
     adapter_label,
     backend_line,
-    collect_degenerate_null_kinds,
-    collect_missing_extras,
-    collect_null_opt_outs,
-    count_missing_extra_skips,
+    collect_degenerate_nulls,
+    collect_uncalibrated,
     format_ci,
     format_duration,
     format_p_holm,
@@ -102,6 +102,8 @@ def _header_panel(suite: SuiteResult, score: SwayScore) -> Panel:
     overall.append(format_score(score.overall), style=_score_style(score.overall))
     overall.append("  ")
     overall.append(f"[ {score.band} ]", style=BAND_STYLES.get(score.band, "bold"))
+    if score.band_reason:
+        overall.append(f"  {score.band_reason}", style="dim")
     base = suite.base_model_id or "(unknown base)"
     title = Text(f"sway — {base} vs {adapter_label(suite.adapter_id)}", style="bold")
     return Panel(
@@ -207,9 +209,9 @@ def _probe_cells(result: ProbeResult, *, split_p: bool = False) -> list[Text]:
         Text(format_ci(result.ci_95)),
         Text(format_z(result.z_score)),
         Text(p_cell),
-        Text(null_marker(result.evidence)),
+        Text(null_marker(result.null)),
         Text(format_duration(result.duration_s)),
-        Text(probe_note(result.message, result.evidence)),
+        Text(probe_note(result)),
     ]
 
 
@@ -231,11 +233,11 @@ def _probe_stack(suite: SuiteResult) -> Table:
         p_value = format_p_holm(result.p_value, result.p_adjusted)
         calibrated = Text(
             f"z {format_z(result.z_score)} · {'p ' if p_value.startswith(DASH) else ''}"
-            f"{p_value} · null {null_marker(result.evidence)}",
+            f"{p_value} · null {null_marker(result.null)}",
             style="dim",
         )
         body = [head, measured, calibrated]
-        note = probe_note(result.message, result.evidence)
+        note = probe_note(result)
         if note:
             body.append(Text(note))
         grid.add_row(_verdict(result.verdict), Group(*body))
@@ -276,29 +278,20 @@ def _health(checks: tuple[HealthCheck, ...]) -> RenderableType | None:
 
 def _footers(suite: SuiteResult) -> RenderableType | None:
     lines: list[Text] = []
-    extras = collect_missing_extras(suite)
-    if extras:
-        count = count_missing_extra_skips(suite)
-        lines.append(
-            Text(
-                f"{count} probe(s) skipped for missing extras: "
-                f"pip install 'dlm-sway[{','.join(extras)}]'",
-                style="yellow",
-            )
+    uncalibrated = collect_uncalibrated(suite)
+    if uncalibrated:
+        listed = "; ".join(
+            f"{label}: {reason}" if reason else label for label, reason in uncalibrated
         )
-    opt_outs = collect_null_opt_outs(suite)
-    if opt_outs:
-        listed = "; ".join(f"{label}: {reason}" if reason else label for label, reason in opt_outs)
         lines.append(
             Text(f"not null-calibrated (fixed thresholds, no z-score): {listed}", style="yellow")
         )
-    degenerate = collect_degenerate_null_kinds(suite)
+    degenerate = collect_degenerate_nulls(suite)
     if degenerate:
+        listed = "; ".join(f"{name}: {why}" for name, why in degenerate)
         lines.append(
             Text(
-                f"degenerate null distribution for: {', '.join(degenerate)} — the nulls did not "
-                "vary, so these kinds fell back to fixed thresholds; raise the null_adapter "
-                "probe's runs",
+                f"unusable null distribution (fixed thresholds instead): {listed}",
                 style="yellow",
             )
         )
