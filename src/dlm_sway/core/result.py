@@ -287,10 +287,10 @@ def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
        paraphrase lift is under :data:`MEMORISATION_RATIO` of it. A high score or
        a saturated z is never suspicious by itself.
     3. no effect claim (``direction`` EFFECT, not null_adapter, not SKIP/ERROR)
-       PASSes, so nothing shows an effect beyond noise: **noise** when every one
-       FAILs as indistinguishable (none real: p, Holm-adjusted where given, ≥ 0.05
-       or absent) or there is none; else **partial** (one is real but below the
-       bar, or WARNs uncalibrated).
+       PASSes, so nothing shows an effect that counts: **noise** when every one FAILs
+       (indistinguishable, negligible in size, below the noise floor, or short of a
+       fixed check) or there is none; else **partial** (one WARNs: real but below the
+       bar, or not calibrated).
     4. otherwise the overall score: noise < 0.3 ≤ partial < 0.6 ≤ healthy.
     """
     judged = [r for r in results if r.verdict not in (Verdict.SKIP, Verdict.ERROR)]
@@ -312,18 +312,24 @@ def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
     if not any(r.verdict is Verdict.PASS for r in claims):
         if not claims:
             return Band("noise", "no effect-claim probe reached a verdict, so none shows an effect")
-        if all(r.verdict is Verdict.FAIL and not _real(r) for r in claims):
-            return Band(
-                "noise", "no effect-claim probe passed: every one is indistinguishable from noise"
+        if all(r.verdict is Verdict.FAIL for r in claims):
+            # Indistinguishable, negligible in size, below the noise floor or short of a
+            # fixed check: none of them is an effect a user could rely on.
+            real = [r.name for r in claims if _real(r)]
+            why = (
+                f" ({_names(real)} beat random adapters in direction but not in size or checks)"
+                if real
+                else ""
             )
-        real = [r.name for r in claims if _real(r)]
+            return Band("noise", f"no effect-claim probe passed: every one FAILed{why}")
+        warned = [r.name for r in claims if r.verdict is Verdict.WARN]
+        real = [r.name for r in claims if r.verdict is Verdict.WARN and _real(r)]
         if real:
             return Band(
                 "partial",
                 f"no effect-claim probe passed, though {_names(real)} shows a real effect "
                 "below the bar",
             )
-        warned = [r.name for r in claims if r.verdict is Verdict.WARN]
         return Band(
             "partial",
             f"no effect-claim probe passed, and {_names(warned)} could not be judged against noise",
