@@ -175,6 +175,21 @@ def judge(
     )
 
 
+def size_checks(
+    effect: float, label: str, *, min_effect: float, noise_floor: float | None
+) -> tuple[Check, Check]:
+    """The two checks every effect needs besides the null: large enough to matter
+    (``assert_mean_gte``) and above the run's numerical noise floor. ``label`` names the
+    effect in words ("the most-moved cluster's mean JS, 0.12 nats,")."""
+    return (
+        Check(effect >= min_effect, f"{label} is below {min_effect:g} (assert_mean_gte)"),
+        Check(
+            noise_floor is None or effect > noise_floor,
+            f"{label} is at or below the noise floor {noise_floor or 0.0:.3g}",
+        ),
+    )
+
+
 def judged_result(
     spec: ProbeSpec,
     cal: Calibration,
@@ -226,5 +241,6 @@ __all__ = [
     "judge",
     "judged_result",
     "null_for",
+    "size_checks",
     "z_bar",
 ]

@@ -50,7 +50,7 @@ from dlm_sway.probes._fields import (
     non_blank_items,
     reachable_mean_bar,
 )
-from dlm_sway.probes._verdict import calibrate, judge, judged_result
+from dlm_sway.probes._verdict import calibrate, judge, judged_result, size_checks
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext
 
 _N_BOOTSTRAP = 1000
@@ -337,14 +337,7 @@ class ClusterKLProbe(Probe):
         most = f"the most-moved cluster's mean {unit}, {peak:.3g} nats,"
         checks = (
             Check(raw >= bar, f"specificity {raw:.3f} < {bar:g} (assert_specificity_gte)"),
-            Check(
-                peak >= spec.assert_mean_gte,
-                f"{most} is below {spec.assert_mean_gte:g} (assert_mean_gte)",
-            ),
-            Check(
-                floor is None or peak > floor,
-                f"{most} is at or below the noise floor {floor or 0.0:.3g}",
-            ),
+            *size_checks(peak, most, min_effect=spec.assert_mean_gte, noise_floor=floor),
         )
         ok_effect = all(c.ok for c in checks[1:])
         j = judge(

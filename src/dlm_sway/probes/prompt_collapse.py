@@ -41,7 +41,7 @@ from dlm_sway.core.scoring import ScoringModel, TokenCounting
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._fields import NonNegNats, TopK, ZBar, non_blank_items, reachable_mean_bar
 from dlm_sway.probes._filler import filler_for_tokens, with_padding
-from dlm_sway.probes._verdict import Calibration, judge, judged_result
+from dlm_sway.probes._verdict import Calibration, judge, judged_result, size_checks
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
 
 _DEFAULT_LENGTHS = [0, 128, 256, 512]
@@ -296,14 +296,7 @@ class PromptCollapseProbe(Probe):
         at_start = f"the {div} at the shortest context, {effect:.3g} nats,"
         checks = (
             Check(raw >= bar, f"half-life {raw:.4g} < {bar:g} (assert_half_life_tokens)"),
-            Check(
-                effect >= spec.assert_mean_gte,
-                f"{at_start} is below {spec.assert_mean_gte:g} (assert_mean_gte)",
-            ),
-            Check(
-                floor is None or effect > floor,
-                f"{at_start} is at or below the noise floor {floor or 0.0:.3g}",
-            ),
+            *size_checks(effect, at_start, min_effect=spec.assert_mean_gte, noise_floor=floor),
         )
         ok_effect = all(c.ok for c in checks[1:])
         j = judge(
