@@ -26,8 +26,9 @@ from typer.testing import CliRunner
 from dlm_sway.cli.app import app
 from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.core.result import Direction, Verdict
-from dlm_sway.report.json_read import V1_CATEGORIES, run_json_schema, upgrade_v1
+from dlm_sway.report.json_read import run_json_schema
 from dlm_sway.report.json_report import read_run, to_json, to_json_dict
+from dlm_sway.report.json_v1 import V1_CATEGORIES, upgrade_v1
 from dlm_sway.report.markdown import to_markdown
 
 V1_FILE = Path(__file__).parent / "data" / "run_v1.json"
