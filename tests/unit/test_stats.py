@@ -1,4 +1,4 @@
-"""Null statistics, z-scores, effect ratio, score mapping, bootstrap CI and R²."""
+"""Null statistics, the judge's score mapping, bootstrap CI and R²."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ import statistics
 
 import pytest
 
-from dlm_sway.core.stats import (
-    MIN_STD,
-    NullStats,
-    bootstrap_ci,
-    effect_ratio,
-    r_squared,
-    score_from_z,
-    z_score,
-)
+from dlm_sway.core.judge import score_from_z
+from dlm_sway.core.stats import MIN_STD, NullStats, bootstrap_ci, r_squared
 
 
 class TestNullStatsFromSamples:
@@ -53,52 +46,6 @@ class TestNullStatsFromSamples:
         s = NullStats.from_samples([0.1, 0.2, 0.6])
         assert NullStats.from_mapping(s.to_dict()) == s
         assert s.median == pytest.approx(0.2)
-
-
-class TestZScore:
-    STATS = NullStats.from_samples([0.1, 0.2, 0.3])
-
-    def test_value_and_sign(self) -> None:
-        std = statistics.pstdev([0.1, 0.2, 0.3])
-        assert z_score(0.5, self.STATS) == pytest.approx((0.5 - 0.2) / std)
-        assert z_score(0.5, self.STATS, sign=-1) == pytest.approx(-(0.5 - 0.2) / std)
-        assert z_score(0.0, self.STATS) < 0.0
-        assert z_score(0.2, self.STATS) == pytest.approx(0.0)
-
-    @pytest.mark.parametrize(
-        ("raw", "stats"),
-        [
-            (None, NullStats.from_samples([0.1, 0.2])),
-            (0.5, None),
-            (float("nan"), NullStats.from_samples([0.1, 0.2])),
-            (float("inf"), NullStats.from_samples([0.1, 0.2])),
-            (0.5, NullStats.from_samples([0.2])),  # degenerate: one null
-            (0.5, NullStats.from_samples([0.2, 0.2])),  # degenerate: identical nulls
-            (0.5, NullStats(mean=0.1, std=1e-9, n=3, degenerate=False)),  # std below floor
-            (0.5, NullStats(mean=float("nan"), std=0.1, n=3, degenerate=False)),
-        ],
-    )
-    def test_unusable_inputs_give_none(self, raw: float | None, stats: NullStats | None) -> None:
-        assert z_score(raw, stats) is None
-
-
-class TestEffectRatio:
-    def test_ratio_to_null_median(self) -> None:
-        s = NullStats.from_samples([0.01, 0.02, 0.1])
-        assert effect_ratio(0.2, s) == pytest.approx(10.0)
-
-    @pytest.mark.parametrize(
-        ("raw", "stats"),
-        [
-            (None, NullStats.from_samples([0.1])),
-            (0.2, None),
-            (0.2, NullStats.from_samples([0.0, 0.0, 0.0])),  # zero median
-            (float("nan"), NullStats.from_samples([0.1])),
-            (0.2, NullStats(mean=0.1, std=0.1, n=3, degenerate=False)),  # no samples kept
-        ],
-    )
-    def test_none_when_undefined(self, raw: float | None, stats: NullStats | None) -> None:
-        assert effect_ratio(raw, stats) is None
 
 
 class TestScoreFromZ:

@@ -1,4 +1,8 @@
-"""Null statistics, z-scores, score mapping and bootstrap confidence intervals."""
+"""Null statistics, bootstrap confidence intervals over prompts, and R².
+
+Comparing a raw value with its null lives in :mod:`dlm_sway.core.calibration`; the
+verdict and its score in :mod:`dlm_sway.core.judge`.
+"""
 
 from __future__ import annotations
 
@@ -78,32 +82,6 @@ class NullStats:
         return float(np.median(self.samples)) if self.samples else None
 
 
-def z_score(raw: float | None, stats: NullStats | None, *, sign: int = 1) -> float | None:
-    """(raw − mean)/std times ``sign`` (−1 for lower-is-better metrics); None when unusable."""
-    if raw is None or stats is None or stats.degenerate:
-        return None
-    if not (math.isfinite(raw) and math.isfinite(stats.mean) and math.isfinite(stats.std)):
-        return None
-    if stats.std < MIN_STD:
-        return None
-    return sign * (raw - stats.mean) / stats.std
-
-
-def effect_ratio(raw: float | None, stats: NullStats | None) -> float | None:
-    """raw ÷ median null raw: "this adapter moves the metric N× a random one"."""
-    if raw is None or stats is None:
-        return None
-    med = stats.median
-    if med is None or not math.isfinite(raw) or abs(med) < 1e-12:
-        return None
-    return raw / med
-
-
-def score_from_z(z: float) -> float:
-    """Logistic of z/3: z=0 → 0.5, z=3 → 0.73, z=−3 → 0.27."""
-    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z / 3.0))))
-
-
 def bootstrap_ci(
     samples: Sequence[float],
     *,
@@ -148,8 +126,5 @@ __all__ = [
     "MIN_STD",
     "NullStats",
     "bootstrap_ci",
-    "effect_ratio",
     "r_squared",
-    "score_from_z",
-    "z_score",
 ]
