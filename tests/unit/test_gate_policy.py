@@ -24,10 +24,21 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from dlm_sway.cli.app import app
-from dlm_sway.core.result import ProbeResult, SuiteResult, SwayScore, Verdict, band_for
+from dlm_sway.core.result import (
+    Direction,
+    NullSummary,
+    ProbeResult,
+    SuiteResult,
+    SwayScore,
+    Verdict,
+    band_for,
+)
 
 ENV = {"COLUMNS": "100", "NO_COLOR": "1", "FORCE_COLOR": None, "TTY_COMPATIBLE": None}
 KIND = "gate_policy_test_outcome"
+CALIBRATED = NullSummary(
+    construction="norm_matched", method="t_prediction", k=10, samples=(), z_threshold=3.0
+)
 PROMPTS = ["The quick brown fox", "Alpha beta gamma delta", "Hello world", "Once upon a time"]
 TRAINED = {"strength": 1.0, "planted": 1.0}
 
@@ -53,8 +64,15 @@ def outcome_kind() -> Iterator[str]:
             assert isinstance(spec, OutcomeSpec)
             verdict = Verdict(spec.outcome)
             score = {Verdict.PASS: 0.9, Verdict.WARN: 0.7, Verdict.FAIL: 0.1}.get(verdict)
+            # A PASS stands for a claim judged against null adapters (the gate requires one).
+            null = CALIBRATED if verdict is Verdict.PASS else None
             return ProbeResult(
-                spec.name, spec.kind, verdict, score=score, message=f"fixed {spec.outcome}"
+                spec.name,
+                spec.kind,
+                verdict,
+                score=score,
+                message=f"fixed {spec.outcome}",
+                null=null,
             )
 
     base.registry()  # built-ins first, so ours is added to a loaded registry
@@ -346,7 +364,11 @@ def score_of(overall: float) -> SwayScore:
 
 verdicts = st.sampled_from(list(Verdict))
 probe_rows = st.lists(
-    st.tuples(st.sampled_from(["null_adapter", "delta_kl", "preference_flip"]), verdicts),
+    st.tuples(
+        st.sampled_from(["null_adapter", "delta_kl", "preference_flip", "calibration_drift"]),
+        verdicts,
+        st.booleans(),  # judged against null adapters
+    ),
     max_size=6,
 )
 
@@ -357,7 +379,15 @@ def gate_cases(draw: st.DrawFn) -> tuple[SuiteResult, SwayScore, Any]:
 
     rows = draw(probe_rows)
     probes = tuple(
-        ProbeResult(f"p{i}", kind, v, message=f"m{i}") for i, (kind, v) in enumerate(rows)
+        ProbeResult(
+            f"p{i}",
+            kind,
+            v,
+            message=f"m{i}",
+            null=CALIBRATED if calibrated else None,
+            direction=Direction.HARM if kind == "calibration_drift" else Direction.EFFECT,
+        )
+        for i, (kind, v, calibrated) in enumerate(rows)
     )
     names = [p.name for p in probes]
     subset = (
@@ -396,14 +426,18 @@ def test_the_gate_passes_only_on_verified_clean_runs(case: tuple[Any, Any, Any])
             bad[p.name] = "skipped"
         elif p.verdict is Verdict.WARN and not policy.warn_allowed(p.name):
             bad[p.name] = "warned"
-    judged = any(
-        p.kind != "null_adapter" and p.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.WARN)
+    claims = [
+        p
         for p in suite.probes
-    )
+        if p.kind not in ("null_adapter", "calibration_drift")
+        and p.verdict in (Verdict.PASS, Verdict.FAIL, Verdict.WARN)
+    ]
+    passed = [p for p in claims if p.verdict is Verdict.PASS]
+    uncalibrated = bool(passed) and all(p.null is None for p in passed)
     below = not score.overall >= policy.threshold
-    clean = not bad and judged and not below
+    clean = not bad and bool(claims) and not uncalibrated and not below
     assert decision.passed == clean
-    assert decision.exit_code == (0 if clean else 2 if not judged and not any(
+    assert decision.exit_code == (0 if clean else 2 if not claims and not any(
         code in ("failed", "errored") for code in bad.values()
     ) else 1)  # fmt: skip
     for name, code in bad.items():

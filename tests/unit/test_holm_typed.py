@@ -75,7 +75,7 @@ def result(
 
 
 def _z_in(message: str) -> float:
-    match = re.search(r"z=([+-]\d+\.\d+)σ", message)
+    match = re.search(r"z_adj=([+-]\d+\.\d+)σ", message)
     assert match, message
     return float(match.group(1))
 
@@ -176,7 +176,16 @@ def test_holm_words_always_match_its_numbers(before: Sequence[ProbeResult]) -> N
         assert new.p_adjusted >= old.p_value - 1e-15
         assert rank[new.verdict] <= rank[old.verdict]  # Holm never promotes
         if old.verdict is not Verdict.PASS:
-            assert new.verdict is old.verdict and new.message == old.message
+            # Nothing is real after Holm when p_adj ≥ α: a WARN or a FAIL that called its
+            # direction real becomes FAIL "indistinguishable from noise"; else unchanged.
+            if new.p_adjusted >= judge.ALPHA:
+                assert new.verdict is Verdict.FAIL
+                assert new.headline == "indistinguishable from noise"
+                assert new.message.startswith("indistinguishable from noise: ") or (
+                    new.message == old.message and old.headline == new.headline
+                )
+            else:
+                assert new.verdict is old.verdict and new.message == old.message
             continue
         assert new.headline == HEADLINE[new.verdict]
         assert new.message.startswith(f"{new.headline}: ")

@@ -8,7 +8,10 @@ Policy, in short: a FAIL or an ERROR fails the gate; so does a SKIP at run
 time or a WARN, unless the spec (``gate.allow_skip`` / ``gate.allow_warn``) or
 the command line (``--allow-skip`` / ``--allow-warn``) allows it by name or for
 all probes. An entry disabled in the spec (``enabled: false``) was skipped on
-purpose and does not fail. An error-level health check (a zero-norm adapter, a
+purpose and does not fail. At least one effect claim must be judged (forgetting
+probes alone only show no harm, which a no-op adapter shows too: exit 2), and
+at least one effect claim that PASSes must have passed against null adapters,
+not on fixed thresholds alone. An error-level health check (a zero-norm adapter, a
 partly loaded adapter allowed by ``allow_partial_adapter``) fails it too. A suite
 where no probe besides ``null_adapter`` was judged (PASS, FAIL or WARN) verified
 nothing: exit 2, never 0.
@@ -21,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
-from dlm_sway.core.result import ProbeResult, SuiteResult, SwayScore, Verdict
+from dlm_sway.core.result import Direction, ProbeResult, SuiteResult, SwayScore, Verdict
 
 GATE_PASS = 0
 GATE_FAIL = 1
@@ -31,10 +34,18 @@ GATE_UNJUDGED = 2
 BASELINE_KIND = "null_adapter"
 
 ReasonCode = Literal[
-    "nothing_judged", "failed", "errored", "skipped", "warned", "health", "threshold"
+    "nothing_judged",
+    "uncalibrated",
+    "failed",
+    "errored",
+    "skipped",
+    "warned",
+    "health",
+    "threshold",
 ]
 REASON_CODES: tuple[ReasonCode, ...] = (
     "nothing_judged",
+    "uncalibrated",
     "failed",
     "errored",
     "skipped",
@@ -118,6 +129,9 @@ def decide(suite: SuiteResult, score: SwayScore, policy: GatePolicy) -> GateDeci
     skipped = tuple(p.name for p in skips if not policy.skip_allowed(p.name))
     warned = tuple(p.name for p in warns if not policy.warn_allowed(p.name))
     judged = [p for p in probes if p.kind != BASELINE_KIND and p.verdict in _JUDGED]
+    # Effect claims: what the gate exists to verify. Forgetting probes (direction HARM)
+    # only show the adapter did no harm, which a no-op adapter shows too.
+    claims = [p for p in judged if p.direction is Direction.EFFECT]
 
     reasons: list[GateReason] = []
     if not judged:
@@ -129,6 +143,30 @@ def decide(suite: SuiteResult, score: SwayScore, policy: GatePolicy) -> GateDeci
                 "or fix at least one probe",
             )
         )
+    elif not claims:
+        reasons.append(
+            GateReason(
+                "nothing_judged",
+                "no effect was verified: only forgetting probes were judged, and they show "
+                "that the adapter did no harm — which an adapter that changes nothing shows "
+                "too; add an effect probe (e.g. delta_kl after a null_adapter)",
+            )
+        )
+    else:
+        passed = [p for p in claims if p.verdict is Verdict.PASS]
+        calibrated = [p for p in passed if p.null is not None and p.null.degenerate is None]
+        if passed and not calibrated:
+            names = tuple(p.name for p in passed)
+            reasons.append(
+                GateReason(
+                    "uncalibrated",
+                    f"no effect claim passed against null adapters: {', '.join(names)} "
+                    "passed on fixed thresholds only, which cannot tell a trained adapter "
+                    "from a random one of its size — put a null_adapter before a calibrated "
+                    "probe (delta_kl, adapter_ablation, ...)",
+                    names,
+                )
+            )
     if failed:
         reasons.append(GateReason("failed", f"probe(s) failed: {', '.join(failed)}", failed))
     if errored:
@@ -175,7 +213,7 @@ def decide(suite: SuiteResult, score: SwayScore, policy: GatePolicy) -> GateDeci
         )
     if not reasons:
         code = GATE_PASS
-    elif judged or failed or errored:
+    elif claims or failed or errored:
         code = GATE_FAIL
     else:
         code = GATE_UNJUDGED

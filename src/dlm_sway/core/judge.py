@@ -94,7 +94,8 @@ def standing(
     The effect ratio is only meaningful when the metric is non-negative (then the
     null median is too); for signed metrics the distance in null SDs is given.
     """
-    text = f"z={z:+.2f}σ" if z is not None else "z=n/a"
+    z_label = "z_adj" if p_label == "p_adj" else "z"
+    text = f"{z_label}={z:+.2f}σ" if z is not None else f"{z_label}=n/a"
     if p is not None:
         text += f", {p_label}={format_p(p)}"
     text += f" {versus}"
@@ -312,15 +313,20 @@ def versus(construction: str, k: int) -> str:
 
 
 def holm_rejudge(result: ProbeResult, p_adj: float, family_size: int) -> ProbeResult:
-    """A calibrated PASS re-judged on its Holm-adjusted p, with words from those numbers.
+    """A calibrated claim re-judged on its Holm-adjusted p, with words from those numbers.
 
-    Only a PASS can change: p_adj ≥ α makes it FAIL "indistinguishable from noise",
-    a z_adj under the bar WARN "real but below the bar"; otherwise the message gains
-    the adjusted p. Other verdicts only record ``p_adjusted``.
+    p_adj ≥ α makes a PASS, a WARN "real but below the bar" or a FAIL that called its
+    direction real into FAIL "indistinguishable from noise" (nothing is real after
+    multiplicity); a PASS whose z_adj misses the bar becomes WARN "real but below the
+    bar"; otherwise the message gains the adjusted numbers.
     """
     out = replace(result, p_adjusted=p_adj)
     null = result.null
-    if result.verdict is not Verdict.PASS or null is None:
+    if null is None or result.verdict not in (Verdict.PASS, Verdict.WARN, Verdict.FAIL):
+        return out
+    if result.verdict is not Verdict.PASS and (
+        p_adj < ALPHA or result.headline == "indistinguishable from noise"
+    ):
         return out
     z_adj = z_from_p(p_adj)
     sds = None
@@ -347,7 +353,7 @@ def holm_rejudge(result: ProbeResult, p_adj: float, family_size: int) -> ProbeRe
         verdict, headline = Verdict.WARN, "real but below the bar"
         score = min(score_from_z(z_adj), WARN_SCORE_CAP)
         detail = (
-            f"{what}; {stand}{after}: p_adj < {ALPHA:g} but z={z_adj:+.2f}σ < "
+            f"{what}; {stand}{after}: p_adj < {ALPHA:g} but z_adj={z_adj:+.2f}σ < "
             f"{null.z_threshold:g} (assert_z_gte)"
         )
     else:
