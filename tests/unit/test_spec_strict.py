@@ -25,6 +25,7 @@ from dlm_sway.cli.app import app
 from dlm_sway.core.errors import SpecValidationError
 from dlm_sway.probes import _embed
 from dlm_sway.probes.base import build_probe, registry
+from dlm_sway.probes.null_adapter import NullAdapterSpec
 from dlm_sway.suite.loader import LoadedSpec, from_dict, load_spec
 from dlm_sway.suite.score import validate_weights
 
@@ -772,3 +773,35 @@ def test_an_alias_bomb_is_refused_quickly_not_validated_for_minutes(
         lines.append(where)
     with pytest.raises(SpecValidationError, match="alias"):
         load_spec(write(tmp_path, "\n".join(lines) + "\n"))
+
+
+@pytest.mark.parametrize(
+    "top",
+    ["version: true", "version: 1.0", "defaults: {seed: 1:30}", "defaults: {top_k: 4:16}"],
+)
+def test_yaml_11_surprises_are_refused_not_coerced(tmp_path: Path, top: str) -> None:
+    """``true == 1`` and ``1.0 == 1`` would pass a Literal; YAML 1.1 reads 1:30 as 90."""
+    text = (
+        f"{top}\nmodels: {{ft: {{kind: dummy, base: x, adapter: 'builtin:x'}}}}\n"
+        "suite:\n  - {name: nb, kind: null_adapter}\n  - {name: d, kind: delta_kl, prompts: [a]}\n"
+    )
+    with pytest.raises(SpecValidationError, match=r"integer 1|base-60"):
+        load_spec(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("style", ["flow", "block"])
+def test_the_documented_null_field_works_unquoted(tmp_path: Path, style: str) -> None:
+    """``null: permuted`` is null_adapter's field; YAML 1.1 reads the bare word as None."""
+    entry = (
+        "  - {name: nb, kind: null_adapter, null: permuted}\n"
+        if style == "flow"
+        else "  - name: nb\n    kind: null_adapter\n    null: permuted\n"
+    )
+    text = (
+        "models: {ft: {kind: dummy, base: x, adapter: 'builtin:x'}}\nsuite:\n"
+        + entry
+        + "  - {name: d, kind: delta_kl, prompts: [a]}\n"
+    )
+    loaded = load_spec(write(tmp_path, text))
+    spec = loaded.probes[0][1]
+    assert isinstance(spec, NullAdapterSpec) and spec.null == "permuted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -52,7 +53,26 @@ app.command("schema")(schema_cmd)
 
 
 def main() -> None:
-    app()
+    """The console script. Standard streams that cannot be written (a full disk behind
+    ``> file``, a closed pipe) end the command with one line and exit 2, never a
+    traceback and never exit 1, which a CI would read as a failed gate."""
+    import errno
+    import os
+    import sys
+
+    try:
+        app()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EBADF):
+            raise
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"error: cannot write the output: {exc.strerror or exc}\n")
+            sys.stderr.flush()
+        # Buffered text already refused by the stream must not fail again at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        os._exit(2)
 
 
 __all__ = ["app", "main"]

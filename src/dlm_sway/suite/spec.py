@@ -73,6 +73,14 @@ class SwaySpec(_Strict):
     dlm_source: NonBlank | None = None
     gate: GateSpec = Field(default_factory=lambda: GateSpec())
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        # ``true == 1`` and ``1.0 == 1`` in Python: the Literal alone would accept both.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be the integer 1 (got {type(value).__name__} {value!r})")
+        return value
+
     @field_validator("suite")
     @classmethod
     def _entries_are_mappings(cls, value: list[Any]) -> list[dict[str, Any]]:

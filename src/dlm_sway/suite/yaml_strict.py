@@ -47,9 +47,15 @@ class StrictLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )
             seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+        mapping = super().construct_mapping(node, deep=deep)
+        if None in mapping and any(_is_null_word(k) for k, _ in node.value):
+            # ``null: permuted`` is null_adapter's documented field; YAML 1.1 reads the
+            # bare word as a None key. A spec has no None keys, so the word is meant.
+            mapping["null"] = mapping.pop(None)
+        return mapping
 
     def construct_yaml_int(self, node: Node) -> int:
+        _refuse_base60(node)
         try:
             value: int = super().construct_yaml_int(node)  # type: ignore[arg-type]
         except ValueError:
@@ -60,6 +66,11 @@ class StrictLoader(yaml.SafeLoader):
                 "no setting in a spec needs more than a few digits",
                 node.start_mark,
             ) from None
+        return value
+
+    def construct_yaml_float(self, node: Node) -> float:
+        _refuse_base60(node)
+        value: float = super().construct_yaml_float(node)  # type: ignore[arg-type]
         return value
 
     def construct_yaml_str(self, node: Node) -> str:
@@ -79,7 +90,28 @@ class StrictLoader(yaml.SafeLoader):
 
 
 StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
 StrictLoader.add_constructor("tag:yaml.org,2002:str", StrictLoader.construct_yaml_str)
+
+
+def _is_null_word(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.value in _NULL_WORDS
+
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_NULL_WORDS = frozenset({"null", "Null", "NULL"})
+
+
+def _refuse_base60(node: Node) -> None:
+    """YAML 1.1 reads ``1:30`` as the base-60 number 90: a silent surprise, refused."""
+    if isinstance(node, ScalarNode) and ":" in str(node.value):
+        raise ConstructorError(
+            None,
+            None,
+            f"{node.value!r} is a base-60 number to YAML 1.1 (1:30 means 90); write the "
+            "number itself, or quote it if you meant text",
+            node.start_mark,
+        )
 
 
 def strict_load(text: str) -> Any:
