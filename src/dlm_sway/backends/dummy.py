@@ -139,6 +139,40 @@ class DummyView:
         return " ".join(words)
 
 
+#: Options ``models.ft.options`` may give the dummy backend: name → what it must be.
+OPTIONS: dict[str, str] = {
+    "strength": "a finite number",
+    "null_scale": "a finite number",
+    "planted": "a finite number",
+    "nan": "true or false",
+    "adapter_seed": "a non-negative integer",
+}
+
+
+def option_problems(options: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(key, problem)`` for each bad option, so the spec layer can name the field."""
+    out: list[tuple[str, str]] = []
+    for key, value in options.items():
+        if key not in OPTIONS:
+            known = ", ".join(OPTIONS)
+            out.append((key, f"unknown dummy backend option; known: {known}"))
+            continue
+        want = OPTIONS[key]
+        if key == "nan":
+            ok = isinstance(value, bool)
+        elif key == "adapter_seed":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+        if not ok:
+            out.append((key, f"must be {want}, got {value!r}"))
+    return out
+
+
 class DummyDifferentialBackend:
     """Deterministic synthetic backend.
 

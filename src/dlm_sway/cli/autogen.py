@@ -29,12 +29,13 @@ def autogen_cmd(
 ) -> None:
     """Build a calibrated suite from a training document and write it as commented YAML."""
     from dlm_sway.cli.check import infer_base
+    from dlm_sway.cli.outputs import check_file_target, input_files
     from dlm_sway.core.documents import load_document
     from dlm_sway.suite.autogen import build_spec, render_yaml
     from dlm_sway.suite.loader import from_dict
 
     with user_errors():
-        if out.exists() and not force:
+        if str(out) != "-" and out.exists() and not force and out.is_file():
             raise SpecValidationError(
                 "already exists; pass --force to overwrite it (nothing was written)",
                 source=str(out),
@@ -48,6 +49,12 @@ def autogen_cmd(
                 source=str(document),
             )
         adapter_path = Path(adapter).expanduser().resolve()
+        check_file_target(
+            "--out",
+            out,
+            inputs=[("document", document), *input_files("adapter", adapter_path)],
+            example="sway.yaml",
+        )
         base = base or doc.base_model or infer_base(adapter_path)
         out_dir = out.expanduser().resolve().parent
         spec, plan = build_spec(doc, base=base, adapter=str(adapter_path), out_dir=out_dir)

@@ -108,6 +108,27 @@ def check_outputs(
     return outputs
 
 
+def check_file_target(
+    flag: str, target: str | Path, *, inputs: Sequence[tuple[str, Path]] = (), example: str
+) -> None:
+    """The same checks for a single non-report output (``autogen -o``): a regular file in a
+    writable folder, never one of the command's inputs; ``-`` (stdout) is always fine."""
+    out = Output(flag, str(target), "json")
+    if not out.target.strip():
+        raise _bad(out, "is empty; give a file path, or '-' for stdout")
+    if out.to_stdout:
+        return
+    path = Path(out.target).expanduser()
+    _check_folder(out, path, example=example)
+    for what, source in inputs:
+        if _same_file(path, source):
+            raise _bad(
+                out,
+                f"is the {what} ({source}); writing there would overwrite an input — "
+                "choose another path",
+            )
+
+
 def input_files(what: str, path: str | Path | None) -> list[tuple[str, Path]]:
     """``(what, file)`` for a file, or for each file directly inside a folder."""
     if path is None or str(path).startswith("builtin:"):
@@ -141,6 +162,9 @@ def render_report(
 
 def gate_markdown(gate: GateDecision) -> str:
     """The ``## Gate`` section: outcome, threshold, every reason, what the policy allowed."""
+    from dlm_sway.report.format import visible_tree
+
+    gate = visible_tree(gate)
     outcome = {0: "PASSED", 1: "FAILED", 2: "NOT JUDGED"}.get(gate.exit_code, "FAILED")
     lines = [
         "## Gate",
@@ -270,9 +294,10 @@ def _print_stdout(text: str) -> None:
         raise SwayError("stdout was closed before the report was printed") from None
 
 
-def _check_folder(out: Output, path: Path) -> None:
+def _check_folder(out: Output, path: Path, *, example: str | None = None) -> None:
     if path.is_dir():
-        raise _bad(out, f"is a folder; give a file path such as {path / _example(out)}")
+        name = example or _example(out)
+        raise _bad(out, f"is a folder; give a file path such as {path / name}")
     if path.exists() and not path.is_file():
         raise _bad(out, "is not a regular file (a device or a pipe); use '-' for stdout")
     ancestor = path.parent
@@ -334,6 +359,7 @@ __all__ = [
     "TEMP_SUFFIX",
     "Output",
     "atomic_write",
+    "check_file_target",
     "check_outputs",
     "gate_markdown",
     "input_files",

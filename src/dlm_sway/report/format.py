@@ -13,14 +13,18 @@ message beside it can never disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from datetime import datetime
+from enum import Enum
+from typing import Any, TypeVar, cast
 
 from dlm_sway.core.judge import format_p as judge_p
 from dlm_sway.core.result import NullSummary, ProbeResult, SuiteResult, Verdict
 
+_T = TypeVar("_T")
 DASH = "—"
 #: The category of a result nobody stamped one on (built outside the runner).
 FALLBACK_CATEGORY = "adherence"
@@ -44,11 +48,57 @@ def scored_categories(suite: SuiteResult) -> set[str]:
 
 
 def _number(value: object) -> float | None:
-    """``value`` as a finite float, or None when it is missing, not numeric or not finite."""
+    """``value`` as a finite float, or None when it is missing, not numeric or not finite
+    (an int too large for a float, as a hand-edited run file may hold, is not finite)."""
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
     return number if math.isfinite(number) else None
+
+
+#: Characters a terminal or markdown viewer would act on instead of showing: C0/C1 controls
+#: (ESC starts ANSI sequences), DEL, and the Unicode bidi overrides/isolates. Tab and newline
+#: are layout, not commands, and stay; a carriage return becomes a newline.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character shown as its escape (``\\x1b``), so a string
+    from a result (a prompt echoed in a message, a hand-edited run file) cannot drive the
+    terminal — clear it, recolour it, reorder it."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # a line break, never an overwrite
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def visible_tree(value: _T) -> _T:
+    """A copy of ``value`` (a result, a score, a gate decision, or any dataclass/dict/list/
+    tuple of them) with :func:`visible` applied to every plain string in it, keys included.
+
+    The renderers call it once on what they are given, so no call site can forget it.
+    """
+    return cast("_T", _visible_any(value))
+
+
+def _visible_any(value: object) -> object:
+    if type(value) is str:
+        return visible(value)
+    if isinstance(value, str | Enum | int | float | datetime) or value is None:
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {
+            f.name: _visible_any(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.init
+        }
+        return dataclasses.replace(value, **changes)
+    if isinstance(value, Mapping):
+        return {_visible_any(k): _visible_any(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | frozenset | set):
+        return type(value)(_visible_any(item) for item in value)
+    return value
 
 
 def format_score(value: float | None) -> str:
@@ -314,4 +364,6 @@ __all__ = [
     "rank_profile",
     "result_category",
     "scored_categories",
+    "visible",
+    "visible_tree",
 ]

@@ -74,7 +74,10 @@ def _number(
         if isinstance(value, bool) or not isinstance(value, int | float):
             expected = "a number" if null == "error" else "a number or null"
             raise ValueError(f"expected {expected}, got {_show(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ValueError(f"{_show(value)} is too large for a number") from None
         if not math.isfinite(number):
             raise ValueError(
                 f"{value!r} is not a finite number (sway writes non-finite values as null)"
@@ -368,8 +371,10 @@ class RunIn(_In):
 def parse_run(data: object) -> RunIn:
     """Validate a parsed JSON document; raise a SpecValidationError naming each bad path."""
     if not isinstance(data, Mapping) or "schema_version" not in data:
+        top = "an object" if isinstance(data, Mapping) else f"a JSON {type(data).__name__}"
         raise SpecValidationError(
-            "not a sway JSON report (no 'schema_version'); pass a file written by "
+            f"not a sway JSON report (the top level is {top} without 'schema_version'); "
+            "pass a file written by "
             "`sway run --json` or `sway report --format json`",
             source=SOURCE,
         )

@@ -37,6 +37,7 @@ from dlm_sway.report.format import (
     null_marker,
     probe_note,
     scored_categories,
+    visible_tree,
 )
 
 PROBE_HEADERS = (
@@ -66,6 +67,7 @@ MAX_DETAIL_ROWS = 50
 
 def to_markdown(suite: SuiteResult, score: SwayScore) -> str:
     """The whole report as GitHub-flavoured markdown, ending in one newline."""
+    suite, score = visible_tree(suite), visible_tree(score)
     blocks: list[str] = [
         "# sway report",
         _summary(suite, score),
@@ -296,7 +298,10 @@ def _first(entry: Mapping[str, Any], keys: Sequence[str]) -> tuple[str, Any]:
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float, from a hand-edited file
+        return None
 
 
 def _passed(value: object) -> str:
@@ -409,7 +414,7 @@ def _by_cluster(value: object) -> dict[str, Any]:
 def _cluster_order(key: str) -> tuple[int, float, str]:
     try:
         return (0, float(key), key)
-    except ValueError:
+    except (ValueError, OverflowError):
         return (1, 0.0, key)
 
 

@@ -37,6 +37,7 @@ from dlm_sway.report.format import (
     null_marker,
     probe_note,
     scored_categories,
+    visible_tree,
 )
 
 BAR_CELLS = 10
@@ -81,6 +82,7 @@ def render_terminal(
 ) -> None:
     """Print the full report for one run to ``console`` (stdout when omitted)."""
     out = console if console is not None else Console()
+    suite, score = visible_tree(suite), visible_tree(score)
     out.print(_header_panel(suite, score))
     out.print(_probe_section(suite, out))
     for block in (_findings(score), _health(suite.health), _footers(suite)):

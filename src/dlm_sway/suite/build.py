@@ -29,7 +29,16 @@ def backend_options(model: ModelSpec) -> dict[str, Any]:
         }
         opts.update(_hf_options(model.options))
         return opts
+    if model.kind == "dummy":
+        _check_dummy_options(model.options)
     return {"base": model.base, "adapter": model.adapter, **model.options}
+
+
+def _check_dummy_options(options: dict[str, Any]) -> None:
+    from dlm_sway.backends.dummy import option_problems
+
+    for key, problem in option_problems(options):
+        raise SpecValidationError(problem, source=f"models.ft.options.{key}")
 
 
 #: Options the hf backend takes under ``models.ft.options``, each a strict bool.
@@ -58,7 +67,7 @@ def backend_from_spec(model: ModelSpec) -> DifferentialBackend:
     options = backend_options(model)
     try:
         return build_backend(model.kind, **options)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise SpecValidationError(
             f"backend {model.kind!r} rejected its options: {exc}", source="models.ft"
         ) from None
