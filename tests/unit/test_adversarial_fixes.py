@@ -283,3 +283,30 @@ def test_visible_tree_keeps_types_and_numbers() -> None:
     shown = visible_tree(result)
     assert shown.name == "n\\x1b" and shown.verdict is Verdict.PASS and shown.raw == 1.5
     assert shown.evidence == {"a": [1]}
+
+
+def test_an_output_through_a_symlink_writes_the_target_and_keeps_the_link(
+    tmp_path: Path,
+) -> None:
+    from dlm_sway.cli.outputs import atomic_write
+
+    target = tmp_path / "real.json"
+    target.write_text("old", encoding="utf-8")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write("new", link)
+    assert link.is_symlink()
+    assert target.read_text(encoding="utf-8") == "new"
+
+
+def test_a_probe_name_with_a_bidi_override_is_refused() -> None:
+    from dlm_sway.core.errors import SpecValidationError
+    from dlm_sway.suite.loader import from_dict
+
+    with pytest.raises(SpecValidationError, match="invisible formatting"):
+        from_dict(
+            {
+                "models": {"ft": {"kind": "dummy", "base": "x", "adapter": "builtin:x"}},
+                "suite": [{"name": "\u202egnp.exe", "kind": "delta_kl", "prompts": ["a"]}],
+            }
+        )

@@ -207,7 +207,7 @@ def write_texts(
         for out, text in texts:
             if out.to_stdout:
                 continue
-            path = Path(out.target).expanduser()
+            path = destination(Path(out.target).expanduser())
             try:
                 staged.append((out, path, stage(text, path)))
             except OSError as exc:
@@ -262,8 +262,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def destination(path: Path) -> Path:
+    """Where ``path``'s bytes go: through a symlink to its target, so the rename replaces
+    the file the link points at and the link itself stays a link."""
+    return path.resolve() if path.is_symlink() else path
+
+
 def atomic_write(text: str, path: Path) -> None:
     """One file: stage, then rename over the target with Ctrl-C held off."""
+    path = destination(path)
     tmp = stage(text, path)
     try:
         with sigint_deferred():

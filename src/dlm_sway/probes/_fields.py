@@ -61,6 +61,11 @@ def _name(value: str) -> str:
         raise ValueError(f"is {len(value)} characters long; keep names under {_NAME_MAX}")
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise ValueError("must not contain control characters (newline, tab, NUL, ...)")
+    if any(unicodedata.category(ch) == "Cf" for ch in value):
+        # Bidi overrides and zero-width characters make a name read as another one.
+        raise ValueError(
+            "must not contain invisible formatting characters (bidi overrides, zero-width)"
+        )
     return value
 
 
