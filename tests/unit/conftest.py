@@ -87,3 +87,24 @@ class TwoViewBackend:
 @pytest.fixture
 def two_view_backend() -> Iterator[TwoViewBackend]:
     yield TwoViewBackend(DummyDifferentialBackend())
+
+
+def saved_gate_run(folder: Path, suite: list[dict[str, Any]]) -> dict[str, Any]:
+    """A real ``sway gate --json`` file on the dummy backend (strength 1), parsed."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from dlm_sway.cli.app import app
+
+    spec = folder / "sway.yaml"
+    models = {"ft": {"kind": "dummy", "base": "b", "options": {"strength": 1.0}}}
+    spec.write_text(
+        yaml.safe_dump({"version": 1, "models": models, "suite": suite}), encoding="utf-8"
+    )
+    target = folder / "run.json"
+    result = CliRunner().invoke(app, ["gate", str(spec), "--json", str(target)])
+    assert result.exit_code in (0, 1), result.output
+    data: dict[str, Any] = json.loads(target.read_text(encoding="utf-8"))
+    return data

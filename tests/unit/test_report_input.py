@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.unit.conftest import saved_gate_run
 from typer.testing import CliRunner
 
 from dlm_sway.cli.app import app
@@ -48,28 +48,15 @@ def usage_error(result: Any, *needles: str) -> None:
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real `sway gate --json` file (with a gate decision) as parsed JSON."""
-    folder = tmp_path_factory.mktemp("saved")
-    spec = folder / "sway.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "models": {"ft": {"kind": "dummy", "base": "b", "options": {"strength": 1.0}}},
-                "suite": [
-                    {"name": "calib", "kind": "null_adapter", "runs": 10},
-                    {"name": "topic", "kind": "delta_kl", "prompts": PROMPTS},
-                    {"name": "scale", "kind": "adapter_ablation", "prompts": PROMPTS[:2]},
-                    {"name": "off", "kind": "delta_kl", "prompts": PROMPTS, "enabled": False},
-                ],
-            }
-        ),
-        encoding="utf-8",
+    return saved_gate_run(
+        tmp_path_factory.mktemp("saved_run"),
+        [
+            {"name": "calib", "kind": "null_adapter", "runs": 10},
+            {"name": "topic", "kind": "delta_kl", "prompts": PROMPTS},
+            {"name": "scale", "kind": "adapter_ablation", "prompts": PROMPTS[:2]},
+            {"name": "off", "kind": "delta_kl", "prompts": PROMPTS, "enabled": False},
+        ],
     )
-    target = folder / "run.json"
-    result = invoke("gate", spec, "--json", target)
-    assert result.exit_code in (0, 1), result.output
-    data: dict[str, Any] = json.loads(target.read_text(encoding="utf-8"))
-    return data
 
 
 def put(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:

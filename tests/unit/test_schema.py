@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.unit.conftest import saved_gate_run
 from typer.testing import CliRunner
 
 from dlm_sway.cli.app import app
@@ -56,27 +56,14 @@ def validator() -> Any:
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real ``sway gate --json`` file from the dummy backend (calibrated, with a gate)."""
-    folder = tmp_path_factory.mktemp("live")
-    spec = folder / "sway.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "version": 1,
-                "models": {"ft": {"kind": "dummy", "base": "b", "options": {"strength": 1.0}}},
-                "suite": [
-                    {"name": "calib", "kind": "null_adapter", "runs": 4},
-                    {"name": "topic", "kind": "delta_kl", "prompts": PROMPTS},
-                    {"name": "scale", "kind": "adapter_ablation", "prompts": PROMPTS[:2]},
-                ],
-            }
-        ),
-        encoding="utf-8",
+    return saved_gate_run(
+        tmp_path_factory.mktemp("live_run"),
+        [
+            {"name": "calib", "kind": "null_adapter", "runs": 4},
+            {"name": "topic", "kind": "delta_kl", "prompts": PROMPTS},
+            {"name": "scale", "kind": "adapter_ablation", "prompts": PROMPTS[:2]},
+        ],
     )
-    target = folder / "run.json"
-    result = invoke("gate", spec, "--json", target)
-    assert result.exit_code in (0, 1), result.output
-    data: dict[str, Any] = json.loads(target.read_text(encoding="utf-8"))
-    return data
 
 
 # --- v2: what is written ------------------------------------------------------------------
