@@ -1,0 +1,110 @@
+"""bench/race.py: argument parsing, alternation and the medians/ratios it reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+race = _load("race")
+flops = _load("flops")
+
+
+def test_defaults_and_flags(tmp_path: Path) -> None:
+    args = race.parse_args(["416dd1a"])
+    assert (args.rev, args.rounds, args.suite, args.old_tree) == ("416dd1a", 3, race.SUITES, None)
+    tree = tmp_path / "old"
+    (tree / "src" / "dlm_sway").mkdir(parents=True)
+    args = race.parse_args(
+        ["HEAD~1", "--old-tree", str(tree), "--rounds", "1", "--suite", "race", "--suite", "race"]
+    )
+    assert args.old_tree == tree and args.rounds == 1 and args.suite == ("race",)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["x", "--rounds", "0"], ["x", "--suite", "nope"], ["x", "--old-tree", "/nonexistent"]],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        race.parse_args(argv)
+    assert info.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_sides_alternate_each_round() -> None:
+    assert [race.order(r) for r in range(3)] == [
+        ("old", "new"),
+        ("new", "old"),
+        ("old", "new"),
+    ]
+
+
+def _sample(side: str, r: int, wall: float, in_run: float, fwd: int, rss: float) -> object:
+    return race.Sample("race", side, r, wall, in_run, fwd, rss, ("a=pass",))
+
+
+def test_medians_and_new_over_old_ratios() -> None:
+    samples = [
+        _sample("old", 0, 15.0, 8.0, 45, 1100.0),
+        _sample("new", 0, 9.0, 4.0, 20, 1000.0),
+        _sample("old", 1, 16.0, 9.0, 45, 1150.0),
+        _sample("new", 1, 8.0, 3.0, 20, 900.0),
+        _sample("old", 2, 30.0, 8.5, 45, 1120.0),  # an outlier the median ignores
+        _sample("new", 2, 9.5, 4.5, 20, 950.0),
+    ]
+    summary = race.summarize(samples)["race"]
+    assert summary["old"]["wall_s"] == 16.0 and summary["new"]["wall_s"] == 9.0
+    assert summary["ratio"]["wall_s"] == pytest.approx(9.0 / 16.0)
+    assert summary["ratio"]["in_run_s"] == pytest.approx(4.0 / 8.5)
+    assert summary["ratio"]["forwards"] == pytest.approx(20 / 45)
+    assert summary["ratio"]["peak_rss_mb"] == pytest.approx(950.0 / 1120.0)
+    text = race.render(race.summarize(samples))
+    assert "new/old" in text and "0.56" in text
+
+
+def test_sample_reads_the_run_json_fields() -> None:
+    data = {
+        "timings": {"total_s": 8.25},
+        "backend_stats": {"forward_passes": 45},
+        "probes": [{"name": "nulls", "verdict": "info"}, {"name": "kl", "verdict": "pass"}],
+    }
+    s = race.sample_from("race", "new", 0, 15.0, 1024.0, data)
+    assert (s.in_run_s, s.forwards, s.verdicts) == (8.25, 45, ("nulls=info", "kl=pass"))
+
+
+def test_forward_flops_counts_body_attention_and_kept_logits() -> None:
+    dims = flops.Dims(hidden=4, intermediate=8, layers=2, kv_dim=2, vocab=10)
+    per_layer = 2 * 16 + 2 * 4 * 2 + 3 * 4 * 8
+    assert dims.body_params_per_layer == per_layer
+    one = flops.forward_flops([3], kept_positions=1, dims=dims)
+    body = 2.0 * 2 * per_layer * 3
+    attn = 2.0 * 2.0 * 2 * 4 * 6  # positions 1+2+3
+    assert one == pytest.approx(body + attn + 2.0 * 4 * 10)
+    assert flops.forward_flops([3], kept_positions=3, dims=dims) > one
+
+
+def test_phase_meter_times_each_phase_apart() -> None:
+    meter = flops.PhaseMeter(flops.Dims(4, 8, 2, 2, 10))
+    meter.phases.append(flops.Phase("load", wall_s=1.5))
+    meter.begin("preflight", close_previous=False)
+    meter.begin("probe")
+    meter.end()
+    assert [p.name for p in meter.phases] == ["load", "preflight", "probe"]
+    assert meter.phases[0].wall_s == 1.5  # the load was timed by the caller
+    assert all(0.0 <= p.wall_s < 1.0 for p in meter.phases[1:])
