@@ -2,9 +2,12 @@
 
 The base weights load once with the LoRA adapter attached; views differ only
 in adapter state (disabled, enabled, scalings × λ, A/B swapped for seeded
-noise). Every view change is undone in a ``finally``, so the model is always
-back to the trained adapter when no view is open. Heavy imports happen in the
-constructor so importing this module (and ``sway --help``) stays instant.
+noise). DoRA modules and ``modules_to_save`` modules are not an additive LoRA
+term: their scaled and null views are weight-space views (:mod:`hf_weights`),
+W₀ + λ·(W − W₀) and W₀ + a random direction of the same per-tensor norm. Every
+view change is undone in a ``finally``, so the model is always back to the
+trained adapter when no view is open. Heavy imports happen in the constructor
+so importing this module (and ``sway --help``) stays instant.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
     from dlm_sway.backends.hf_lora import NullWeights
     from dlm_sway.backends.hf_views import HFScorer, HFView
+    from dlm_sway.backends.hf_weights import WeightSlot
 
 PREFLIGHT_PROMPT = "The quick brown fox"
 
@@ -59,7 +63,6 @@ class HFDifferentialBackend:
     """
 
     safe_for_concurrent_views = False
-    null_constructions: tuple[NullConstruction, ...] = NULL_CONSTRUCTIONS
 
     def __init__(
         self,
@@ -75,7 +78,7 @@ class HFDifferentialBackend:
         allow_partial_adapter: bool = False,
     ) -> None:
         require_hf_stack()
-        from dlm_sway.backends import hf_load, hf_lora
+        from dlm_sway.backends import hf_load
         from dlm_sway.backends.hf_views import HFScorer
 
         if batch_size < 1:
@@ -131,12 +134,68 @@ class HFDifferentialBackend:
             batch_size=batch_size,
             instrumentation=self._instr,
         )
-        # Read once at load: views later rewrite the live weights and scalings.
-        self._norms = hf_lora.adapter_norms(model)
-        self._summary = hf_lora.adapter_summary(model)
-        self._dora = hf_lora.uses_dora(model)
+        self._read_adapter_state(model)
+        self._allow_partial = allow_partial_adapter
+        #: Base-only results that bypass the forward cache (noise floor, preflight), kept
+        #: across adapter swaps: the base weights never change.
+        self._base_memo: dict[tuple[object, ...], Any] = {}
         self._active: str | None = None
         self._token: object | None = None
+
+    def _read_adapter_state(self, model: PeftModel) -> None:
+        """Read at load and after each swap: views later rewrite the live weights and scalings."""
+        from dlm_sway.backends import hf_adapter_weights, hf_lora, hf_weights
+
+        self._weight_slots: list[WeightSlot] = [
+            *hf_adapter_weights.dora_slots(model),
+            *hf_adapter_weights.saved_module_slots(model),
+        ]
+        self._plain_slots = hf_lora.plain_lora_slots(model)
+        self._norms = {
+            **hf_lora.adapter_norms(model),
+            **hf_weights.slot_norms(self._weight_slots),
+        }
+        self._summary = hf_lora.adapter_summary(model)
+        self._covered = tuple(hf_adapter_weights.covered_prefixes(model))
+        #: ``init_scale`` draws LoRA factors: meaningless for a weight-space slot.
+        self.null_constructions: tuple[NullConstruction, ...] = (
+            hf_weights.WEIGHT_NULL_CONSTRUCTIONS if self._weight_slots else NULL_CONSTRUCTIONS
+        )
+
+    def swap_adapter(self, path: str | Path) -> None:
+        """Replace the trained adapter in place, keeping the base (``AdapterSwappable``).
+
+        Adapter views' cached results are dropped, the base view's kept; the cache
+        identity follows the new adapter's content hash (see :mod:`hf_swap`).
+        """
+        from dlm_sway.backends import hf_swap
+        from dlm_sway.backends.base_cache import BASE_NS
+
+        if self._active is not None:
+            raise ViewError(f"cannot swap the adapter while view {self._active!r} is open")
+        info, problem = hf_swap.swap(
+            self.peft_model, self._adapter_info, path, allow_partial=self._allow_partial
+        )
+        self._read_adapter_state(self.peft_model)
+        self.adapter_path = info.path
+        self._adapter_sha256 = info.weights_sha256
+        self._adapter_info = info
+        self._load_health = (
+            ()
+            if problem is None
+            else (
+                HealthCheck(
+                    "error",
+                    "adapter_partial_load",
+                    problem,
+                    "load the adapter on the base it was trained on, or re-save it; "
+                    "verdicts on a partly loaded adapter do not describe the trained one",
+                ),
+            )
+        )
+        scorer = self._live_scorer()
+        for instr in (self._instr, scorer.full_instr):
+            instr.cache.drop_views(lambda ns: ns == BASE_NS)
 
     # ------------------------------------------------------------------ state
 
@@ -170,12 +229,16 @@ class HFDifferentialBackend:
 
     # ------------------------------------------------------------------ views
 
+    def _scorer_for(self, view_id: str) -> HFScorer:
+        """The scorer that runs ``view_id`` (one model here; the two-model backend has two)."""
+        return self._live_scorer()
+
     @contextmanager
     def _claim(self, view_id: str, cache_ns: str) -> Iterator[HFView]:
         """Mark a view active (refusing a second one) and release it whatever happens."""
         from dlm_sway.backends.hf_views import HFView
 
-        scorer = self._live_scorer()
+        scorer = self._scorer_for(view_id)
         if self._active is not None:
             raise ViewError(
                 f"cannot open view {view_id!r} while view {self._active!r} is active: views "
@@ -206,19 +269,24 @@ class HFDifferentialBackend:
         return self._ft_view()
 
     def as_scaled_adapter(self, lam: float) -> AbstractContextManager[ScoringModel]:
-        """LoRA term × λ (0 = base, 1 = fine-tune); scalings restored on exit."""
+        """LoRA term × λ (0 = base, 1 = fine-tune); scalings restored on exit.
+
+        DoRA and ``modules_to_save`` modules interpolate in weight space,
+        W₀ + λ·(W − W₀): the same straight line a LoRA's λ draws.
+        """
         if not math.isfinite(lam):
             raise ValueError(f"lam must be finite, got {lam!r}")
-        self._refuse_dora("scaled")
         return self._scaled_view(float(lam))
 
     @contextmanager
     def _scaled_view(self, lam: float) -> Iterator[ScoringModel]:
-        from dlm_sway.backends import hf_lora
+        from dlm_sway.backends import hf_adapter_weights, hf_lora, hf_weights
 
         with (
             self._claim(f"scaled_{lam:g}", f"scaled_{lam!r}") as view,
             hf_lora.scaled_lora(self.peft_model, lam),
+            hf_adapter_weights.dora_off(self.peft_model),
+            hf_weights.weight_view(self._weight_slots, hf_weights.interpolated(lam), memoize=True),
         ):
             yield view
 
@@ -234,17 +302,28 @@ class HFDifferentialBackend:
 
         ``init_scale``: A, B ~ N(0, (init_scale·√rank_scale)²) (the reference null);
         ``norm_matched``: random A, B rescaled per module to the trained ‖scaling·B·A‖_F;
-        ``permuted``: the trained B rows / A columns shuffled.
+        ``permuted``: the trained B rows / A columns shuffled. DoRA and
+        ``modules_to_save`` tensors get the weight-space null of the same name
+        (W₀ + a random direction with ‖W − W₀‖_F, or D shuffled); they have no
+        ``init_scale`` null, so such an adapter refuses it.
         """
         from dlm_sway.backends import hf_lora
 
+        if construction not in self.null_constructions:
+            raise ViewError(
+                f"null construction {construction!r} is not defined for this adapter: its DoRA "
+                "or modules_to_save weights have no LoRA factors to draw at a fixed std; use "
+                f"null: {' or '.join(self.null_constructions)}"
+            )
         weights = hf_lora.null_weights(construction, init_scale=init_scale, rank_scale=rank_scale)
         tag = {"init_scale": "", "norm_matched": "_nm", "permuted": "_perm"}[construction]
-        return self.null_view(
-            seed,
+        return self._null_view(
+            int(seed),
             weights,
-            view_id=f"null{tag}_{seed}_s{init_scale:g}_r{rank_scale:g}",
-            cache_ns=f"null{tag}_{seed}_s{init_scale!r}_r{rank_scale!r}",
+            f"null{tag}_{seed}_s{init_scale:g}_r{rank_scale:g}",
+            f"null{tag}_{seed}_s{init_scale!r}_r{rank_scale!r}",
+            "permuted" if construction == "permuted" else "norm_matched",
+            rank_scale,
         )
 
     def null_view(
@@ -253,29 +332,40 @@ class HFDifferentialBackend:
         """A null view with a custom per-module weight construction (e.g. norm-matched).
 
         ``cache_ns`` (default ``view_id``) must identify ``weights`` and ``seed``
-        exactly: results are memoised under it for the backend's lifetime.
+        exactly: results are memoised under it for the backend's lifetime. DoRA and
+        ``modules_to_save`` tensors get norm-matched weight-space nulls.
         """
-        self._refuse_dora("null")
-        return self._null_view(int(seed), weights, view_id, cache_ns or view_id)
+        return self._null_view(
+            int(seed), weights, view_id, cache_ns or view_id, "norm_matched", 1.0
+        )
 
     @contextmanager
     def _null_view(
-        self, seed: int, weights: NullWeights, view_id: str, cache_ns: str
+        self,
+        seed: int,
+        weights: NullWeights,
+        view_id: str,
+        cache_ns: str,
+        weight_construction: str,
+        rank_scale: float,
     ) -> Iterator[ScoringModel]:
-        from dlm_sway.backends import hf_lora
+        from dlm_sway.backends import hf_adapter_weights, hf_lora, hf_weights
 
+        null = hf_weights.null_weight(seed, weight_construction, rank_scale, self._norms)
         with (
             self._claim(view_id, cache_ns) as view,
-            hf_lora.null_lora(self.peft_model, seed, weights),
+            hf_lora.null_lora(self.peft_model, seed, weights, slots=self._plain_slots),
+            hf_adapter_weights.dora_off(self.peft_model),
+            hf_weights.weight_view(self._weight_slots, null, memoize=True),
         ):
             yield view
 
-    def _refuse_dora(self, kind: str) -> None:
-        if self._dora:
-            raise ViewError(
-                f"{kind} views are not defined for DoRA adapters (use_dora=True): DoRA "
-                "renormalises the weight, so the LoRA term is not a separable additive delta"
-            )
+    def weight_slots(self) -> list[WeightSlot]:
+        """The DoRA and ``modules_to_save`` tensors whose views are built in weight space."""
+        return list(self._weight_slots)
+
+    def _ft_label(self) -> str:
+        return f"adapter: {self.adapter_path}"
 
     # ------------------------------------------------------------------ checks
 
@@ -297,11 +387,18 @@ class HFDifferentialBackend:
 
     def preflight_finite_check(self) -> tuple[bool, str]:
         """One uncached forward per view on a fixed prompt; NaN/inf means broken weights."""
-        scorer = self._live_scorer()
         for opener, label in ((self.as_base, "base"), (self.as_finetuned, "fine-tuned")):
+            scorer = self._scorer_for("base" if label == "base" else "ft")
             with opener():
                 try:
-                    dist = scorer.next_token_dists([PREFLIGHT_PROMPT], 8, batched=False)[0]
+                    memo, key = self._base_results(), ("preflight",) if label == "base" else None
+                    dist = (
+                        memo[key]
+                        if key in memo
+                        else scorer.next_token_dists([PREFLIGHT_PROMPT], 8, batched=False)[0]
+                    )
+                    if key is not None:
+                        memo[key] = dist
                 except (RuntimeError, ValueError) as exc:
                     return (
                         False,
@@ -313,7 +410,7 @@ class HFDifferentialBackend:
                 return False, (
                     f"{label} view produced non-finite log-probs (NaN/inf) on the preflight "
                     f"prompt: the {culprit} weights likely contain NaN or inf values "
-                    f"(adapter: {self.adapter_path}). Re-export or retrain it; "
+                    f"({self._ft_label()}). Re-export or retrain it; "
                     "no probe results would be meaningful"
                 )
         return True, "base and fine-tuned views give finite log-probs"
@@ -325,25 +422,39 @@ class HFDifferentialBackend:
 
         Whole-vocabulary dists (``top_k`` is moot), as the divergence probes see them.
         """
+        memo, key = self._base_results(), ("layout_pairs", tuple(prompts))
+        if key in memo:  # the base never changes, not even across adapter swaps
+            return list(memo[key])
         scorer = self._live_scorer()
         with self.as_base():
             batched = scorer.next_token_full(list(prompts), batched=True)
             single = [scorer.next_token_full([p], batched=False)[0] for p in prompts]
-        return list(zip(batched, single, strict=True))
+        pairs = list(zip(batched, single, strict=True))
+        memo[key] = tuple(pairs)
+        return pairs
+
+    def _base_results(self) -> dict[tuple[object, ...], Any]:
+        """The base-only memo (subclasses that build their own state get one lazily)."""
+        if not hasattr(self, "_base_memo"):
+            self._base_memo = {}
+        return self._base_memo
 
     def cache_identity(self) -> str:
         """Changes whenever the adapter's weights or config (rank, alpha, targets) change,
         even at the same path: both decide what a null adapter of this adapter is."""
         config = json.dumps(self._adapter_info.config, sort_keys=True, default=str)
         config_hash = hashlib.sha256(config.encode("utf-8")).hexdigest()[:12]
-        return f"hf:{self.base_id}:{self._adapter_sha256[:16]}:{config_hash}:{self.dtype}"
+        # DoRA/modules_to_save nulls are weight-space nulls: never reuse stats drawn otherwise.
+        scheme = ":ws1" if self._weight_slots else ""
+        return f"hf:{self.base_id}:{self._adapter_sha256[:16]}:{config_hash}:{self.dtype}{scheme}"
 
     def adapter_norms(self) -> dict[str, float]:
         """Per LoRA module, ‖scaling·B·A‖_F of the trained adapter (computed at load)."""
         return dict(self._norms)
 
     def null_coverage(self) -> list[str]:
-        """Adapter tensors a null adapter does not replace (e.g. ``modules_to_save``)."""
+        """Adapter tensors a null adapter does not replace. DoRA magnitudes and
+        ``modules_to_save`` modules are covered: their nulls are weight-space nulls."""
         from safetensors import safe_open
 
         path = self._adapter_info.weights_file
@@ -351,10 +462,11 @@ class HFDifferentialBackend:
             return []
         with safe_open(str(path), framework="pt") as fh:
             keys = list(fh.keys())
+        covered = ("lora_A", "lora_B", "lora_embedding_", "lora_magnitude_vector")
         return [
             k
             for k in keys
-            if "lora_A" not in k and "lora_B" not in k and "lora_embedding_" not in k
+            if not any(c in k for c in covered) and not any(p in k for p in self._covered)
         ]
 
     def adapter_summary(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ ever materialised.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -68,10 +68,20 @@ def _weight(layer: torch.nn.Module) -> torch.Tensor:
 
 
 def uses_dora(model: torch.nn.Module) -> bool:
-    """DoRA rescales by a weight norm, so λ-scaling and null swaps are not plain LoRA maths."""
+    """DoRA rescales by a weight norm, so its views are weight-space views (hf_dora)."""
     return any(
         isinstance(m, LoraLayer) and len(m.lora_magnitude_vector) > 0 for m in model.modules()
     )
+
+
+def is_dora(slot: LoraSlot) -> bool:
+    """True for a slot whose module applies DoRA (its views are built in weight space)."""
+    return slot.adapter in slot.layer.lora_magnitude_vector
+
+
+def plain_lora_slots(model: torch.nn.Module) -> list[LoraSlot]:
+    """The slots whose change is the additive LoRA term scaling·B·A (not DoRA)."""
+    return [s for s in iter_lora_slots(model) if not is_dora(s)]
 
 
 def _as_matrices(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,10 +99,14 @@ def delta_norm(a: torch.Tensor, b: torch.Tensor, scaling: float) -> float:
 
 
 def adapter_norms(model: torch.nn.Module) -> dict[str, float]:
-    """Per LoRA module, the Frobenius norm of the weight change the adapter applies."""
+    """Per plain LoRA module, the Frobenius norm of the weight change the adapter applies.
+
+    DoRA modules and ``modules_to_save`` tensors are weight-space slots: their norms
+    come from :func:`dlm_sway.backends.hf_weights.slot_norms`.
+    """
     norms: dict[str, float] = {}
     with torch.no_grad():
-        for slot in iter_lora_slots(model):
+        for slot in plain_lora_slots(model):
             key = slot.name if slot.adapter == "default" else f"{slot.name}[{slot.adapter}]"
             norms[key] = delta_norm(slot.a, slot.b, slot.scaling)
     return norms
@@ -214,15 +228,23 @@ def null_weights(construction: str, *, init_scale: float, rank_scale: float) -> 
 
 
 @contextmanager
-def null_lora(model: torch.nn.Module, seed: int, weights: NullWeights) -> Iterator[None]:
+def null_lora(
+    model: torch.nn.Module,
+    seed: int,
+    weights: NullWeights,
+    *,
+    slots: Sequence[LoraSlot] | None = None,
+) -> Iterator[None]:
     """Swap every LoRA A/B for ``weights(...)`` drawn from one CPU generator seeded by ``seed``.
 
+    ``slots`` (default: every LoRA slot, in registration order) limits the swap, e.g.
+    to :func:`plain_lora_slots` when DoRA modules get weight-space nulls instead.
     Originals are cloned first and copied back in ``finally`` (same dtype, so
     the restore is bit-exact), also when the body or the swap itself raises.
     """
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
-    slots = list(iter_lora_slots(model))
+    slots = list(iter_lora_slots(model)) if slots is None else list(slots)
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():

@@ -44,8 +44,27 @@ def _build_dummy(**options: Any) -> DifferentialBackend:
     return DummyDifferentialBackend(**options)
 
 
+def _build_vllm(**options: Any) -> DifferentialBackend:
+    from dlm_sway.backends.vllm import build
+
+    backend: DifferentialBackend = build(**options)
+    return backend
+
+
+def _build_two_model(**options: Any) -> DifferentialBackend:
+    from dlm_sway.backends.builtin_models import resolve_base
+    from dlm_sway.backends.hf_two_model import TwoModelBackend
+
+    options["base"] = resolve_base(str(options["base"]))
+    options["finetuned"] = resolve_base(str(options["finetuned"]))
+    backend: DifferentialBackend = TwoModelBackend(**options)
+    return backend
+
+
 register_backend("hf", _build_hf)
+register_backend("two_model", _build_two_model)
 register_backend("dummy", _build_dummy)
+register_backend("vllm", _build_vllm)
 
 
 def _register_entry_point(ep: EntryPoint) -> None:

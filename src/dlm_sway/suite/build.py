@@ -12,6 +12,14 @@ from dlm_sway.suite.spec import ModelSpec
 
 def backend_options(model: ModelSpec) -> dict[str, Any]:
     """Keyword options for the backend factory of ``model.kind``."""
+    if model.kind == "two_model":
+        return _two_model_options(model)
+    if model.finetuned is not None:
+        raise SpecValidationError(
+            f"finetuned is for kind: two_model (two full checkpoints); kind {model.kind!r} "
+            "compares an adapter: remove finetuned or set kind: two_model",
+            source="models.ft.finetuned",
+        )
     if model.kind == "hf":
         if not model.adapter:
             raise SpecValidationError(
@@ -31,7 +39,41 @@ def backend_options(model: ModelSpec) -> dict[str, Any]:
         return opts
     if model.kind == "dummy":
         _check_dummy_options(model.options)
+    if model.kind == "vllm":  # checked at spec load, before any request is sent
+        from dlm_sway.backends.vllm_options import parse_options
+
+        parse_options(model.options)
     return {"base": model.base, "adapter": model.adapter, **model.options}
+
+
+def _two_model_options(model: ModelSpec) -> dict[str, Any]:
+    """two_model: base + finetuned checkpoints, no adapter, no options."""
+    if not model.finetuned:
+        raise SpecValidationError(
+            "kind: two_model needs finetuned: the fine-tuned checkpoint (an HF directory or a "
+            ".gguf file) to compare with base",
+            source="models.ft.finetuned",
+        )
+    for field, value in (("adapter", model.adapter), ("gguf_file", model.gguf_file)):
+        if value is not None:
+            raise SpecValidationError(
+                f"kind: two_model takes no {field}: give base and finetuned as HF directories "
+                "or .gguf file paths (for a LoRA adapter use kind: hf)",
+                source=f"models.ft.{field}",
+            )
+    if model.options:
+        raise SpecValidationError(
+            f"kind: two_model takes no options, got {sorted(model.options)}",
+            source="models.ft.options",
+        )
+    return {
+        "base": model.base,
+        "finetuned": model.finetuned,
+        "dtype": model.dtype,
+        "device": model.device,
+        "trust_remote_code": model.trust_remote_code,
+        "batch_size": model.batch_size,
+    }
 
 
 def _check_dummy_options(options: dict[str, Any]) -> None:

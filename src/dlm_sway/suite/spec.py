@@ -28,6 +28,9 @@ class ModelSpec(_Strict):
     kind: NonBlank = "hf"
     base: NonBlank
     adapter: NonBlank | None = None
+    #: ``kind: two_model`` only: the fully fine-tuned (or merged) checkpoint compared
+    #: with ``base`` (an HF directory, a ``.gguf`` file, a cached hub id or ``builtin:``).
+    finetuned: NonBlank | None = None
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     device: str = "auto"
