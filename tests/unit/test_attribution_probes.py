@@ -25,7 +25,6 @@ from dlm_sway.probes.base import RunContext, build_probe, registry
 from dlm_sway.probes.paraphrase_invariance import (
     ParaphraseInvarianceProbe,
     ParaphraseInvarianceSpec,
-    reword,
 )
 from dlm_sway.probes.preference_flip import PreferenceFlipProbe, PreferenceFlipSpec
 from dlm_sway.probes.section_internalization import (
@@ -459,10 +458,22 @@ class TestParaphraseInvariance:
         be = BoostBackend(pair_boost=_everywhere, strength=0.0)
         gen = ParaphraseInvarianceProbe().run(_par_spec(), _ctx(be, None))
         assert gen.verdict is Verdict.PASS, gen.message
-        assert gen.evidence["generalization_ratio"] == pytest.approx(1.0)
+        # the ratio compares gains in per-token gold probability (+1 nat everywhere: e − 1
+        # times each wording's base probability), summed over the cases
+        with DummyDifferentialBackend().as_base() as v:
+
+            def p(prompt: str, gold: str) -> float:
+                return math.exp(v.logprob_of(prompt, gold) / len(gold.split()))
+
+            verb = sum(p(c["prompt"], c["gold"]) for c in CASES)
+            par = sum(np.mean([p(x, c["gold"]) for x in c["paraphrases"]]) for c in CASES)
+        ratio = gen.evidence["generalization_ratio"]
+        assert ratio == pytest.approx(par / verb) and ratio > 0.5
         mem = ParaphraseInvarianceProbe().run(_par_spec(intent="memorize"), _ctx(be, None))
         assert mem.verdict is Verdict.FAIL and mem.headline == "a fixed check failed"
-        assert "generalisation ratio 1 > 0.5 (max_generalization_ratio_if_memorize" in mem.message
+        assert f"generalisation ratio {ratio:.3g} > 0.5 (max_generalization_ratio_if_memorize" in (
+            mem.message
+        )
         assert mem.score is not None and mem.score <= 0.25
 
     def test_memorising_adapter(self) -> None:
@@ -497,17 +508,13 @@ class TestParaphraseInvariance:
         assert r.verdict is Verdict.SKIP and "instruction sections" in r.message
 
     def test_cases_derived_from_instruction_sections(self) -> None:
+        # The dummy views cannot write, and QA has no shared answers: no rewording at all,
+        # so the ratio cannot be judged (rewordings: tests/unit/test_paraphrase_rewordings.py).
         be = BoostBackend(pair_boost=_everywhere, strength=0.0)
         r = ParaphraseInvarianceProbe().run(_par_spec(cases=[]), _ctx(be, (RIVER, QA)))
         assert r.evidence["cases_from"] == "sections" and r.evidence["num_cases"] == 2
-        assert r.evidence["per_case"][0]["num_paraphrases"] == 3
-        assert r.verdict is Verdict.PASS
-
-    def test_rewordings_are_deterministic_and_keep_the_ending(self) -> None:
-        variants = reword("What is the capital of France?")
-        assert variants == reword("What is the capital of France?")
-        assert all(v.endswith("?") for v in variants) and len(variants) == 3
-        assert len(reword("lower case already?")) == 2
+        assert r.evidence["per_case"][0]["num_paraphrases"] == 0
+        assert r.verdict is Verdict.WARN and r.headline == "inconclusive", r.message
 
     def test_non_finite_is_an_error(self) -> None:
         r = ParaphraseInvarianceProbe().run(_par_spec(), _ctx(BoostBackend(nan=True), None))
