@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,10 +29,17 @@ from numpy.typing import NDArray
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
     NULL_CONSTRUCTIONS,
+    Conversation,
+    Generation,
+    GenerationError,
+    GenerationSettings,
     NullConstruction,
     RollingLogprob,
     ScoringModel,
     TokenDist,
+    cut_at_stop,
+    plain_text,
+    prompt_cache_key,
 )
 
 VOCAB = 256
@@ -109,6 +117,13 @@ class DummyView:
         arr = np.asarray(lps, dtype=np.float32)
         return RollingLogprob(ids, arr, len(words), float(np.sum(arr, dtype=np.float64)))
 
+    def token_pieces(self, text: str) -> list[str]:
+        """One piece per word of :meth:`rolling_logprob`, with its leading whitespace."""
+        pieces = re.findall(r"\s*\S+", text)
+        if pieces:
+            pieces[-1] += text[sum(map(len, pieces)) :]
+        return pieces
+
     def completion_token_count(self, prompt: str, completion: str) -> int:
         return len(completion.split())
 
@@ -132,11 +147,45 @@ class DummyView:
         top_p: float = 1.0,
         seed: int = 0,
     ) -> str:
+        if max_new_tokens == 0:
+            return ""
+        settings = GenerationSettings(
+            max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, chat=False
+        )
+        return self.generate_batch([prompt], settings)[0].text
+
+    def generate_batch(
+        self, prompts: Sequence[str | Conversation], settings: GenerationSettings
+    ) -> list[Generation]:
+        """One word ``w<id>`` per token; seeded draws per (seed, prompt). No chat template."""
+        if settings.chat is True:
+            raise GenerationError(
+                "chat: true needs a chat template, but the dummy backend has none; "
+                "set chat: false or leave it unset"
+            )
+        return [self._generate_one(p, settings) for p in prompts]
+
+    def _generate_one(self, prompt: str | Conversation, settings: GenerationSettings) -> Generation:
+        context = plain_text(prompt)
+        rng = np.random.default_rng([settings.seed, _text_seed(prompt_cache_key(prompt))])
         words: list[str] = []
-        for _ in range(max_new_tokens):
-            lp = self._logprobs(" ".join([prompt, *words]))
-            words.append(f"w{int(np.argmax(lp))}")
-        return " ".join(words)
+        for _ in range(settings.max_new_tokens):
+            lp = self._logprobs(" ".join([context, *words]))
+            if settings.greedy:
+                token = int(np.argmax(lp))
+            else:
+                p = np.exp((lp - lp.max()) / settings.temperature)
+                order = np.argsort(-p, kind="stable")
+                cum = np.cumsum(p[order] / p.sum())
+                cut = min(int(np.searchsorted(cum, settings.top_p)), VOCAB - 1)
+                token = int(
+                    order[min(int(np.searchsorted(cum[: cut + 1], rng.random() * cum[cut])), cut)]
+                )
+            words.append(f"w{token}")
+            text, hit = cut_at_stop(" ".join(words), settings.stop)
+            if hit:
+                return Generation(text, len(words), "stop", False)
+        return Generation(" ".join(words), len(words), "length", False)
 
 
 #: Options ``models.ft.options`` may give the dummy backend: name → what it must be.
@@ -205,6 +254,46 @@ class DummyDifferentialBackend:
         self.adapter_seed = adapter_seed
         self.stats = _Counters()
         self._active: str | None = None
+        self._given = {k: getattr(self, k) for k in ("strength", "planted", "adapter_seed")}
+        self._given["null_scale"] = null_scale
+        self._apply_adapter_file(self.adapter_id)
+
+    #: A file in an adapter folder that sets the dummy adapter's options, so tests can
+    #: make several distinct "adapters" on disk (``--adapters``, ``sway diff``).
+    ADAPTER_FILE = "dummy_adapter.json"
+
+    def _apply_adapter_file(self, adapter: str) -> None:
+        import json
+        from pathlib import Path
+
+        from dlm_sway.core.errors import BackendLoadError
+
+        path = Path(adapter) / self.ADAPTER_FILE if adapter else None
+        if path is None or not path.is_file():
+            return
+        try:
+            options = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise BackendLoadError(f"{path}: unreadable dummy adapter options: {exc}") from None
+        problems = option_problems(options) if isinstance(options, dict) else [("", "not a map")]
+        if problems:
+            raise BackendLoadError(f"{path}: {problems[0][0]}: {problems[0][1]}")
+        for key in ("strength", "planted", "adapter_seed", "null_scale"):
+            if key in options:
+                setattr(self, key, options[key])
+
+    def swap_adapter(self, path: str) -> None:
+        """Become the adapter at ``path`` (its ``dummy_adapter.json`` options, if any).
+
+        Options the file does not set get the constructor's values, exactly as a
+        dummy built with the same spec options and this adapter would have them.
+        """
+        if self._active is not None:
+            raise ViewError(f"cannot swap the adapter while view {self._active!r} is open")
+        for key, value in self._given.items():
+            setattr(self, key, value)
+        self.adapter_id = str(path)
+        self._apply_adapter_file(self.adapter_id)
 
     @contextmanager
     def _view(self, view_id: str, shift_fn: Any) -> Iterator[ScoringModel]:

@@ -16,16 +16,27 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from peft import PeftModel
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dlm_sway.backends import base_cache
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
-from dlm_sway.core.scoring import RollingLogprob, TokenDist
+from dlm_sway.core.scoring import (
+    Conversation,
+    Generation,
+    GenerationError,
+    GenerationSettings,
+    RollingLogprob,
+    TokenDist,
+    prompt_cache_key,
+)
+
+T = TypeVar("T")
 
 #: Padded tokens per forward chunk: bounds the B×T×V logits tensor on long texts.
 MAX_BATCH_TOKENS = 8192
@@ -104,7 +115,7 @@ class HFScorer:
 
     def __init__(
         self,
-        model: PeftModel,
+        model: PeftModel | PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         *,
         device: torch.device,
@@ -116,13 +127,15 @@ class HFScorer:
         self.device = device
         self.batch_size = batch_size
         self.instr = instrumentation
-        vocab = getattr(model.get_base_model().config, "vocab_size", None) or 2**17
+        # A two-model backend scores plain transformers models: no PEFT wrapper to unwrap.
+        inner = model.get_base_model() if isinstance(model, PeftModel) else model
+        vocab = getattr(inner.config, "vocab_size", None) or 2**17
         self.full_instr = Instrumentation(
             max(1, min(instrumentation.cache.maxsize, FULL_CACHE_BYTES // (4 * int(vocab))))
         )
         self.full_instr.stats = instrumentation.stats  # one set of counters per backend
         self.pad_id = int(tokenizer.pad_token_id)
-        forward_params = inspect.signature(model.get_base_model().forward).parameters
+        forward_params = inspect.signature(inner.forward).parameters
         self._logits_to_keep = "logits_to_keep" in forward_params
         # Left padding needs explicit positions; a model that takes none gets the default.
         self._position_ids = "position_ids" in forward_params
@@ -130,6 +143,29 @@ class HFScorer:
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text)["input_ids"]
         return ids
+
+    def pieces(self, text: str) -> list[str]:
+        """The text each token of :meth:`encode` covers, concatenating to ``text``.
+
+        From the fast tokenizer's character offsets (a gap, e.g. a trimmed space,
+        goes to the token after it; special tokens get ""); a slow tokenizer falls
+        back to decoding each id alone, which may not concatenate exactly.
+        """
+        ids = self.encode(text)
+        try:
+            offsets = self.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+        except NotImplementedError:
+            offsets = None
+        if offsets is None or len(offsets) != len(ids):
+            return [str(self.tokenizer.decode([i])) for i in ids]
+        out: list[str] = []
+        pos = 0
+        for _, end in offsets:
+            out.append(text[pos:end] if end > pos else "")
+            pos = max(pos, end)
+        if out:
+            out[-1] += text[pos:]
+        return out
 
     def forward(
         self,
@@ -254,39 +290,21 @@ class HFScorer:
         targets = torch.tensor(list(seq[start:n]), dtype=torch.long, device=lp.device)
         return lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
-    def generate(
-        self, prompt: str, max_new_tokens: int, *, temperature: float, top_p: float, seed: int
-    ) -> str:
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if max_new_tokens == 0:
-            return ""
-        enc = self.tokenizer(prompt, return_tensors="pt")
-        sample = temperature > 0
-        eos = self.model.generation_config.eos_token_id
-        config = GenerationConfig(  # type: ignore[no-untyped-call]
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=top_p if sample else None,
-            top_k=None,
-            pad_token_id=self.pad_id,
-            eos_token_id=eos if eos is not None else self.tokenizer.eos_token_id,
+    def generate_batch(
+        self, prompts: Sequence[str | Conversation], settings: GenerationSettings
+    ) -> list[Generation]:
+        """Batched, KV-cached generation (see :mod:`dlm_sway.backends.hf_generate`)."""
+        from dlm_sway.backends.hf_generate import HFGenerator
+
+        generator = HFGenerator(
+            self.model,
+            self.tokenizer,
+            device=self.device,
+            batch_size=self.batch_size,
+            pad_id=self.pad_id,
+            logits_to_keep=self._logits_to_keep,
         )
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        # fork_rng: seeding for sampling must not perturb the caller's global RNG stream.
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
-            torch.manual_seed(seed)
-            out = self.model.generate(  # type: ignore[no-untyped-call]
-                input_ids=enc["input_ids"].to(self.device),
-                attention_mask=enc["attention_mask"].to(self.device),
-                generation_config=config,
-            )
-        new_tokens = out[0, enc["input_ids"].shape[1] :]
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return text if isinstance(text, str) else "".join(text)
+        return generator.generate(prompts, settings)
 
 
 def _rolling(ids: Sequence[int], per_token: torch.Tensor | None) -> RollingLogprob:
@@ -328,6 +346,21 @@ class HFView:
             )
         return self._scorer
 
+    def _disk(
+        self, op: str, keys: Sequence[str], top_k: int, compute: Callable[[list[int]], list[T]]
+    ) -> Callable[[list[int]], list[T]]:
+        """Base-view misses try the on-disk base cache first (see :mod:`.base_cache`)."""
+        disk = base_cache.for_scorer(self._scorer) if self.cache_ns == base_cache.BASE_NS else None
+        if disk is None:
+            return compute
+        return lambda idx: disk.fetch(
+            op, [keys[i] for i in idx], top_k, lambda sub: compute([idx[j] for j in sub])
+        )
+
+    def _disk_one(self, op: str, key: str, top_k: int, compute: Callable[[], T]) -> Callable[[], T]:
+        batch = self._disk(op, [key], top_k, lambda _idx: [compute()])
+        return lambda: batch([0])[0]
+
     def completion_token_count(self, prompt: str, completion: str) -> int:
         """Tokens ``completion`` adds after ``prompt`` (tokenised in context, as scored)."""
         scorer = self._check()
@@ -340,24 +373,43 @@ class HFView:
             self.cache_ns,
             pair_key(prompt, completion),
             0,
-            lambda: scorer.logprobs_of([(prompt, completion)], batched=False)[0],
+            self._disk_one(
+                "logprob_of",
+                pair_key(prompt, completion),
+                0,
+                lambda: scorer.logprobs_of([(prompt, completion)], batched=False)[0],
+            ),
         )
 
     def logprob_of_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         scorer = self._check()
         pairs = list(pairs)
+        keys = [pair_key(p, c) for p, c in pairs]
         return scorer.instr.cached_batch(
             "logprob_of",
             self.cache_ns,
-            [pair_key(p, c) for p, c in pairs],
+            keys,
             0,
-            lambda idx: scorer.logprobs_of([pairs[i] for i in idx], batched=True),
+            self._disk(
+                "logprob_of",
+                keys,
+                0,
+                lambda idx: scorer.logprobs_of([pairs[i] for i in idx], batched=True),
+            ),
         )
+
+    def token_pieces(self, text: str) -> list[str]:
+        """One text piece per token id of :meth:`rolling_logprob` (see ``TokenPieces``)."""
+        return self._check().pieces(text)
 
     def rolling_logprob(self, text: str) -> RollingLogprob:
         scorer = self._check()
         return scorer.instr.cached(
-            "rolling", self.cache_ns, text, 0, lambda: scorer.rollings([text], batched=False)[0]
+            "rolling",
+            self.cache_ns,
+            text,
+            0,
+            self._disk_one("rolling", text, 0, lambda: scorer.rollings([text], batched=False)[0]),
         )
 
     def rolling_logprob_batch(self, texts: Sequence[str]) -> list[RollingLogprob]:
@@ -368,7 +420,12 @@ class HFView:
             self.cache_ns,
             texts,
             0,
-            lambda idx: scorer.rollings([texts[i] for i in idx], batched=True),
+            self._disk(
+                "rolling",
+                texts,
+                0,
+                lambda idx: scorer.rollings([texts[i] for i in idx], batched=True),
+            ),
         )
 
     def next_token_dist(self, prompt: str, top_k: int = 256) -> TokenDist:
@@ -378,7 +435,12 @@ class HFView:
             self.cache_ns,
             prompt,
             top_k,
-            lambda: scorer.next_token_dists([prompt], top_k, batched=False)[0],
+            self._disk_one(
+                "next_token",
+                prompt,
+                top_k,
+                lambda: scorer.next_token_dists([prompt], top_k, batched=False)[0],
+            ),
         )
 
     def next_token_dist_batch(self, prompts: Sequence[str], top_k: int = 256) -> list[TokenDist]:
@@ -389,7 +451,12 @@ class HFView:
             self.cache_ns,
             prompts,
             top_k,
-            lambda idx: scorer.next_token_dists([prompts[i] for i in idx], top_k, batched=True),
+            self._disk(
+                "next_token",
+                prompts,
+                top_k,
+                lambda idx: scorer.next_token_dists([prompts[i] for i in idx], top_k, batched=True),
+            ),
         )
 
     def next_token_full(self, prompt: str) -> TokenDist:
@@ -399,7 +466,12 @@ class HFView:
             self.cache_ns,
             prompt,
             0,
-            lambda: scorer.next_token_full([prompt], batched=False)[0],
+            self._disk_one(
+                "next_token_full",
+                prompt,
+                0,
+                lambda: scorer.next_token_full([prompt], batched=False)[0],
+            ),
         )
 
     def next_token_full_batch(self, prompts: Sequence[str]) -> list[TokenDist]:
@@ -410,7 +482,26 @@ class HFView:
             self.cache_ns,
             prompts,
             0,
-            lambda idx: scorer.next_token_full([prompts[i] for i in idx], batched=True),
+            self._disk(
+                "next_token_full",
+                prompts,
+                0,
+                lambda idx: scorer.next_token_full([prompts[i] for i in idx], batched=True),
+            ),
+        )
+
+    def generate_batch(
+        self, prompts: Sequence[str | Conversation], settings: GenerationSettings
+    ) -> list[Generation]:
+        """Cached per (view, prompt, settings) for the run, like every score."""
+        scorer = self._check()
+        prompts = list(prompts)
+        return scorer.instr.cached_batch(
+            "generate:" + repr(settings),
+            self.cache_ns,
+            [prompt_cache_key(p) for p in prompts],
+            0,
+            lambda idx: scorer.generate_batch([prompts[i] for i in idx], settings),
         )
 
     def generate(
@@ -422,7 +513,12 @@ class HFView:
         top_p: float = 1.0,
         seed: int = 0,
     ) -> str:
-        """Not cached: generation is cheap to reason about and rarely repeated."""
-        return self._check().generate(
-            prompt, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        """One plain-text prompt (the ``ScoringModel`` contract): ``generate_batch`` of one."""
+        if max_new_tokens < 0:
+            raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if max_new_tokens == 0:
+            return ""
+        settings = GenerationSettings(
+            max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, chat=False
         )
+        return self.generate_batch([prompt], settings)[0].text

@@ -7,6 +7,8 @@ never allow two to be open at once: they share one set of weights.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+
+from dlm_sway.core.errors import SwayError
 
 if TYPE_CHECKING:
     from dlm_sway.core.result import HealthCheck
@@ -288,6 +292,23 @@ class NullCoverage(Protocol):
 __all__ += ["AdapterNorms", "NullCoverage"]
 
 
+@runtime_checkable
+class AdapterSwappable(Protocol):
+    """Backends that replace the trained adapter in place, keeping the loaded base.
+
+    After ``swap_adapter(path)`` every adapter view (fine-tuned, scaled, null) is
+    the new adapter's and nothing cached for the old one is served again; the
+    base view and its cached results are kept (same weights). Raises a
+    ``SwayError`` when the adapter does not fit this base; the old adapter then
+    stays loaded. Used by ``--adapters`` and ``sway diff``: one load, many adapters.
+    """
+
+    def swap_adapter(self, path: str) -> None: ...
+
+
+__all__ += ["AdapterSwappable"]
+
+
 # ---- optional view and backend capabilities the probes and the runner use ----
 
 
@@ -323,3 +344,144 @@ class CacheIdentified(Protocol):
 
 
 __all__ += ["BatchedDists", "BatchedLogprobs", "BatchedRollings", "CacheIdentified"]
+
+
+@runtime_checkable
+class TokenPieces(Protocol):
+    """Views that can show which text each token of ``rolling_logprob(text)`` covers.
+
+    ``token_pieces(text)`` returns one string per token id of the rolling result, in
+    order, concatenating to ``text`` (special tokens give ``""``). Reports shade
+    these pieces by how far the adapter moved them; no extra forward is needed.
+    """
+
+    def token_pieces(self, text: str) -> list[str]: ...
+
+
+__all__ += ["TokenPieces"]
+
+
+# ---- generation: views that write text ----
+
+#: Upper bound on ``max_new_tokens``: past it a probe is asking for a document, not an answer.
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+class GenerationError(SwayError, ValueError):
+    """Generation settings out of range, or a chat template required but missing."""
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ("system", "user", "assistant"):
+            raise GenerationError(
+                f"chat turn role must be system, user or assistant, got {self.role!r}"
+            )
+        if not isinstance(self.content, str):
+            raise GenerationError(f"chat turn content must be a string, got {self.content!r}")
+
+
+Conversation = tuple[ChatTurn, ...]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a view writes. Frozen and hashable: part of every generation cache key."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0  # used only when temperature > 0
+    stop: tuple[str, ...] = ()  # generation is cut before the first stop string
+    #: None: the chat template when the tokenizer has one, else plain text;
+    #: True: require a template (error if none); False: plain text.
+    chat: bool | None = None
+
+    def __post_init__(self) -> None:
+        n = self.max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NEW_TOKENS_LIMIT:
+            raise GenerationError(
+                f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}], got {n!r}"
+            )
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+            raise GenerationError(
+                f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}"
+            )
+        p = self.top_p
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 < p <= 1.0:
+            raise GenerationError(f"top_p must be in (0, 1], got {p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise GenerationError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise GenerationError(f"stop must be a tuple of non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # new text only, stop string excluded
+    new_tokens: int
+    finish: Literal["stop", "eos", "length"]
+    templated: bool  # whether the chat template was used
+
+
+@runtime_checkable
+class Generating(Protocol):
+    """A view that can write text. Batched output equals one-prompt output."""
+
+    def generate_batch(
+        self, prompts: Sequence[str | Conversation], settings: GenerationSettings
+    ) -> list[Generation]: ...
+
+
+def as_conversation(prompt: str | Conversation) -> Conversation:
+    """A plain prompt under a chat template is one user turn."""
+    return (ChatTurn("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
+
+
+def plain_text(prompt: str | Conversation) -> str:
+    """The plain-text rendering of a prompt for models without a chat template.
+
+    A conversation becomes ``Role: content`` paragraphs ending in ``Assistant:``,
+    the convention base models continue most reliably.
+    """
+    if isinstance(prompt, str):
+        return prompt
+    lines = [f"{turn.role.capitalize()}: {turn.content}" for turn in prompt]
+    return "\n\n".join([*lines, "Assistant:"])
+
+
+def prompt_cache_key(prompt: str | Conversation) -> str:
+    """One unambiguous string per prompt (a str never collides with a conversation)."""
+    if isinstance(prompt, str):
+        return "s:" + prompt
+    return "c:" + json.dumps([[t.role, t.content] for t in prompt], ensure_ascii=False)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` cut before the earliest stop string, and whether one occurred."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+__all__ += [
+    "MAX_NEW_TOKENS_LIMIT",
+    "ChatTurn",
+    "Conversation",
+    "Generating",
+    "Generation",
+    "GenerationError",
+    "GenerationSettings",
+    "as_conversation",
+    "cut_at_stop",
+    "plain_text",
+    "prompt_cache_key",
+]
