@@ -5,8 +5,12 @@ lighthouse guild) on top of ``builtin:smollm2-135m-instruct`` by
 ``scripts/train_demo_adapters.py``; ``adapters/README.md`` has the recipe and
 the measured numbers.
 
-- ``strong`` learned the document and should clear every null comparison.
+- ``strong`` learned the document far beyond random adapters of its size, and
+  over-fitted it: it recites the text and lost general English (the demo's
+  forgetting probes call it *harmful*).
 - ``weak`` took two tiny optimiser steps: an adapter whose training never took.
+- the *impostor* is not shipped: :mod:`dlm_sway.demo.impostor` draws it from a
+  seed, random directions at ``strong``'s per-module norms.
 
 The files sit inside the installed package, so their paths can be handed to
 peft and transformers directly. Nothing here imports torch.
