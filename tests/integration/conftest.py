@@ -44,6 +44,16 @@ def _hf_offline() -> Iterator[None]:
             os.environ[name] = value
 
 
+@pytest.fixture(autouse=True)
+def _base_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets an empty on-disk base cache, so forward counts never depend on
+    which test ran before (and nothing reaches ~/.cache)."""
+    monkeypatch.setenv("SWAY_BASE_CACHE_DIR", str(tmp_path_factory.mktemp("base-cache")))
+    monkeypatch.delenv("SWAY_DISABLE_BASE_CACHE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> TinyAssets:
     """Tiny base model + trained, zero, NaN and mismatched LoRA adapters (~6 s, once)."""

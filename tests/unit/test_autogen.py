@@ -96,8 +96,8 @@ def test_cli_writes_a_valid_commented_spec(tmp_path: Path) -> None:
     assert loaded.spec.models.ft.adapter == str(STRONG)
     assert loaded.spec.models.ft.base == "builtin:smollm2-135m-instruct"  # from adapter_config
     raw = yaml.safe_load(text)
-    # outside the spec's folder: absolute, so the spec still works from anywhere
-    assert Path(raw["dlm_source"]).is_absolute()
+    # outside the spec's folder too: relative, so the spec moves together with its files
+    assert not Path(raw["dlm_source"]).is_absolute() and raw["dlm_source"].startswith("../")
 
 
 def test_paths_inside_the_spec_folder_are_written_relative(tmp_path: Path) -> None:

@@ -225,6 +225,18 @@ def _runnable_entries() -> dict[str, dict[str, Any]]:
             + [f"The compiler pass {i} rewrote the loop" for i in range(12)],
         },
     )
+    # autogen adds these only when training artefacts exist next to the adapter
+    entries.setdefault("gradient_ghost", {"name": "ghost", "kind": "gradient_ghost"})
+    entries.setdefault("training_drift", {"name": "curve", "kind": "training_drift"})
+    entries.setdefault("leakage", {"name": "recital", "kind": "leakage", "prefix_chars": 32})
+    entries.setdefault(
+        "tool_use_fidelity",
+        {
+            "name": "tools",
+            "kind": "tool_use_fidelity",
+            "cases": [{"prompt": "Call the weather tool", "json_schema": {"type": "object"}}],
+        },
+    )
     return entries
 
 

@@ -15,6 +15,7 @@ from dlm_sway.core.result import (
     SCHEMA_VERSION,
     DeterminismReport,
     Direction,
+    GeneratedSample,
     HealthCheck,
     NullCalibration,
     NullSummary,
@@ -22,6 +23,7 @@ from dlm_sway.core.result import (
     ProbeResult,
     SuiteResult,
     SwayScore,
+    TokenTrace,
     Verdict,
 )
 from dlm_sway.core.stats import NullStats
@@ -74,6 +76,8 @@ PROBE_KEYS = {
     "calibration",
     "config",
     "overfit",
+    "tokens",
+    "generations",
 }
 NULL_KEYS = {
     "construction",
@@ -159,6 +163,8 @@ def full_run() -> tuple[SuiteResult, SwayScore]:
                 z_by_rank={"rank_1.00": 9.4, "rank_0.50": 12.0},
             ),
             overfit=OverfitSignal("verbatim_over_paraphrase", "verbatim 1.2, paraphrase 0.1"),
+            tokens=(TokenTrace("section s1", ("The", " cat"), (None, 0.25), "lift"),),
+            generations=(GeneratedSample("Q:", " base answer", " tuned answer"),),
         ),
         ProbeResult(
             "abl",
@@ -259,6 +265,13 @@ def test_every_typed_field_is_written() -> None:
         "name": "verbatim_over_paraphrase",
         "message": "verbatim 1.2, paraphrase 0.1",
     }
+    assert kl["tokens"] == [
+        {"label": "section s1", "pieces": ["The", " cat"], "values": [None, 0.25], "unit": "lift"}
+    ]
+    assert kl["generations"] == [
+        {"prompt": "Q:", "base": " base answer", "finetuned": " tuned answer"}
+    ]
+    assert calib["tokens"] == [] and calib["generations"] == []
     assert kl["calibration"] is None and calib["null"] is None
     cal = calib["calibration"]
     assert cal["primary"] == "rank_1.00" and set(cal["by_rank"]) == {"rank_1.00", "rank_0.50"}

@@ -187,6 +187,69 @@ def _bin_contents(weights: Path) -> tuple[list[str], list[str]]:
     return names, dtypes
 
 
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+_NP_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
+def read_adapter_dir(adapter: Path) -> tuple[dict[str, Any], Path]:
+    """``adapter_config.json`` (validated) and the weight file of a PEFT adapter folder."""
+    import json
+
+    config_path = adapter / "adapter_config.json"
+    if not adapter.is_dir() or not config_path.is_file():
+        raise BackendLoadError(
+            f"{adapter} is not a PEFT adapter folder (no adapter_config.json); pass the "
+            "directory written by save_pretrained"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackendLoadError(
+            f"cannot read adapter config {config_path}: {exc}; {RESAVE}"
+        ) from None
+    if not isinstance(config, dict):
+        raise BackendLoadError(f"{config_path} must hold a JSON object; {RESAVE}")
+    validate_config(config, config_path)
+    weights = next((adapter / n for n in WEIGHT_FILES if (adapter / n).is_file()), None)
+    if weights is None:
+        raise BackendLoadError(
+            f"adapter folder {adapter} has no weights ({' or '.join(WEIGHT_FILES)}); {RESAVE}"
+        )
+    return config, weights
+
+
+def read_weights(weights: Path) -> dict[str, Any]:
+    """Every tensor of an adapter weight file as a float32 numpy array, without torch
+    for safetensors (bf16 is widened by hand: numpy has no bfloat16)."""
+    import numpy as np
+
+    names = weight_names(weights)  # validates the file first
+    if weights.suffix != ".safetensors":
+        import torch
+
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        return {n: state[n].detach().float().numpy() for n in names}
+    import json
+    import struct
+
+    raw = weights.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    body = memoryview(raw)[8 + size :]
+    out: dict[str, Any] = {}
+    for name in names:
+        info = header[name]
+        begin, end = info["data_offsets"]
+        chunk = body[begin:end]
+        if info["dtype"] == "BF16":
+            bits = np.frombuffer(chunk, dtype="<u2").astype(np.uint32) << 16
+            arr = bits.view(np.float32)
+        else:
+            arr = np.frombuffer(chunk, dtype=_NP_DTYPES[info["dtype"]]).astype(np.float32)
+        out[name] = arr.reshape(info["shape"])
+    return out
+
+
 _TORCH_DTYPES = {
     "torch.float16": "F16",
     "torch.bfloat16": "BF16",
@@ -195,4 +258,11 @@ _TORCH_DTYPES = {
 }
 
 
-__all__ = ["RESAVE", "validate_config", "weight_names"]
+__all__ = [
+    "RESAVE",
+    "WEIGHT_FILES",
+    "read_adapter_dir",
+    "read_weights",
+    "validate_config",
+    "weight_names",
+]

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_log = logging.getLogger(__name__)
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda)(?::(\d+))?")
 _OFFLINE_ALTERNATIVES = (
@@ -294,10 +297,15 @@ def load_model(
     }
     if base.gguf_file is not None:
         kwargs["gguf_file"] = base.gguf_file
+    # A half dtype on CPU loads in fp32 first, so its drift from fp32 can be measured.
+    measure_floor = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    if measure_floor:
+        kwargs["dtype"] = torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(base.source, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise BackendLoadError(_load_hint("base model", base.source, base, exc)) from exc
+    floor = _half_on_cpu(model, dtype, _floor_tokenizer(base)) if measure_floor else None
     torch.nn.Module.to(model, device)
     try:
         with warnings.catch_warnings():
@@ -322,7 +330,99 @@ def load_model(
             f"(target modules missing or config invalid): {type(exc).__name__}: {exc}"
         ) from exc
     peft_model.eval()
+    if floor is not None:
+        _DTYPE_FLOORS[peft_model] = floor
     return peft_model
+
+
+@dataclass(frozen=True)
+class DtypeFloor:
+    """How far a half-precision base moves next-token distributions from fp32.
+
+    Measured at load on :data:`FLOOR_PROMPTS` (one batched forward in each dtype):
+    divergences below ``js_max`` may be rounding, not the adapter.
+    """
+
+    dtype: str
+    js_max: float
+    js_mean: float
+    prompts: int
+
+    def describe(self) -> str:
+        return (
+            f"base model runs in {self.dtype} on CPU: vs fp32 it moves next-token "
+            f"distributions by JS ≤ {self.js_max:.2e} (mean {self.js_mean:.2e}, "
+            f"{self.prompts} prompts); effects of that size are rounding, not the adapter"
+        )
+
+
+#: Short, varied prompts for the dtype floor (the floor is a property of the numerics).
+FLOOR_PROMPTS = (
+    "The quick brown fox",
+    "In 1912, the ship",
+    "def add(a, b):",
+    "The capital of France is",
+    "She opened the door and",
+    "Water boils at a temperature of",
+    "Once upon a time",
+    "The best way to learn is",
+)
+_DTYPE_FLOORS: weakref.WeakKeyDictionary[Any, DtypeFloor] = weakref.WeakKeyDictionary()
+
+
+def dtype_floor(model: Any) -> DtypeFloor | None:
+    """The half-precision floor measured when ``model`` loaded (None for fp32 / GPU)."""
+    return _DTYPE_FLOORS.get(model)
+
+
+def _half_on_cpu(
+    model: Any, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase | None
+) -> DtypeFloor | None:
+    """Cast an fp32-loaded model to ``dtype`` in place; measure the drift when possible."""
+    enc = None
+    if tokenizer is not None:
+        enc = tokenizer(list(FLOOR_PROMPTS), return_tensors="pt", padding=True)
+    reference = _last_logprobs(model, enc) if enc is not None else None
+    model.to(dtype)
+    if enc is None or reference is None:
+        _log.warning("base model runs in %s on CPU; its drift from fp32 was not measured", dtype)
+        return None
+    half = _last_logprobs(model, enc)
+    m = 0.5 * (reference.exp() + half.exp())
+    js = 0.5 * (reference.exp() * (reference - m.log())).sum(-1)
+    js = js + 0.5 * (half.exp() * (half - m.log())).sum(-1)
+    floor = DtypeFloor(dtype_name(dtype), float(js.max()), float(js.mean()), len(FLOOR_PROMPTS))
+    _log.warning("%s", floor.describe())
+    return floor
+
+
+def _floor_tokenizer(base: BaseLocation) -> PreTrainedTokenizerBase | None:
+    """The base's own tokenizer, left-padding (it matches the base's embeddings)."""
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if base.gguf_file is not None:
+        kwargs["gguf_file"] = base.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base.source, **kwargs)
+    except (OSError, ValueError) as exc:
+        _log.debug("no tokenizer for the dtype floor: %s", exc)
+        return None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            return None
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _last_logprobs(model: Any, enc: Any) -> torch.Tensor:
+    mask = enc["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model(
+            input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions
+        ).logits
+    rows: torch.Tensor = logits[:, -1, :].double().log_softmax(-1)
+    return rows
 
 
 def adapter_coverage(peft_model: PeftModel, adapter: AdapterInfo) -> tuple[list[str], list[str]]:

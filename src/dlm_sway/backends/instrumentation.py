@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -70,8 +70,31 @@ class ForwardCache:
         with self._lock:
             self._data.clear()
 
+    def drop_views(self, keep: Callable[[str], bool]) -> int:
+        """Forget every entry whose view namespace ``keep`` rejects (an adapter swap makes
+        adapter views stale, the base view's results stay valid); returns how many."""
+        with self._lock:
+            stale = [k for k in self._data if not keep(k[1])]
+            for k in stale:
+                del self._data[k]
+        return len(stale)
+
     def __len__(self) -> int:
         return len(self._data)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One scoring call, for a listener (``sway run --trace``): what it asked, what the
+    cache served, and what the misses cost."""
+
+    op: str
+    view_id: str
+    prompts: int
+    hits: int
+    forwards: int
+    tokens: int
+    seconds: float
 
 
 @dataclass
@@ -90,6 +113,8 @@ class BackendStats:
     batched_prompts: int = 0
     max_batch_size: int = 0
     scoring_wall_s: float = 0.0
+    #: Called with a :class:`CallRecord` after every scoring call (None: nobody listens).
+    on_call: Callable[[CallRecord], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def hit_rate(self) -> float:
@@ -109,7 +134,9 @@ class BackendStats:
             self.max_batch_size = max(self.max_batch_size, num_prompts)
 
     def to_dict(self) -> dict[str, float | int]:
-        out: dict[str, float | int] = asdict(self)
+        out: dict[str, float | int] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_call"
+        }
         out["hit_rate"] = self.hit_rate
         out["avg_batch_size"] = self.avg_batch_size
         return out
@@ -157,10 +184,12 @@ class Instrumentation:
                 self.stats.cache_misses += 1
                 first_index[key] = i
                 misses.append(i)
+        forwards, tokens, elapsed = self.stats.forward_passes, self.stats.scored_tokens, 0.0
         if misses:
             start = time.perf_counter()
             computed = compute_misses(misses)
-            self.stats.scoring_wall_s += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.stats.scoring_wall_s += elapsed
             if len(computed) != len(misses):
                 raise RuntimeError(
                     f"compute_misses returned {len(computed)} results for {len(misses)} prompts"
@@ -170,11 +199,24 @@ class Instrumentation:
                 self.cache.put(ForwardCache.key(op, view_id, prompts[i], top_k), value)
         for i, source in duplicates:
             results[i] = results[source]
+        if self.stats.on_call is not None:
+            self.stats.on_call(
+                CallRecord(
+                    op=op,
+                    view_id=view_id,
+                    prompts=len(prompts),
+                    hits=len(prompts) - len(misses),
+                    forwards=self.stats.forward_passes - forwards,
+                    tokens=self.stats.scored_tokens - tokens,
+                    seconds=elapsed,
+                )
+            )
         return cast(list[T], results)
 
 
 __all__ = [
     "BackendStats",
+    "CallRecord",
     "ForwardCache",
     "Instrumentation",
     "pair_key",

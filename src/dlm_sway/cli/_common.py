@@ -7,6 +7,7 @@ nothing verified, 130 interrupted (Ctrl-C) with nothing written.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # runtime imports stay inside functions: `sway --help` must b
     from dlm_sway.core.gate import GatePolicy
     from dlm_sway.core.result import SuiteResult, SwayScore
     from dlm_sway.suite.loader import LoadedSpec
+    from dlm_sway.suite.trace import TraceWriter
 
 EXIT_OK = 0
 EXIT_VERDICT = 1
@@ -60,11 +62,17 @@ def execute(
     weights: Mapping[str, float] | None = None,
     show_progress: bool = True,
     adapter_override: str | None = None,
+    trace_path: str | None = None,
 ) -> tuple[SuiteResult, SwayScore]:
     """Build the backend, run the suite with progress, close the backend, score.
 
     ``weights`` are already validated (:func:`resolve_weights`); None means the spec's.
+    ``trace_path``: write the run's events there (``--trace``, see :mod:`dlm_sway.suite.trace`).
     """
+    import time
+    from contextlib import nullcontext
+
+    from dlm_sway.backends.quiet import quiet_if_not_interactive
     from dlm_sway.cli.progress import RichProgress
     from dlm_sway.suite.build import backend_from_spec
     from dlm_sway.suite.runner import run
@@ -76,9 +84,15 @@ def execute(
     if adapter_override is not None:
         model = model.model_copy(update={"adapter": adapter_override})
     needs_backend = any(p.needs_backend and s.enabled for p, s in loaded.probes)
+    trace = open_trace(loaded, trace_path)
+    quiet_if_not_interactive()  # no tqdm bars from model loading in a CI log
+    t0 = time.perf_counter()
     try:
-        backend = backend_from_spec(model) if needs_backend else None
+        with trace.phase("load_model") if trace is not None else nullcontext():
+            backend = backend_from_spec(model) if needs_backend else None
     except BackendLoadError as exc:
+        if trace is not None:
+            trace.close()
         text = str(exc)
         field = (
             "models.ft.base"
@@ -89,13 +103,48 @@ def execute(
         )
         raise BackendLoadError(f"{loaded.path}: {field}: {text}") from None
     try:
-        with RichProgress(enabled=None if show_progress else False) as progress:
-            suite = run(loaded, backend, progress=progress, adapter_id=model.adapter or "")
+        with (
+            RichProgress(enabled=None if show_progress else False) as progress,
+            trace.attached(backend) if trace is not None else nullcontext(),
+        ):
+            suite = run(
+                loaded, backend, progress=progress, adapter_id=model.adapter or "", trace=trace
+            )
+        suite = with_identity(suite, backend)
     finally:
         close = getattr(backend, "close", None)
         if callable(close):
             close()
+        if trace is not None:
+            trace.close(seconds=time.perf_counter() - t0)
     return suite, compute(suite, weights)
+
+
+def with_identity(suite: SuiteResult, backend: object) -> SuiteResult:
+    """Record the backend's cache identity (base, adapter content hash, dtype) in
+    ``backend_stats["identity"]``, so a saved run names the exact adapter weights."""
+    from dataclasses import replace
+
+    from dlm_sway.core.scoring import CacheIdentified
+
+    if not isinstance(backend, CacheIdentified):
+        return suite
+    return replace(
+        suite, backend_stats={**suite.backend_stats, "identity": backend.cache_identity()}
+    )
+
+
+def open_trace(loaded: LoadedSpec, target: str | None) -> TraceWriter | None:
+    """The ``--trace`` writer, its path checked like every output (never an input)."""
+    if target is None:
+        return None
+    from dlm_sway.cli.outputs import check_file_target
+    from dlm_sway.suite.trace import TraceWriter
+
+    if target.strip() == "-":
+        raise SpecValidationError("--trace -: the trace is a file; give a path such as trace.jsonl")
+    check_file_target("--trace", target, inputs=spec_inputs(loaded), example="trace.jsonl")
+    return TraceWriter(target, spec=loaded.path)
 
 
 def resolve_weights(loaded: LoadedSpec, flag: str | None) -> Mapping[str, float]:
@@ -203,10 +252,25 @@ def announce(line: str) -> None:
     err_console.print(Text(line, style="dim"), soft_wrap=True)
 
 
+#: Layout width for stdout that is not a terminal: wide enough that no table is squeezed.
+UNWRAPPED_WIDTH = 1000
+
+
+def stdout_console() -> Console:
+    """The console for reports on stdout. A terminal (or an explicit ``COLUMNS``) keeps
+    rich's layout; a pipe or a CI log gets soft wrap and a wide layout, so a line is
+    never hard-wrapped at 80 columns (a number split over two lines cannot be grepped)
+    and boxes fit their content instead of stretching to the wide layout."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(width=UNWRAPPED_WIDTH, soft_wrap=True)
+
+
 def render(suite: SuiteResult, score: SwayScore, *, console: Console | None = None) -> None:
     from dlm_sway.report.terminal import render_terminal
 
-    render_terminal(suite, score, console=console or Console())
+    render_terminal(suite, score, console=console or stdout_console())
 
 
 def guarded(fn: Callable[[], T]) -> T:
@@ -228,6 +292,7 @@ __all__ = [
     "render",
     "resolve_weights",
     "spec_inputs",
+    "stdout_console",
     "user_errors",
     "write_output",
 ]

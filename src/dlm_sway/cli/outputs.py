@@ -1,6 +1,6 @@
 """Report outputs: checked before any model loads, written atomically, all or each.
 
-:func:`check_outputs` runs first: every ``--json/--markdown/--junit`` target
+:func:`check_outputs` runs first: every ``--json/--markdown/--junit/--html`` target
 must be a file path whose folder exists or can be created and accepts new
 files, no two outputs may share a path, none may land on an input (the spec,
 the adapter, the prompts file, the run being re-rendered), and ``-`` (stdout)
@@ -36,8 +36,13 @@ if TYPE_CHECKING:
     from dlm_sway.core.gate import GateDecision
     from dlm_sway.core.result import SuiteResult, SwayScore
 
-Format = Literal["json", "markdown", "junit"]
-KIND_LABELS: dict[Format, str] = {"json": "JSON", "markdown": "markdown", "junit": "JUnit"}
+Format = Literal["json", "markdown", "junit", "html"]
+KIND_LABELS: dict[Format, str] = {
+    "json": "JSON",
+    "markdown": "markdown",
+    "junit": "JUnit",
+    "html": "HTML",
+}
 STDOUT = "-"
 #: Temporaries: ``.<target name>.<random>.tmp`` in the target's folder (left only by SIGKILL).
 TEMP_PREFIX_FORMAT = ".{name}."
@@ -154,6 +159,10 @@ def render_report(
         from dlm_sway.report.junit import to_junit
 
         return to_junit(suite, score, gate=gate)
+    if fmt == "html":
+        from dlm_sway.report.html import to_html
+
+        return to_html(suite, score, gate=gate)
     from dlm_sway.report.markdown import to_markdown
 
     text = to_markdown(suite, score)
@@ -339,7 +348,9 @@ def _same_file(path: Path, source: Path) -> bool:
 
 
 def _example(out: Output) -> str:
-    return {"json": "run.json", "markdown": "run.md", "junit": "run.xml"}[out.fmt]
+    return {"json": "run.json", "markdown": "run.md", "junit": "run.xml", "html": "run.html"}[
+        out.fmt
+    ]
 
 
 def _bad(out: Output, problem: str) -> SpecValidationError:

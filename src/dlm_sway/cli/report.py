@@ -33,6 +33,7 @@ class ReportFormat(StrEnum):
     markdown = "markdown"
     junit = "junit"
     json = "json"
+    html = "html"
 
 
 def report_cmd(
@@ -48,10 +49,10 @@ def report_cmd(
         typer.Option("--out", "-o", help="Write here instead of stdout (not for terminal)."),
     ] = None,
 ) -> None:
-    """Re-render a saved run as a terminal report, markdown, JUnit XML or JSON."""
+    """Re-render a saved run as a terminal report, markdown, JUnit XML, JSON or HTML."""
     if fmt is ReportFormat.terminal and out is not None:
         err_console.print(
-            "[red]error:[/red] --out needs a file format (md, junit or json); "
+            "[red]error:[/red] --out needs a file format (md, junit, json or html); "
             "the terminal report only prints",
             soft_wrap=True,
         )
@@ -108,6 +109,7 @@ _FORMATS: dict[ReportFormat, Format] = {
     ReportFormat.markdown: "markdown",
     ReportFormat.junit: "junit",
     ReportFormat.json: "json",
+    ReportFormat.html: "html",
 }
 
 

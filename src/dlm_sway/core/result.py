@@ -95,6 +95,31 @@ class OverfitSignal:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenTrace:
+    """How far the adapter moved each token of one scored text (the HTML per-token view).
+
+    ``pieces`` concatenate to the scored text, one per token; ``values`` holds one
+    number per piece in ``unit`` (e.g. the per-token log-prob lift ft − base, from the
+    rolling log-probs the probe already computed), None where a token was not scored
+    (the first one has no context). For humans only: no verdict reads it.
+    """
+
+    label: str
+    pieces: tuple[str, ...]
+    values: tuple[float | None, ...]
+    unit: str = "log-prob lift ft − base (nats)"
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedSample:
+    """One prompt's generated text under the base and the fine-tuned view, side by side."""
+
+    prompt: str
+    base: str
+    finetuned: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """One probe's outcome.
 
@@ -133,6 +158,10 @@ class ProbeResult:
     config: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: A memorisation signal this result found (see :func:`band_of`), or None.
     overfit: OverfitSignal | None = None
+    #: Per-token movement over the texts the probe scored (reports only), possibly empty.
+    tokens: tuple[TokenTrace, ...] = ()
+    #: Texts the probe generated under base and fine-tune (reports only), possibly empty.
+    generations: tuple[GeneratedSample, ...] = ()
 
     def with_duration(self, seconds: float) -> ProbeResult:
         """A copy carrying every field, with the runner's timing stamped on."""
@@ -255,6 +284,10 @@ BAND_NAMES: tuple[str, ...] = ("noise", "partial", "healthy", "suspicious", "har
 #: A paraphrase lift under this fraction of the verbatim lift is a memorisation signal.
 MEMORISATION_RATIO = 0.25
 _NOT_CLAIMS = ("null_adapter", "preflight")
+#: HARM-direction checks on the training run itself (undertrained, a pathological loss
+#: curve): their FAIL says the training fell short, not that the adapter costs what the
+#: base knew, so they never make a run "harmful" (the gate still fails on them).
+_TRAINING_CHECKS = ("gradient_ghost", "training_drift")
 _ALPHA = 0.05  # core.judge.ALPHA (judge imports this module, so it cannot be imported here)
 
 
@@ -280,8 +313,9 @@ def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
 
     The first rule that applies decides:
 
-    1. **harmful** — a forgetting probe (``direction`` HARM) FAILs: whatever the
-       adapter achieves, it costs what the base model knew.
+    1. **harmful** — a forgetting probe (``direction`` HARM, not one of the
+       training-run checks :data:`_TRAINING_CHECKS`) FAILs: whatever the adapter
+       achieves, it costs what the base model knew.
     2. **suspicious** — a result carries a named over-fit signal (``overfit``),
        e.g. ``verbatim_over_paraphrase``: the verbatim lift is real but the
        paraphrase lift is under :data:`MEMORISATION_RATIO` of it. A high score or
@@ -294,7 +328,13 @@ def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
     4. otherwise the overall score: noise < 0.3 ≤ partial < 0.6 ≤ healthy.
     """
     judged = [r for r in results if r.verdict not in (Verdict.SKIP, Verdict.ERROR)]
-    harmed = [r.name for r in judged if r.direction is Direction.HARM and r.verdict is Verdict.FAIL]
+    harmed = [
+        r.name
+        for r in judged
+        if r.direction is Direction.HARM
+        and r.verdict is Verdict.FAIL
+        and r.kind not in _TRAINING_CHECKS
+    ]
     if harmed:
         return Band(
             "harmful",
@@ -406,9 +446,11 @@ __all__ = [
     "SwayScore",
     "band_for",
     "DeterminismReport",
+    "GeneratedSample",
     "HealthCheck",
     "ProbeResult",
     "SuiteResult",
+    "TokenTrace",
     "Verdict",
     "safe_finalize",
 ]

@@ -54,6 +54,8 @@ class ProbeSpec(BaseModel):
     enabled: bool = True
     #: Relative weight inside the probe's score category; 0 keeps the probe informational.
     weight: Weight = 1.0
+    #: Fields holding file paths: the loader resolves relative ones against the spec's folder.
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
 
 NullStatsMap = Mapping[str, NullStats]
@@ -88,6 +90,10 @@ class RunContext:
     #: Entry name → why the suite's null_adapter could not calibrate it. The judge then
     #: says WARN "not calibrated" instead of falling back to fixed thresholds.
     calibration_failures: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: The fine-tune's adapter directory (absolute; None for ``builtin:`` or no adapter), and
+    #: the ``.dlm`` document's store: where probes that read training artefacts look.
+    adapter_dir: str | None = None
+    dlm_store: str | None = None
 
     @property
     def downstream_kinds(self) -> tuple[str, ...]:
@@ -249,15 +255,22 @@ def format_validation_error(exc: ValidationError) -> str:
 #: package import, so ``sway --help`` and importing one probe stay cheap).
 BUILTIN_PROBE_MODULES: tuple[str, ...] = (
     "adapter_ablation",
+    "adapter_revert",
     "calibration_drift",
     "cluster_kl",
     "delta_kl",
     "external_perplexity",
+    "gradient_ghost",
+    "leakage",
+    "multi_turn_coherence_decay",
     "null_adapter",
     "paraphrase_invariance",
     "preference_flip",
     "prompt_collapse",
     "section_internalization",
+    "style_fingerprint",
+    "tool_use_fidelity",
+    "training_drift",
 )
 
 

@@ -42,15 +42,15 @@ Two departures from the reference, both deliberate:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from dlm_sway.core.judge import Check
-from dlm_sway.core.result import ProbeResult, Verdict
-from dlm_sway.core.scoring import ScoringModel
+from dlm_sway.core.result import ProbeResult, TokenTrace, Verdict
+from dlm_sway.core.scoring import RollingLogprob, ScoringModel, TokenPieces
 from dlm_sway.core.sections import Document, Section, SectionKind
 from dlm_sway.probes._fields import Fraction, ZBar
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, rollings, token_counts
@@ -105,19 +105,45 @@ def _plan(section: Section, max_chars: int) -> _Plan | None:
     return _Plan(section, text, (), "content")
 
 
-def _nlls(view: ScoringModel, plans: list[_Plan], counts: list[int]) -> list[float | None]:
-    """Per-token NLL of every planned section under one view (None: nothing scorable)."""
-    rolls = iter(rollings(view, [p.text for p in plans if p.text is not None]))
+def _nlls(
+    view: ScoringModel, plans: list[_Plan], counts: list[int]
+) -> tuple[list[float | None], dict[int, RollingLogprob]]:
+    """Per-token NLL of every planned section under one view (None: nothing scorable),
+    and the rolling log-probs of the prose sections by plan index (for token traces)."""
+    texts = [i for i, p in enumerate(plans) if p.text is not None]
+    rolled = dict(zip(texts, rollings(view, [plans[i].text or "" for i in texts]), strict=True))
     pairs = [pair for p in plans for pair in p.pairs]
     per_pair = iter(per_token(logprobs(view, pairs), counts))
     out: list[float | None] = []
-    for plan in plans:
+    for i, plan in enumerate(plans):
         if plan.text is not None:
-            roll = next(rolls)
+            roll = rolled[i]
             out.append(-roll.mean_logprob if roll.logprobs.shape[0] else None)
         else:
             out.append(-float(np.mean([next(per_pair) for _ in plan.pairs])))
-    return out
+    return out, rolled
+
+
+def _traces(
+    plans: list[_Plan],
+    base: dict[int, RollingLogprob],
+    ft: dict[int, RollingLogprob],
+    pieces: dict[int, list[str]],
+) -> tuple[TokenTrace, ...]:
+    """Per-token log-prob lift (ft − base) over each prose section, from the rolling
+    log-probs already computed: no extra forward."""
+    out: list[TokenTrace] = []
+    for i, words in pieces.items():
+        b, f = base[i], ft[i]
+        n = b.logprobs.shape[0]
+        if len(words) != b.num_tokens or f.logprobs.shape[0] != n or n != b.num_tokens - 1:
+            continue  # the view's pieces do not line up with its token ids: show nothing
+        lift = (f.logprobs.astype(np.float64) - b.logprobs.astype(np.float64)).tolist()
+        values = (None, *(round(v, 4) if math.isfinite(v) else None for v in lift))
+        section = plans[i].section
+        label = f"{section.title} ({section.kind})" if section.title else f"section {section.id}"
+        out.append(TokenTrace(label=label, pieces=tuple(words), values=values))
+    return tuple(out)
 
 
 def relative_lift(base: float, ft: float) -> float:
@@ -181,9 +207,15 @@ class SectionInternalizationProbe(Probe):
         pairs = [pair for p in plans for pair in p.pairs]
         with backend.as_base() as view:
             counts = token_counts(view, pairs)
-            base_all = _nlls(view, plans, counts)
+            base_all, base_rolls = _nlls(view, plans, counts)
+            pieces = (
+                {i: view.token_pieces(plans[i].text or "") for i in base_rolls}
+                if isinstance(view, TokenPieces)
+                else {}
+            )
         with backend.as_finetuned() as view:
-            ft_all = _nlls(view, plans, counts)
+            ft_all, ft_rolls = _nlls(view, plans, counts)
+        traces = _traces(plans, base_rolls, ft_rolls, pieces)
         kept = [i for i, b in enumerate(base_all) if b is not None]
         unscored = [plans[i].section.id for i, b in enumerate(base_all) if b is None]
         if len(kept) < 2:
@@ -247,7 +279,7 @@ class SectionInternalizationProbe(Probe):
             "assert_passing_section_frac": spec.assert_passing_section_frac,
             "unscored_sections": unscored,
         }
-        return judged_result(
+        result = judged_result(
             spec,
             cal,
             judgement,
@@ -258,6 +290,7 @@ class SectionInternalizationProbe(Probe):
             base_value=float(np.mean(base)),
             ft_value=float(np.mean(ft)),
         )
+        return replace(result, tokens=traces)
 
     def _skip(self, spec: SectionInternalizationSpec, message: str) -> ProbeResult:
         return bare_result(spec, Verdict.SKIP, message)

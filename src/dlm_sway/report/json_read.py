@@ -224,6 +224,32 @@ class OverfitIn(_In):
     message: str = ""
 
 
+class TokenTraceIn(_In):
+    """Per-token movement over one scored text (``core.result.TokenTrace``)."""
+
+    label: str = ""
+    pieces: list[str]
+    values: list[OptNumber]
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _aligned(self) -> TokenTraceIn:
+        if len(self.values) != len(self.pieces):
+            raise ValueError(
+                f"has {len(self.pieces)} pieces but {len(self.values)} values; "
+                "there must be one value (or null) per piece"
+            )
+        return self
+
+
+class GeneratedSampleIn(_In):
+    """One prompt's base and fine-tuned generations (``core.result.GeneratedSample``)."""
+
+    prompt: str
+    base: str
+    finetuned: str
+
+
 class ProbeIn(_In):
     name: Name
     kind: Name
@@ -249,6 +275,12 @@ class ProbeIn(_In):
     calibration: NullCalibrationIn | None = None
     config: Obj = Field(default_factory=dict)
     overfit: OverfitIn | None = None
+    tokens: Annotated[list[TokenTraceIn], BeforeValidator(_none_as(list))] = Field(
+        default_factory=list
+    )
+    generations: Annotated[list[GeneratedSampleIn], BeforeValidator(_none_as(list))] = Field(
+        default_factory=list
+    )
 
 
 class HealthIn(_In):
@@ -507,8 +539,10 @@ __all__ = [
     "OverfitIn",
     "NullStatsIn",
     "NullSummaryIn",
+    "GeneratedSampleIn",
     "ProbeIn",
     "RunIn",
+    "TokenTraceIn",
     "describe",
     "gate_of",
     "parse_run",

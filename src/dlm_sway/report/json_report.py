@@ -21,6 +21,7 @@ from dlm_sway.core.gate import GateDecision
 from dlm_sway.core.result import (
     SCHEMA_VERSION,
     DeterminismReport,
+    GeneratedSample,
     HealthCheck,
     NullCalibration,
     NullSummary,
@@ -28,6 +29,7 @@ from dlm_sway.core.result import (
     ProbeResult,
     SuiteResult,
     SwayScore,
+    TokenTrace,
     band_for,
 )
 from dlm_sway.core.stats import NullStats
@@ -124,6 +126,14 @@ def _probe_dict(result: ProbeResult) -> dict[str, Any]:
             if result.overfit is None
             else {"name": result.overfit.name, "message": result.overfit.message}
         ),
+        "tokens": [
+            {"label": t.label, "pieces": t.pieces, "values": t.values, "unit": t.unit}
+            for t in result.tokens
+        ],
+        "generations": [
+            {"prompt": g.prompt, "base": g.base, "finetuned": g.finetuned}
+            for g in result.generations
+        ],
     }
 
 
@@ -279,6 +289,12 @@ def _probe(entry: ProbeIn) -> ProbeResult:
             None
             if entry.overfit is None
             else OverfitSignal(entry.overfit.name, entry.overfit.message)
+        ),
+        tokens=tuple(
+            TokenTrace(t.label, tuple(t.pieces), tuple(t.values), t.unit) for t in entry.tokens
+        ),
+        generations=tuple(
+            GeneratedSample(g.prompt, g.base, g.finetuned) for g in entry.generations
         ),
     )
 

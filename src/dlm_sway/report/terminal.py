@@ -83,7 +83,8 @@ def render_terminal(
     """Print the full report for one run to ``console`` (stdout when omitted)."""
     out = console if console is not None else Console()
     suite, score = visible_tree(suite), visible_tree(score)
-    out.print(_header_panel(suite, score))
+    # Soft wrap (a pipe, a CI log): nothing is laid out to the width, so the box fits its text.
+    out.print(_header_panel(suite, score, expand=not out.soft_wrap))
     out.print(_probe_section(suite, out))
     for block in (_findings(score), _health(suite.health), _footers(suite)):
         if block is not None:
@@ -99,7 +100,7 @@ def _score_style(value: float) -> str:
     return "bold red"
 
 
-def _header_panel(suite: SuiteResult, score: SwayScore) -> Panel:
+def _header_panel(suite: SuiteResult, score: SwayScore, *, expand: bool = True) -> Panel:
     overall = Text("overall: ")
     overall.append(format_score(score.overall), style=_score_style(score.overall))
     overall.append("  ")
@@ -113,6 +114,7 @@ def _header_panel(suite: SuiteResult, score: SwayScore) -> Panel:
         title=title,
         title_align="left",
         box=box.ROUNDED,
+        expand=expand,
     )
 
 

@@ -20,6 +20,7 @@ import yaml
 from dlm_sway import __version__
 from dlm_sway.core.sections import Document
 from dlm_sway.probes.null_adapter import DEFAULT_RUNS
+from dlm_sway.suite.artifacts import Artifacts, find_artifacts
 
 MAX_KL_PROMPTS = 16
 MAX_ABLATION_PROMPTS = 6
@@ -98,9 +99,16 @@ def _spread(pools: list[list[str]], limit: int) -> list[str]:
     return out
 
 
-def plan_suite(document: Document) -> Plan:
-    """Choose probes and prompts for ``document``; record deliberate omissions."""
+def plan_suite(
+    document: Document, artifacts: Artifacts | None = None, *, here: Path | None = None
+) -> Plan:
+    """Choose probes and prompts for ``document``; record deliberate omissions.
+
+    ``artifacts`` (see :func:`find_artifacts`) add the no-model training checks;
+    ``here`` is the spec's folder, for the paths named in comments.
+    """
     plan = Plan()
+    _training_checks(plan, artifacts or Artifacts(), here or Path.cwd())
     questions = [p.prompt for s in document.sections for p in s.probes]
     prose_pools = [
         sentence_openers(s.content, limit=8) for s in document.sections if s.kind == "prose"
@@ -158,6 +166,7 @@ def plan_suite(document: Document) -> Plan:
         {"name": "general_knowledge", "kind": "calibration_drift", "items_limit": 60},
         "did fitting the document break general knowledge (built-in fact pack)?",
     )
+    _generation_probes(plan, document, questions=bool(questions))
     if has_prose:
         plan.add(
             {"name": "general_english", "kind": "external_perplexity"},
@@ -193,10 +202,100 @@ def plan_suite(document: Document) -> Plan:
             "does the effect grow smoothly with the LoRA scale λ? (last: the most views)",
         )
     _drop_unloadable(plan, document)
+    from dlm_sway.probes.base import registry
+
+    reg = registry()
+    # calibration_drift: its null has no spread (see null_baseline's comment).
     null_entry["calibrate_kinds"] = sorted(
-        {e["kind"] for e in plan.suite} - {"null_adapter", "calibration_drift", "prompt_collapse"}
+        {e["kind"] for e in plan.suite if reg[e["kind"]].calibrated} - {"calibration_drift"}
     )
     return plan
+
+
+def _training_checks(plan: Plan, found: Artifacts, here: Path) -> None:
+    """gradient_ghost / training_drift when their inputs exist: they read files only, run in
+    milliseconds, and need no path in the spec (they look next to models.ft.adapter)."""
+    if found.weights is not None:
+        opt = found.optimizer_state
+        source = (
+            f"and the optimizer state {_rel(str(opt), here)}"
+            if opt is not None
+            else "(no optimizer.pt / training_state.pt saved, so weights only)"
+        )
+        plan.add(
+            {"name": "undertrained", "kind": "gradient_ghost"},
+            f"was the adapter trained enough? reads {_rel(str(found.weights), here)} {source} "
+            "before any model loads",
+        )
+    else:
+        plan.skipped.append(("gradient_ghost", "no local adapter weights to read"))
+    log = found.trainer_state or found.dlm_logs
+    if log is not None:
+        plan.add(
+            {"name": "loss_curve", "kind": "training_drift"},
+            f"was the loss curve healthy (no NaN, divergence, spikes, over-fit)? reads "
+            f"{_rel(str(log), here)}",
+        )
+    else:
+        plan.skipped.append(
+            (
+                "training_drift",
+                "no trainer_state.json next to the adapter, in its parent or a checkpoint-*/, "
+                "and no .dlm store logs",
+            )
+        )
+
+
+def _generation_probes(plan: Plan, document: Document, *, questions: bool) -> None:
+    """What the fine-tune *writes*: each probe that fits this document, else why not
+    (the loader's own load_problems decide the rest in :func:`_drop_unloadable`)."""
+    from dlm_sway.probes.base import registry
+    from dlm_sway.suite.autogen_tools import tool_cases
+
+    reg = registry()
+    cases = tool_cases(document)
+    wanted: list[tuple[str, dict[str, Any], str, str | None]] = [
+        (
+            "leakage",
+            {"name": "recital", "kind": "leakage"},
+            "does the fine-tune recite its training text beyond random adapters? "
+            "(memorisation; a PASS is a finding, not a goal, unless intent: memorize)",
+            None,
+        ),
+        (
+            "style_fingerprint",
+            {"name": "house_style", "kind": "style_fingerprint"},
+            "does the fine-tune's prose read like the document (sentence shape, vocabulary, "
+            "punctuation, function words)?",
+            None,
+        ),
+        (
+            "adapter_revert",
+            {"name": "reworded_questions", "kind": "adapter_revert"},
+            "does the fine-tune keep its trained answers when the question is reworded?",
+            None if questions else "no Q/A pairs in the document to reword",
+        ),
+        (
+            "multi_turn_coherence_decay",
+            {"name": "dialogue_hold", "kind": "multi_turn_coherence_decay"},
+            "does the adapter's effect hold over a dialogue, turn by turn?",
+            None if questions else "no questions in the document to open a dialogue with",
+        ),
+        (
+            "tool_use_fidelity",
+            {"name": "tool_calls", "kind": "tool_use_fidelity", "cases": cases},
+            f"are the fine-tune's tool calls still valid JSON matching the tool's schema? "
+            f"({len(cases)} call(s) from the document: same tool name, same argument keys)",
+            None if cases else "the document holds no JSON tool-call examples",
+        ),
+    ]
+    for kind, entry, intent, unfit in wanted:
+        if kind not in reg:
+            plan.skipped.append((kind, "not available in this sway installation"))
+        elif unfit is not None:
+            plan.skipped.append((kind, unfit))
+        else:
+            plan.add(entry, intent)
 
 
 def _drop_unloadable(plan: Plan, document: Document) -> None:
@@ -219,21 +318,23 @@ def _drop_unloadable(plan: Plan, document: Document) -> None:
 
 
 def _rel(target: str, start: Path) -> str:
-    """Relative to the spec's folder when inside it (a committed spec then works on any
-    checkout), absolute otherwise."""
+    """Relative to the spec's folder (the loader resolves it there), so the spec moves to
+    CI or another checkout together with what it names; absolute only when no relative
+    path exists (another drive)."""
     if target.startswith("builtin:"):
         return target
     path = Path(target).expanduser().resolve()
-    if path.is_relative_to(start):
-        return os.path.relpath(path, start)
-    return str(path)
+    try:
+        return Path(os.path.relpath(path, start.resolve())).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def build_spec(
     document: Document, *, base: str, adapter: str, out_dir: Path
 ) -> tuple[dict[str, Any], Plan]:
     """The spec dict (paths relative to ``out_dir``, where the YAML will live)."""
-    plan = plan_suite(document)
+    plan = plan_suite(document, find_artifacts(adapter, document), here=out_dir)
     spec: dict[str, Any] = {
         "version": 1,
         "dlm_source": _rel(document.source, out_dir),
@@ -256,6 +357,7 @@ def render_yaml(spec: dict[str, Any], plan: Plan, *, document: Document) -> str:
         f"# from {document.source} ({len(document.sections)} sections)",
         "# Edit freely; `sway run --dry-run THIS_FILE` validates it without loading a model.",
         "# Order matters: null_adapter calibrates only the probes after it.",
+        "# Paths are relative to this file's folder: move it together with what it names.",
         "",
     ]
     head = {k: v for k, v in spec.items() if k != "suite"}
@@ -272,4 +374,10 @@ def render_yaml(spec: dict[str, Any], plan: Plan, *, document: Document) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Plan", "build_spec", "plan_suite", "render_yaml", "sentence_openers"]
+__all__ = [
+    "Plan",
+    "build_spec",
+    "plan_suite",
+    "render_yaml",
+    "sentence_openers",
+]

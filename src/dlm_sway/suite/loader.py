@@ -117,6 +117,7 @@ def from_dict(
             errors.append(str(exc))
             last_failed = i
             continue
+        pspec = _resolve_probe_paths(pspec, base_dir or Path.cwd())
         if pspec.name in seen:
             errors.append(f"{label}: duplicate probe name {pspec.name!r} (names must be unique)")
         seen.add(pspec.name)
@@ -216,7 +217,8 @@ def _attach_document(spec: SwaySpec, base_dir: Path) -> tuple[Document, SwaySpec
     path = (base_dir / Path(spec.dlm_source).expanduser()).resolve()
     document = load_document(path)
     spec = spec.model_copy(update={"dlm_source": str(path)})
-    if spec.models.ft.adapter is None and document.adapter_path:
+    two_model = spec.models.ft.kind == "two_model"
+    if spec.models.ft.adapter is None and document.adapter_path and not two_model:
         ft = spec.models.ft.model_copy(update={"adapter": document.adapter_path})
         spec = spec.model_copy(update={"models": spec.models.model_copy(update={"ft": ft})})
     return document, spec
@@ -226,12 +228,27 @@ def _resolve_model(model: ModelSpec, base_dir: Path) -> ModelSpec:
     updates: dict[str, str] = {}
     if model.adapter and not model.adapter.startswith("builtin:"):
         updates["adapter"] = str((base_dir / Path(model.adapter).expanduser()).resolve())
+    finetuned = model.finetuned  # kind: two_model; resolved like base
+    if finetuned and not finetuned.startswith("builtin:"):
+        candidate = base_dir / Path(finetuned).expanduser()
+        if finetuned.startswith((".", "/", "~")) or candidate.exists():
+            updates["finetuned"] = str(candidate.resolve())
     base = model.base
     if not base.startswith("builtin:"):
         candidate = base_dir / Path(base).expanduser()
         if base.startswith((".", "/", "~")) or candidate.exists():
             updates["base"] = str(candidate.resolve())
     return model.model_copy(update=updates) if updates else model
+
+
+def _resolve_probe_paths(pspec: ProbeSpec, base_dir: Path) -> ProbeSpec:
+    """A probe's ``path_fields`` resolve against the spec's folder, like model paths."""
+    updates: dict[str, str] = {}
+    for name in type(pspec).path_fields:
+        value = getattr(pspec, name)
+        if isinstance(value, str):
+            updates[name] = str((base_dir / Path(value).expanduser()).resolve())
+    return pspec.model_copy(update=updates) if updates else pspec
 
 
 def _resolve_paths(spec: SwaySpec, base_dir: Path) -> SwaySpec:

@@ -12,6 +12,7 @@ import platform
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -28,6 +29,7 @@ from dlm_sway.probes.null_adapter import NullAdapterSpec, select_targets
 from dlm_sway.suite.evidence import apply_holm, health_checks, measure_noise_floor
 from dlm_sway.suite.loader import LoadedSpec
 from dlm_sway.suite.preflight import check_context
+from dlm_sway.suite.trace import TraceWriter
 
 
 class RunProgress(Protocol):
@@ -45,8 +47,13 @@ def run(
     progress: RunProgress | None = None,
     skip_preflight: bool = False,
     adapter_id: str | None = None,
+    trace: TraceWriter | None = None,
 ) -> SuiteResult:
-    """Execute ``loaded``'s probes in declaration order and assemble the result."""
+    """Execute ``loaded``'s probes in declaration order and assemble the result.
+
+    ``trace`` records phases and probes (the caller attaches it to the backend).
+    """
+    phase = trace.phase if trace is not None else (lambda _name: nullcontext())
     spec = loaded.spec
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -64,7 +71,8 @@ def run(
     results: list[ProbeResult] = []
     if backend is not None and not skip_preflight and isinstance(backend, PreflightCheckable):
         tp = time.perf_counter()
-        ok, reason = backend.preflight_finite_check()
+        with phase("preflight"):
+            ok, reason = backend.preflight_finite_check()
         timings["preflight_s"] = time.perf_counter() - tp
         if not ok:
             results.append(
@@ -84,11 +92,13 @@ def run(
     if backend is not None:
         tn = time.perf_counter()
         try:
-            noise_floor = measure_noise_floor(backend, loaded.probes, spec.defaults.top_k)
+            with phase("noise_floor"):
+                noise_floor = measure_noise_floor(backend, loaded.probes, spec.defaults.top_k)
         except SwayError as exc:
             noise_floor = {"error": str(exc)}
         timings["noise_floor_s"] = time.perf_counter() - tn
     floor = noise_floor.get("js_max")
+    adapter_dir, store_dir = artifact_dirs(loaded, adapter_label)
     ctx = RunContext(
         backend=backend,
         seed=spec.defaults.seed,
@@ -97,6 +107,8 @@ def run(
         noise_floor=float(floor) if isinstance(floor, float) else None,
         sections=loaded.document.sections if loaded.document is not None else None,
         doc_text=loaded.document.text if loaded.document is not None else None,
+        adapter_dir=adapter_dir,
+        dlm_store=store_dir,
     )
     null_stats: dict[str, NullStats] = {}
     by_rank: dict[str, dict[str, NullStats]] = {}
@@ -108,6 +120,8 @@ def run(
     for i, (probe, pspec) in enumerate(loaded.probes):
         if progress is not None:
             progress.probe_started(pspec.name, i, total)
+        if trace is not None:
+            trace.probe_started(pspec.name, pspec.kind, i)
         if not pspec.enabled:
             result = bare_result(pspec, Verdict.SKIP, "disabled in spec")
         else:
@@ -128,6 +142,8 @@ def run(
         results.append(result)
         if progress is not None:
             progress.probe_finished(result)
+        if trace is not None:
+            trace.probe_finished(result)
     results = apply_holm(results)
     timings["total_s"] = time.perf_counter() - t0
     suite = _assemble(
@@ -138,6 +154,22 @@ def run(
         noise_floor=noise_floor,
         health=health_checks(results, loaded.probes, backend),
     )
+
+
+def artifact_dirs(loaded: LoadedSpec, adapter: str) -> tuple[str | None, str | None]:
+    """Where probes that read training artefacts look: the adapter folder the run uses
+    (None for ``builtin:`` or no adapter) and the ``.dlm`` document's store."""
+    from pathlib import Path
+
+    from dlm_sway.core.dlm_store import dlm_store
+
+    folder = Path(adapter).expanduser() if adapter and not adapter.startswith("builtin:") else None
+    doc = loaded.document
+    store = None
+    if doc is not None and isinstance(doc.metadata.get("dlm_id"), str):
+        store = str(dlm_store(doc))
+    usable = folder is not None and folder.is_dir()
+    return (str(folder.resolve()) if folder is not None and usable else None), store
 
 
 def _stamp(result: ProbeResult, probe: Probe, pspec: ProbeSpec) -> ProbeResult:
