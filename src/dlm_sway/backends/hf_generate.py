@@ -10,11 +10,11 @@ A hand-written decode loop rather than ``model.generate`` for two guarantees:
   explicit position ids, and rows that finish leave the batch and its KV cache.
   That alone is not exact: a row's logits differ between batch layouts by float
   rounding (≤ 2e-4 on SmolLM2 in fp32, even for unpadded equal-length rows, since
-  the GEMM blocking depends on the batch size), which flips a greedy near-tie. So
+  the GEMM blocking depends on the batch size), which can flip a near-tie. So
   every decision checks its margin (:func:`tie_margin`, 50× the jitter), and a
   near-tie is re-decided on a *canonical* forward (the row alone, unpadded, no
-  cache), which depends on the row's tokens only. Batched and one-prompt runs
-  therefore pick the same token at every step.
+  cache), which depends on the row's tokens only. While the jitter stays under
+  half the margin, batched and one-prompt runs pick the same token at every step.
 
 Text is decoded from the new tokens in the context of the prompt's last tokens
 (so a SentencePiece leading space survives), with special tokens dropped.
