@@ -27,6 +27,9 @@ def test_bf16_on_cpu_scores_and_reports_its_floor(
         assert floor is not None and floor.dtype == "bf16"
         assert 0.0 < floor.js_max < 0.05 and floor.js_mean <= floor.js_max
         assert "bf16 on CPU" in caplog.text and "JS ≤" in caplog.text
+        # …and in every report: a health line the JSON, terminal and HTML all carry.
+        shown = [c for c in backend.load_health() if c.code == "dtype_floor"]
+        assert len(shown) == 1 and shown[0].level == "info" and "JS ≤" in shown[0].message
         with backend.as_base() as view:
             dist = view.next_token_full("The zebra")
         assert np.isfinite(dist.logprobs).all()
@@ -38,3 +41,4 @@ def test_fp32_has_no_floor(tiny_assets: Any) -> None:
         str(tiny_assets.base), tiny_assets.adapter, dtype="fp32", device="cpu"
     ) as backend:
         assert hf_load.dtype_floor(backend.peft_model) is None
+        assert not [c for c in backend.load_health() if c.code == "dtype_floor"]

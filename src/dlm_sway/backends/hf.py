@@ -118,6 +118,19 @@ class HFDifferentialBackend:
                     "verdicts on a partly loaded adapter do not describe the trained one",
                 ),
             )
+        floor = hf_load.dtype_floor(model)
+        #: bf16/fp16 on CPU: its measured drift from fp32 is in every report, never silent.
+        self._dtype_health: tuple[HealthCheck, ...] = ()
+        if floor is not None:
+            self._dtype_health = (
+                HealthCheck(
+                    "info",
+                    "dtype_floor",
+                    floor.describe(),
+                    "use dtype: fp32 for exact numbers; a half-precision run is faster on "
+                    "CPUs with bf16 matmuls, and its verdicts hold above this floor",
+                ),
+            )
         self._context_limit = hf_load.context_limit(model, tokenizer)
         self.base_id = location.source + (f"/{location.gguf_file}" if location.gguf_file else "")
         self.adapter_path = adapter_info.path
@@ -370,8 +383,9 @@ class HFDifferentialBackend:
     # ------------------------------------------------------------------ checks
 
     def load_health(self) -> tuple[HealthCheck, ...]:
-        """Problems found while loading that were allowed through (partial adapter)."""
-        return self._load_health
+        """Problems found while loading that were allowed through (partial adapter), and
+        the half-precision floor when the base runs in bf16/fp16 on CPU."""
+        return self._load_health + getattr(self, "_dtype_health", ())
 
     def max_context_tokens(self) -> int | None:
         """Positions the model was built for (config first, else the tokenizer's limit)."""

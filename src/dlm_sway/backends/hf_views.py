@@ -24,6 +24,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dlm_sway.backends import base_cache
+from dlm_sway.backends.hf_positions import PositionHead
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
@@ -139,6 +140,7 @@ class HFScorer:
         self._logits_to_keep = "logits_to_keep" in forward_params
         # Left padding needs explicit positions; a model that takes none gets the default.
         self._position_ids = "position_ids" in forward_params
+        self._head = PositionHead(model)
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text)["input_ids"]
@@ -167,6 +169,23 @@ class HFScorer:
             out[-1] += text[pos:]
         return out
 
+    def _inputs(
+        self, seqs: Sequence[Sequence[int]], side: Literal["left", "right"]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Padded ids, mask and explicit position ids (padding never shifts positions)."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, span] = 1
+        kwargs: dict[str, Any] = {"attention_mask": mask.to(self.device)}
+        if self._position_ids:
+            positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = positions.to(self.device)
+        return ids.to(self.device), kwargs
+
     def forward(
         self,
         seqs: Sequence[Sequence[int]],
@@ -175,32 +194,39 @@ class HFScorer:
         last_only: bool,
         batched: bool,
     ) -> torch.Tensor:
-        """Logits for a padded batch; explicit position ids so padding never shifts positions."""
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-            ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
-            mask[row, span] = 1
-        kwargs: dict[str, Any] = {}
-        if self._position_ids:
-            positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-            kwargs["position_ids"] = positions.to(self.device)
+        """Logits for a padded batch (only the last position's with ``last_only``)."""
+        ids, kwargs = self._inputs(seqs, side)
         if last_only and side == "left" and self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
         with torch.inference_mode():
-            out = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                use_cache=False,
-                **kwargs,
-            )
+            out = self.model(input_ids=ids, use_cache=False, **kwargs)
+        self._record(seqs, batched)
+        logits: torch.Tensor = out.logits
+        return logits
+
+    def logits_at(
+        self, seqs: Sequence[Sequence[int]], positions: Sequence[range], *, batched: bool
+    ) -> list[torch.Tensor]:
+        """Per (right-padded) row, the logits at ``positions[row]`` only.
+
+        The head runs on the wanted positions alone when the model splits cleanly
+        into body and head (:mod:`dlm_sway.backends.hf_positions`); otherwise the
+        full forward's rows are sliced. Same numbers either way.
+        """
+        ids, kwargs = self._inputs(seqs, "right")
+        with torch.inference_mode():
+            if self._head.usable(kwargs, ids):
+                out = self._head.logits_at(ids, kwargs, positions)
+            else:
+                full = self.model(input_ids=ids, use_cache=False, **kwargs).logits
+                out = [full[row, ps.start : ps.stop] for row, ps in enumerate(positions)]
+        self._record(seqs, batched)
+        return out
+
+    def _record(self, seqs: Sequence[Sequence[int]], batched: bool) -> None:
         self.instr.stats.record_forward(
             num_prompts=len(seqs), real_tokens=sum(len(s) for s in seqs), batched=batched
         )
-        logits: torch.Tensor = out.logits
-        return logits
 
     def next_token_dists(
         self, prompts: Sequence[str], top_k: int, *, batched: bool
@@ -259,12 +285,11 @@ class HFScorer:
             starts.append(start)
         results: list[float] = [0.0] * len(pairs)
         for chunk in _chunks([len(s) for s in seqs], self.batch_size):
-            logits = self.forward(
-                [seqs[i] for i in chunk], side="right", last_only=False, batched=batched
-            )
+            wanted = [range(starts[i] - 1, len(seqs[i]) - 1) for i in chunk]
+            rows = self.logits_at([seqs[i] for i in chunk], wanted, batched=batched)
             with torch.inference_mode():
-                for row, i in enumerate(chunk):
-                    per_token = self._gather(logits[row], seqs[i], starts[i])
+                for logits, i in zip(rows, chunk, strict=True):
+                    per_token = _target_logprobs(logits, seqs[i][starts[i] :])
                     results[i] = float(per_token.double().sum())
         return results
 
@@ -274,21 +299,12 @@ class HFScorer:
         scorable = [i for i, ids in enumerate(encoded) if len(ids) >= 2]
         for chunk in _chunks([len(encoded[i]) for i in scorable], self.batch_size):
             members = [scorable[c] for c in chunk]
-            logits = self.forward(
-                [encoded[i] for i in members], side="right", last_only=False, batched=batched
-            )
+            wanted = [range(0, len(encoded[i]) - 1) for i in members]
+            rows = self.logits_at([encoded[i] for i in members], wanted, batched=batched)
             with torch.inference_mode():
-                for row, i in enumerate(members):
-                    per_token = self._gather(logits[row], encoded[i], 1)
-                    results[i] = _rolling(encoded[i], per_token)
+                for logits, i in zip(rows, members, strict=True):
+                    results[i] = _rolling(encoded[i], _target_logprobs(logits, encoded[i][1:]))
         return results
-
-    def _gather(self, logits: torch.Tensor, seq: Sequence[int], start: int) -> torch.Tensor:
-        """Log-probs of ``seq[start:]``, each predicted from the position before it."""
-        n = len(seq)
-        lp = logits[start - 1 : n - 1].float().log_softmax(dim=-1)
-        targets = torch.tensor(list(seq[start:n]), dtype=torch.long, device=lp.device)
-        return lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
     def generate_batch(
         self, prompts: Sequence[str | Conversation], settings: GenerationSettings
@@ -305,6 +321,13 @@ class HFScorer:
             logits_to_keep=self._logits_to_keep,
         )
         return generator.generate(prompts, settings)
+
+
+def _target_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """Log-prob of each target under the row of logits that predicts it (float32)."""
+    lp = logits.float().log_softmax(dim=-1)
+    index = torch.tensor(list(targets), dtype=torch.long, device=lp.device)
+    return lp.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
 
 def _rolling(ids: Sequence[int], per_token: torch.Tensor | None) -> RollingLogprob:

@@ -1,0 +1,77 @@
+"""Logits at the positions a score needs, not at every position of a padded batch.
+
+A causal LM's forward ends in ``lm_head`` over every position: for SmolLM2 that
+is 49152×576 multiply-adds per position, a fifth of the model's work and the
+slowest matmul in it (its output is the widest). Scoring a completion needs the
+logits of the completion's positions only, and never those of padding. So the
+body runs once over the padded batch, its last hidden states are gathered at the
+wanted positions of every row, and the head runs once over just those rows.
+
+The split relies on the model's forward being ``head(body(x))`` with nothing in
+between or after (true of Llama-, Mistral-, Qwen- and GPT-2-style models; not
+of models that soft-cap or rescale logits). That is checked once per model, on
+a two-row batch against the model's own forward, and a model that differs
+falls back to the full forward: a faster path that changed a number would not
+be a faster path to the same verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+#: |Δ logit| allowed between the split and the full forward (same kernels, same order:
+#: in practice 0; anything visible means the model does something after the head).
+PARITY_TOL = 1e-4
+
+
+class PositionHead:
+    """``body`` and ``head`` of a causal LM, usable only if they reproduce its forward."""
+
+    def __init__(self, model: Any) -> None:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        prefix = getattr(inner, "base_model_prefix", "")
+        self.body: Any = getattr(inner, prefix, None) if prefix else None
+        self.head: Any = inner.get_output_embeddings() if self.body is not None else None
+        self.model = model
+        self._usable: bool | None = None if self.head is not None else False
+
+    def usable(self, kwargs: dict[str, Any], ids: torch.Tensor) -> bool:
+        """Whether the split path equals the model's forward (checked on first use)."""
+        if self._usable is None:
+            try:
+                self._usable = self._parity(kwargs, ids)
+            except (TypeError, AttributeError, ValueError):  # a body that is not a plain decoder
+                self._usable = False
+        return self._usable
+
+    def _parity(self, kwargs: dict[str, Any], ids: torch.Tensor) -> bool:
+        rows = ids[:2, : min(ids.shape[1], 8)]
+        sub = {k: v[:2, : rows.shape[1]] for k, v in kwargs.items()}
+        full = self.model(input_ids=rows, use_cache=False, **sub).logits
+        hidden = self.body(input_ids=rows, use_cache=False, **sub).last_hidden_state
+        split = self.head(hidden)
+        return bool(
+            full.shape == split.shape
+            and torch.isfinite(full).all()
+            and float((full - split).abs().max()) <= PARITY_TOL
+        )
+
+    def logits_at(
+        self,
+        ids: torch.Tensor,
+        kwargs: dict[str, Any],
+        positions: Sequence[Sequence[int]],
+    ) -> list[torch.Tensor]:
+        """Per row, the logits at ``positions[row]`` (one body forward, one head matmul)."""
+        hidden = self.body(input_ids=ids, use_cache=False, **kwargs).last_hidden_state
+        index = [(row, p) for row, ps in enumerate(positions) for p in ps]
+        rows = torch.tensor([r for r, _ in index], dtype=torch.long, device=hidden.device)
+        cols = torch.tensor([p for _, p in index], dtype=torch.long, device=hidden.device)
+        logits = self.head(hidden[rows, cols])
+        return list(torch.split(logits, [len(ps) for ps in positions]))
+
+
+__all__ = ["PARITY_TOL", "PositionHead"]
