@@ -50,9 +50,9 @@ class PositionHead:
     def _parity(self, kwargs: dict[str, Any], ids: torch.Tensor) -> bool:
         rows = ids[:2, : min(ids.shape[1], 8)]
         sub = {k: v[:2, : rows.shape[1]] for k, v in kwargs.items()}
-        full = self.model(input_ids=rows, use_cache=False, **sub).logits
-        hidden = self.body(input_ids=rows, use_cache=False, **sub).last_hidden_state
-        split = self.head(hidden)
+        with torch.inference_mode():
+            full = self.model(input_ids=rows, use_cache=False, **sub).logits
+            split = self.head(self.body(input_ids=rows, use_cache=False, **sub).last_hidden_state)
         return bool(
             full.shape == split.shape
             and torch.isfinite(full).all()

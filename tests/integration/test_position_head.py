@@ -1,0 +1,64 @@
+"""Scoring with the head only at wanted positions gives the full forward's numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from dlm_sway.backends.hf import HFDifferentialBackend
+from dlm_sway.backends.hf_positions import PositionHead
+
+pytestmark = pytest.mark.hf
+
+PAIRS = [
+    ("The zebra", " astronaut rides"),
+    ("Fresh bread and", " butter"),
+    ("A", " long completion that spans several tokens of the tiny vocabulary"),
+]
+TEXTS = ["The quick brown fox jumps", "Short", "A much longer text " * 6]
+
+
+def _scores(backend: HFDifferentialBackend, *, split: bool) -> tuple[list[float], list[Any]]:
+    scorer = backend._live_scorer()
+    scorer._head._usable = None if split else False
+    out = scorer.logprobs_of(PAIRS, batched=True), scorer.rollings(TEXTS, batched=True)
+    assert scorer._head._usable is split
+    return out
+
+
+def test_split_head_equals_full_forward_in_every_view(tiny_assets: Any) -> None:
+    with HFDifferentialBackend(
+        str(tiny_assets.base), tiny_assets.adapter, dtype="fp32", device="cpu"
+    ) as backend:
+        for opener in (backend.as_base, backend.as_finetuned):
+            with opener():
+                fast_lp, fast_roll = _scores(backend, split=True)
+                full_lp, full_roll = _scores(backend, split=False)
+            assert fast_lp == pytest.approx(full_lp, abs=1e-5)
+            for a, b in zip(fast_roll, full_roll, strict=True):
+                assert a.token_ids.tolist() == b.token_ids.tolist()
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_model_that_changes_logits_after_the_head_falls_back(tiny_assets: Any) -> None:
+    """A soft-capping model (Gemma-2 style) is not head(body(x)): the split must refuse."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_assets.base))
+    plain = type(model).forward
+
+    def capped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = plain(self, *args, **kwargs)
+        out.logits = 3.0 * torch.tanh(out.logits / 3.0)
+        return out
+
+    ids = torch.tensor([[1, 5, 7, 9], [1, 4, 4, 2]])
+    kwargs = {"attention_mask": torch.ones_like(ids)}
+    assert PositionHead(model).usable(kwargs, ids)
+    type(model).forward = capped  # type: ignore[method-assign]
+    try:
+        assert not PositionHead(model).usable(kwargs, ids)
+    finally:
+        type(model).forward = plain  # type: ignore[method-assign]
