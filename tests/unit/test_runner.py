@@ -201,9 +201,39 @@ def test_progress_is_reported(make_suite: MakeSuite) -> None:
 
     run(make_suite(NULL, dkl()), DummyDifferentialBackend(), progress=Recorder())
     assert ("start", ("null", 0, 2)) in events and ("start", ("dkl", 1, 2)) in events
-    assert [e[1] for e in events if e[0] == "done"] == ["null", "dkl"]
+    # dkl is judged as soon as its own nulls are drawn, before null_adapter reports.
+    assert [e[1] for e in events if e[0] == "done"] == ["dkl", "null"]
     steps = [e[1] for e in events if e[0] == "step"]
-    assert steps and steps[-1] == (3, 3)  # one step per null seed
+    assert steps and steps[-1] == (3, 3)  # one step per null seed and entry
+
+
+def test_entries_judged_while_nulls_draw_equal_entries_judged_after(
+    run_suite: RunSuite,
+) -> None:
+    """Early judging changes when a verdict appears, never what it is.
+
+    In ``late`` a disabled entry sits between the null and the delta_kl entries, so
+    they are judged at their turn, after every null is drawn; in ``early`` each is
+    judged as soon as its own nulls are in. Same numbers, same report order.
+    """
+    common = ({**NULL, "rank_multipliers": [0.5, 1.0]},)
+    tail = (
+        dkl("a"),
+        dkl("b", prompts=["Hello world", "Zebras graze"]),
+        {"name": "abl", "kind": "adapter_ablation", "prompts": ["a b c", "Hello"]},
+    )
+    gap = {"name": "gap", "kind": SPY, "enabled": False}
+    early = run_suite(*common, *tail, gap)
+    late = run_suite(*common, gap, *tail)
+    assert [p.name for p in early.probes] == ["null", "a", "b", "abl", "gap"]
+    drop_gap = [n for n in _numbers(late) if n[0] != "gap"]
+    assert [n for n in _numbers(early) if n[0] != "gap"] == drop_gap
+    for name in ("a", "b", "abl"):
+        e, lt = early.by_name(name), late.by_name(name)
+        assert e.ci_95 == lt.ci_95 and e.message == lt.message
+        assert e.null == lt.null and e.null is not None and len(e.null.z_by_rank) == 2
+    assert early.null_stats == late.null_stats
+    assert early.by_name("null").duration_s < sum(p.duration_s for p in early.probes)
 
 
 def _numbers(res: SuiteResult) -> list[tuple[str, Any, Any, Any]]:

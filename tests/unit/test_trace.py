@@ -81,10 +81,13 @@ def test_run_trace_has_each_phase_and_probe_in_order(spec: Path, tmp_path: Path)
         ("phase", "load_model"),
         ("phase", "preflight"),
         ("phase", "noise_floor"),
+        ("probe", "topic"),  # judged as soon as its nulls are in, inside calib
         ("probe", "calib"),
-        ("probe", "topic"),
         ("probe", "off"),
     ]
+    # Every forward is charged to the probe that asked for it, also the null's draws
+    # after the nested entry has finished.
+    assert {e["probe"] for e in got if e["event"] == "score"} <= {"calib", "topic", "noise_floor"}
     verdicts = {e["name"]: e["verdict"] for e in got if e["event"] == "end" and "verdict" in e}
     saved = {p["name"]: p["verdict"] for p in json.loads(out.read_text("utf-8"))["probes"]}
     assert verdicts == saved

@@ -16,6 +16,7 @@ import gc
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from dlm_sway.core.result import HealthCheck
 from dlm_sway.core.scoring import NULL_CONSTRUCTIONS, NullConstruction, ScoringModel, TokenDist
 
 if TYPE_CHECKING:
+    import torch
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
 
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from dlm_sway.backends.hf_weights import WeightSlot
 
 PREFLIGHT_PROMPT = "The quick brown fox"
+#: Memory for null LoRA factors kept between opens of the same null (a few MB per null
+#: for a small adapter; larger adapters are redrawn on each open instead).
+NULL_DRAW_CACHE_BYTES = 256 * 2**20
 
 
 def require_hf_stack() -> None:
@@ -164,6 +169,7 @@ class HFDifferentialBackend:
             *hf_adapter_weights.saved_module_slots(model),
         ]
         self._plain_slots = hf_lora.plain_lora_slots(model)
+        self._draw_memo: OrderedDict[str, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._norms = {
             **hf_lora.adapter_norms(model),
             **hf_weights.slot_norms(self._weight_slots),
@@ -367,11 +373,33 @@ class HFDifferentialBackend:
         null = hf_weights.null_weight(seed, weight_construction, rank_scale, self._norms)
         with (
             self._claim(view_id, cache_ns) as view,
-            hf_lora.null_lora(self.peft_model, seed, weights, slots=self._plain_slots),
+            hf_lora.swapped_lora(self._plain_slots, self._null_draws(cache_ns, seed, weights)),
             hf_adapter_weights.dora_off(self.peft_model),
             hf_weights.weight_view(self._weight_slots, null, memoize=True),
         ):
             yield view
+
+    def _null_draws(
+        self, cache_ns: str, seed: int, weights: NullWeights
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A null's LoRA factors, drawn once per run: calibration opens each null once per
+        calibrated entry, and a norm-matched draw costs more than the swap itself.
+        ``cache_ns`` identifies seed and construction exactly; kept within a byte budget."""
+        from dlm_sway.backends import hf_lora
+
+        memo = self._draw_memo
+        if cache_ns in memo:
+            memo.move_to_end(cache_ns)
+            return list(memo[cache_ns])
+        draws = hf_lora.draw_null(self._plain_slots, seed, weights)
+        size = sum(a.nbytes + b.nbytes for a, b in draws)
+        if size <= NULL_DRAW_CACHE_BYTES:
+            memo[cache_ns] = draws
+            while sum(a.nbytes + b.nbytes for d in memo.values() for a, b in d) > (
+                NULL_DRAW_CACHE_BYTES
+            ):
+                memo.popitem(last=False)
+        return draws
 
     def weight_slots(self) -> list[WeightSlot]:
         """The DoRA and ``modules_to_save`` tensors whose views are built in weight space."""

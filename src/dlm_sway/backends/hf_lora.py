@@ -227,6 +227,52 @@ def null_weights(construction: str, *, init_scale: float, rank_scale: float) -> 
     )
 
 
+def draw_null(
+    slots: Sequence[LoraSlot], seed: int, weights: NullWeights
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every slot's replacement (A, B), drawn in order from one CPU generator seeded by ``seed``.
+
+    Drawn before any slot is swapped, so ``weights`` always sees the trained A and B.
+    """
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with torch.no_grad():
+        for slot in slots:
+            new_a, new_b = weights(slot, generator)
+            out.append(
+                (
+                    new_a.to(dtype=slot.a.dtype, device=slot.a.device),
+                    new_b.to(dtype=slot.b.dtype, device=slot.b.device),
+                )
+            )
+    return out
+
+
+@contextmanager
+def swapped_lora(
+    slots: Sequence[LoraSlot], draws: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> Iterator[None]:
+    """Every slot's A/B replaced by ``draws`` while open.
+
+    Originals are cloned first and copied back in ``finally`` (same dtype, so
+    the restore is bit-exact), also when the body or the swap itself raises.
+    """
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for slot, (new_a, new_b) in zip(slots, draws, strict=True):
+                saved.append((slot.a.detach().clone(), slot.b.detach().clone()))
+                slot.a.copy_(new_a)
+                slot.b.copy_(new_b)
+        yield
+    finally:
+        with torch.no_grad():
+            for slot, (orig_a, orig_b) in zip(slots, saved, strict=False):
+                slot.a.copy_(orig_a)
+                slot.b.copy_(orig_b)
+
+
 @contextmanager
 def null_lora(
     model: torch.nn.Module,
@@ -239,23 +285,7 @@ def null_lora(
 
     ``slots`` (default: every LoRA slot, in registration order) limits the swap, e.g.
     to :func:`plain_lora_slots` when DoRA modules get weight-space nulls instead.
-    Originals are cloned first and copied back in ``finally`` (same dtype, so
-    the restore is bit-exact), also when the body or the swap itself raises.
     """
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
     slots = list(iter_lora_slots(model)) if slots is None else list(slots)
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for slot in slots:
-                new_a, new_b = weights(slot, generator)
-                saved.append((slot.a.detach().clone(), slot.b.detach().clone()))
-                slot.a.copy_(new_a.to(dtype=slot.a.dtype, device=slot.a.device))
-                slot.b.copy_(new_b.to(dtype=slot.b.dtype, device=slot.b.device))
+    with swapped_lora(slots, draw_null(slots, seed, weights)):
         yield
-    finally:
-        with torch.no_grad():
-            for slot, (orig_a, orig_b) in zip(slots, saved, strict=False):
-                slot.a.copy_(orig_a)
-                slot.b.copy_(orig_b)

@@ -60,6 +60,10 @@ class ProbeSpec(BaseModel):
 
 NullStatsMap = Mapping[str, NullStats]
 ProgressFn = Callable[[str, int, int], None]
+#: Called by ``null_adapter`` as soon as one entry's nulls are all drawn: (entry name,
+#: rank key → its stats, why it could not be calibrated or None). The runner uses it to
+#: judge that entry at once instead of after every entry's nulls.
+CalibratedFn = Callable[[str, Mapping[str, NullStats], "str | None"], None]
 
 
 def _no_progress(label: str, done: int, total: int) -> None:
@@ -94,6 +98,7 @@ class RunContext:
     #: the ``.dlm`` document's store: where probes that read training artefacts look.
     adapter_dir: str | None = None
     dlm_store: str | None = None
+    on_calibrated: CalibratedFn | None = None
 
     @property
     def downstream_kinds(self) -> tuple[str, ...]:

@@ -286,46 +286,42 @@ class NullAdapterProbe(Probe):
     ) -> tuple[dict[str, dict[str, NullStats]], dict[str, list[str]]]:
         """Per rank key, per entry, the null stats; and per entry, the draws that failed.
 
+        Entry by entry (all of one entry's nulls, then the next's), so each entry's
+        statistics exist as early as possible; ``ctx.on_calibrated`` hears of each one
+        then, and the runner can judge it while the others are still being drawn.
         Each null runs with the *run's* seed in its context: only the adapter differs
         from the real measurement, so seeded steps inside a probe (clustering, item
         selection) are the same ones the real run's verdict rests on.
         """
-        out: dict[str, dict[str, NullStats]] = {}
+        out: dict[str, dict[str, NullStats]] = {rank_key(m): {} for m in spec.rank_multipliers}
         errors: dict[str, list[str]] = {}
-        total = spec.runs * len(spec.rank_multipliers)
+        primary = rank_key(1.0) if rank_key(1.0) in out else next(iter(out))
+        total = spec.runs * len(spec.rank_multipliers) * len(targets)
         step = 0
-        for mult in spec.rank_multipliers:
-            samples: dict[str, list[float]] = {t.name: [] for _, t, _ in targets}
-            for i, seed in enumerate(seeds):
-                label = f"{spec.name}: null {i + 1}/{spec.runs} @ {mult:g}x"
-                ctx.progress(label, step, total)
-                proxy = NullCalibrationBackendProxy(
-                    backend,
-                    seed=seed,
-                    init_scale=spec.init_scale,
-                    rank_scale=mult,
-                    construction=spec.null,
-                )
-                null_ctx = ctx.evolve(
-                    backend=proxy,
-                    null_stats={},
-                    null_stats_by_rank={},
-                    downstream=(),
-                    calibrating=True,
-                )
-                for _probe, target, calib in targets:
+        for _probe, target, calib in targets:
+            for mult in spec.rank_multipliers:
+                samples: list[float] = []
+                for i, seed in enumerate(seeds):
+                    label = f"{spec.name}: {target.name} null {i + 1}/{spec.runs} @ {mult:g}x"
+                    ctx.progress(label, step, total)
+                    null_ctx = _null_context(ctx, backend, spec, seed, mult)
                     raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
                     if raw is not None:
-                        samples[target.name].append(raw)
+                        samples.append(raw)
                     elif err:
                         errors.setdefault(target.name, []).append(f"seed {seed}: {err}")
-                step += 1
-                ctx.progress(label, step, total)
-            out[rank_key(mult)] = {
-                name: NullStats.from_samples(xs, construction=spec.null, method=spec.calibration)
-                for name, xs in samples.items()
-                if xs
-            }
+                    step += 1
+                    ctx.progress(label, step, total)
+                if samples:
+                    out[rank_key(mult)][target.name] = NullStats.from_samples(
+                        samples, construction=spec.null, method=spec.calibration
+                    )
+            if ctx.on_calibrated is not None:
+                mine = {k: group[target.name] for k, group in out.items() if target.name in group}
+                failure = None
+                if target.name not in out[primary]:
+                    failure = f"no finite null raw: {errors.get(target.name, ['none'])[0]}"
+                ctx.on_calibrated(target.name, mine, failure)
         return out, errors
 
     def _finish(
@@ -430,6 +426,27 @@ def _seed_contract_fallback(spec: NullAdapterSpec, backend: NullCalibratedBacken
         f"the backend draws only the seed contract's {SEED_CONSTRUCTION!r} nulls, not the "
         f"default {spec.null!r}: calibrated against fixed-std nulls (set null: explicitly "
         "to require a construction)"
+    )
+
+
+def _null_context(
+    ctx: RunContext, backend: NullCalibratedBackend, spec: NullAdapterSpec, seed: int, mult: float
+) -> RunContext:
+    """The run's context with one seeded null as "the fine-tune" (and nothing to calibrate)."""
+    proxy = NullCalibrationBackendProxy(
+        backend,
+        seed=seed,
+        init_scale=spec.init_scale,
+        rank_scale=mult,
+        construction=spec.null,
+    )
+    return ctx.evolve(
+        backend=proxy,
+        null_stats={},
+        null_stats_by_rank={},
+        downstream=(),
+        calibrating=True,
+        on_calibrated=None,
     )
 
 

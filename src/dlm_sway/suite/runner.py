@@ -24,8 +24,8 @@ from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import ProbeResult, SuiteResult, Verdict
 from dlm_sway.core.scoring import DifferentialBackend, PreflightCheckable
 from dlm_sway.core.stats import NullStats
-from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result
-from dlm_sway.probes.null_adapter import NullAdapterSpec, select_targets
+from dlm_sway.probes.base import CalibratedFn, Probe, ProbeSpec, RunContext, bare_result
+from dlm_sway.probes.null_adapter import NullAdapterSpec, rank_key, select_targets
 from dlm_sway.suite.evidence import apply_holm, health_checks, measure_noise_floor
 from dlm_sway.suite.loader import LoadedSpec
 from dlm_sway.suite.preflight import check_context
@@ -117,7 +117,11 @@ def run(
     #: an entry WARN "not calibrated" instead of passing on fixed thresholds.
     uncalibrated: dict[str, str] = {}
     total = len(loaded.probes)
-    for i, (probe, pspec) in enumerate(loaded.probes):
+    #: Entries already judged while a null_adapter was still drawing (index → result).
+    early: dict[int, ProbeResult] = {}
+
+    def run_entry(i: int, hook: CalibratedFn | None = None) -> ProbeResult:
+        probe, pspec = loaded.probes[i]
         if progress is not None:
             progress.probe_started(pspec.name, i, total)
         if trace is not None:
@@ -125,25 +129,64 @@ def run(
         if not pspec.enabled:
             result = bare_result(pspec, Verdict.SKIP, "disabled in spec")
         else:
-            ctx = ctx.evolve(
+            entry_ctx = ctx.evolve(
                 downstream=loaded.probes[i + 1 :],
                 null_stats=MappingProxyType(dict(null_stats)),
                 null_stats_by_rank=MappingProxyType(
                     {k: MappingProxyType(v) for k, v in by_rank.items()}
                 ),
                 calibration_failures=MappingProxyType(dict(uncalibrated)),
+                on_calibrated=hook,
             )
             tp = time.perf_counter()
-            result = _fenced(probe.run, pspec, ctx)
-            result = result.with_duration(time.perf_counter() - tp)
+            result = _fenced(probe.run, pspec, entry_ctx)
+            spent = time.perf_counter() - tp - sum(early[j].duration_s for j in early if j > i)
+            result = result.with_duration(max(spent, 0.0))
             if pspec.kind == "null_adapter":
-                _note_calibration(result, pspec, ctx, null_stats, by_rank, uncalibrated)
+                _note_calibration(result, pspec, entry_ctx, null_stats, by_rank, uncalibrated)
         result = _stamp(result, probe, pspec)
-        results.append(result)
         if progress is not None:
             progress.probe_finished(result)
         if trace is not None:
             trace.probe_finished(result)
+        return result
+
+    def judge_early(after: int) -> CalibratedFn:
+        """While null_adapter ``after`` draws, judge each entry that directly follows it
+        as soon as its own nulls are in: the first verdicts come in seconds, in spec
+        order, computed exactly as they would be afterwards (same stats, same context)."""
+        state = {"next": after + 1}
+        multipliers = getattr(loaded.probes[after][1], "rank_multipliers", [1.0])
+
+        def calibrated(name: str, stats: Mapping[str, NullStats], failure: str | None) -> None:
+            j = state["next"]
+            while 0 <= j < total and not loaded.probes[j][1].enabled:
+                early[j] = run_entry(j)
+                j += 1
+            if not (0 <= j < total) or loaded.probes[j][1].name != name:
+                state["next"] = -1  # an entry in between is not calibrated here: stop early runs
+                return
+            # The same bookkeeping as _note_calibration, for this one entry.
+            if failure is None:
+                primary = rank_key(1.0) if rank_key(1.0) in stats else next(iter(stats))
+                null_stats[name] = stats[primary]
+                uncalibrated.pop(name, None)
+            else:
+                uncalibrated[name] = failure
+            if len(multipliers) > 1:
+                for key, one in stats.items():
+                    by_rank.setdefault(key, {})[name] = one
+            early[j] = run_entry(j)
+            state["next"] = j + 1
+
+        return calibrated
+
+    for i in range(total):
+        if i in early:
+            results.append(early.pop(i))
+            continue
+        is_null = loaded.probes[i][1].kind == "null_adapter" and loaded.probes[i][1].enabled
+        results.append(run_entry(i, judge_early(i) if is_null else None))
     results = apply_holm(results)
     timings["total_s"] = time.perf_counter() - t0
     suite = _assemble(

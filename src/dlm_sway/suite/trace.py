@@ -49,6 +49,7 @@ class TraceWriter:
             ) from None
         self._t0 = time.perf_counter()
         self.current = "<setup>"
+        self._open: list[str] = []
         self.write(
             "trace",
             version=TRACE_VERSION,
@@ -77,6 +78,9 @@ class TraceWriter:
             self.write("end", what="phase", name=name, seconds=time.perf_counter() - t)
 
     def probe_started(self, name: str, kind: str, index: int) -> None:
+        # A stack: the runner judges entries while a null_adapter is still drawing, and
+        # the null's later forwards are its own again once that entry has finished.
+        self._open.append(name)
         self.current = name
         self.write("start", what="probe", name=name, kind=kind, index=index)
 
@@ -89,7 +93,9 @@ class TraceWriter:
             verdict=result.verdict.value,
             seconds=result.duration_s,
         )
-        self.current = "<between probes>"
+        if self._open:
+            self._open.pop()
+        self.current = self._open[-1] if self._open else "<between probes>"
 
     # -- the backend's hook (see backends.instrumentation.CallRecord) --------------------
     def scoring_call(self, record: Any) -> None:
