@@ -70,6 +70,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--flops", action="store_true", help="then FLOP/s per phase (new tree)")
     parser.add_argument("--keep", type=Path, default=None, help="keep specs and JSONs here")
+    parser.add_argument(
+        "--new-dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="dtype of the new tree's race spec (bf16: the CPU half-precision lever; the old "
+        "side stays fp32, so the ratio is the whole gain and the verdicts are compared)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
@@ -147,9 +154,10 @@ def run_cli(tree: Path, args: Sequence[str], *, cwd: Path) -> tuple[float, float
     return wall, usage.ru_maxrss / 1024.0, proc.returncode, err[-2000:]
 
 
-def write_race_spec(folder: Path) -> Path:
+def write_race_spec(folder: Path, dtype: str = "fp32") -> Path:
     text = SPEC.read_text(encoding="utf-8")
     text = text.replace("../../src/dlm_sway/demo/adapters/strong", str(ADAPTER))
+    text = text.replace("dtype: fp32", f"dtype: {dtype}")
     out = folder / "race.yaml"
     out.write_text(text, encoding="utf-8")
     return out
@@ -212,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder = work / side
             folder.mkdir()
             if "race" in args.suite:
-                specs[("race", side)] = write_race_spec(folder)
+                dtype = args.new_dtype if side == "new" else "fp32"
+                specs[("race", side)] = write_race_spec(folder, dtype)
             if "autogen" in args.suite:
                 specs[("autogen", side)] = autogen_spec(tree, folder)
         print(f"old = {args.rev} at {trees['old']}; new = working tree {ROOT}", flush=True)

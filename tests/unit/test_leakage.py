@@ -16,7 +16,7 @@ import pytest
 
 from dlm_sway.backends.dummy import DummyDifferentialBackend
 from dlm_sway.core.errors import SpecValidationError
-from dlm_sway.core.result import Verdict, band_of
+from dlm_sway.core.result import Direction, Verdict, band_of
 from dlm_sway.core.scoring import (
     NULL_CONSTRUCTIONS,
     Conversation,
@@ -159,10 +159,12 @@ def test_overlap_metrics() -> None:
 # ---------------------------------------------------------------- verdicts
 
 
-def test_reciting_fine_tune_passes_and_flags_memorisation() -> None:
+def test_reciting_fine_tune_fails_and_flags_memorisation() -> None:
+    """Under intent generalize (the default) recital is the harm: FAIL, band suspicious."""
     spec = LeakageSpec(name="leak", prefix_chars=64, continuation_chars=96)
     result = LeakageProbe().run(spec, _ctx(ReciteBackend(DOC.text)))
-    assert result.verdict is Verdict.PASS
+    assert result.verdict is Verdict.FAIL and result.direction is Direction.HARM
+    assert result.headline == "recital", result.message  # no null: fixed limit only
     assert result.raw == pytest.approx(1.0)
     assert result.base_value is not None and result.base_value < 0.2
     assert result.overfit is not None and result.overfit.name == "verbatim_recital"
@@ -173,19 +175,34 @@ def test_reciting_fine_tune_passes_and_flags_memorisation() -> None:
     assert shown.prompt == first.prefix and shown.finetuned.startswith(first.continuation)
 
 
-def test_calibrated_recital_beats_nulls_and_a_silent_adapter_fails() -> None:
-    entry = {"name": "leak", "kind": "leakage", "prefix_chars": 64, "continuation_chars": 96}
+@pytest.mark.parametrize("intent", ["generalize", "memorize"])
+def test_calibrated_verdicts_follow_the_intent(intent: str) -> None:
+    """generalize: a reciting adapter FAILs, a non-reciting one PASSes ("no recital").
+    memorize: the reverse, as an effect claim. The numbers are the same either way."""
+    entry = {
+        "name": "leak",
+        "kind": "leakage",
+        "prefix_chars": 64,
+        "continuation_chars": 96,
+        "intent": intent,
+    }
     spec = _suite({"name": "null", "kind": "null_adapter", "runs": 5}, entry)
     leaky = run(spec, ReciteBackend(DOC.text)).by_name("leak")
-    assert leaky.verdict is Verdict.PASS, leaky.message
+    quiet = run(spec, ReciteBackend(DOC.text, ft_chars=4)).by_name("leak")
     assert leaky.null is not None and leaky.null.k == 5
     assert leaky.z_score is not None and leaky.z_score >= 3.0
-    assert leaky.overfit is not None
-    quiet = run(spec, ReciteBackend(DOC.text, ft_chars=4)).by_name("leak")
-    assert quiet.verdict is Verdict.FAIL, quiet.message
-    assert quiet.headline == "indistinguishable from noise"
-    assert quiet.overfit is None
-    assert quiet.raw is not None and quiet.raw < 0.2
+    assert quiet.raw is not None and quiet.raw < 0.2 and quiet.overfit is None
+    if intent == "generalize":
+        assert leaky.verdict is Verdict.FAIL, leaky.message
+        assert leaky.headline == "recites more than random adapters"
+        assert leaky.overfit is not None and leaky.direction is Direction.HARM
+        assert quiet.verdict is Verdict.PASS, quiet.message
+        assert quiet.headline == "no recital beyond noise"
+    else:
+        assert leaky.verdict is Verdict.PASS, leaky.message
+        assert leaky.overfit is None and leaky.direction is Direction.EFFECT
+        assert quiet.verdict is Verdict.FAIL, quiet.message
+        assert quiet.headline == "indistinguishable from noise"
 
 
 def test_memorize_intent_never_raises_the_signal() -> None:

@@ -363,6 +363,20 @@ def holm_rejudge(result: ProbeResult, p_adj: float, family_size: int) -> ProbeRe
     )
 
 
+@dataclass(frozen=True)
+class HarmWords:
+    """How a harm claim is worded: forgetting probes forget, leakage under ``intent:
+    generalize`` recites. Same rules, so the words must follow the probe."""
+
+    noun: str = "forgetting"
+    does: str = "forgets"
+    do: str = "forget"
+
+
+FORGETTING = HarmWords()
+RECITAL = HarmWords("recital", "recites", "recite")
+
+
 def judge_harm(
     harm: NullComparison | None,
     *,
@@ -375,6 +389,7 @@ def judge_harm(
     uncalibrated_reason: str | None = None,
     calibration_failed: str | None = None,
     practical_score: float | None = None,
+    words: HarmWords = FORGETTING,
 ) -> Judgement:
     """Verdict for a forgetting probe: its PASS claims *no harm* past the limit.
 
@@ -393,6 +408,7 @@ def judge_harm(
         non_negative=non_negative,
         uncalibrated_reason=uncalibrated_reason,
         calibration_failed=calibration_failed,
+        words=words,
     )
     if practical_score is None or j.score is None:
         return j
@@ -410,6 +426,7 @@ def _judge_harm(
     non_negative: bool,
     uncalibrated_reason: str | None,
     calibration_failed: str | None,
+    words: HarmWords,
 ) -> Judgement:
     if harm is not None and harm.z is not None and harm.p_value is not None:
         stand = _stand(harm, versus, non_negative)
@@ -417,14 +434,14 @@ def _judge_harm(
         if not practical_ok and beyond:
             return Judgement(
                 Verdict.FAIL,
-                "forgets more than random adapters",
+                f"{words.does} more than random adapters",
                 f"{what} ({limit_text}); harm {stand}",
                 0.0,
             )
         if not practical_ok and harm.p_value < ALPHA:
             return Judgement(
                 Verdict.WARN,
-                "forgetting, real but below the bar",
+                f"{words.noun}, real but below the bar",
                 f"{what} ({limit_text}); harm {stand}: p < {ALPHA:g} but z={harm.z:+.2f}σ < "
                 f"{z_bar:g} (assert_z_gte): not enough to blame what the adapter learned "
                 "rather than its size",
@@ -433,19 +450,21 @@ def _judge_harm(
         if not practical_ok:
             return Judgement(
                 Verdict.WARN,
-                "forgetting within what random adapters do",
-                f"{what} ({limit_text}), but random adapters of the same size forget as much "
+                f"{words.noun} within what random adapters do",
+                f"{what} ({limit_text}), but random adapters of the same size {words.do} as much "
                 f"(harm {stand}): the adapter's magnitude, not its content, costs this",
                 WARN_SCORE_CAP,
             )
         if beyond:
             return Judgement(
                 Verdict.PASS,
-                "small but real forgetting",
+                f"small but real {words.noun}",
                 f"{what} stays within {limit_text}, though beyond random adapters (harm {stand})",
                 0.75,
             )
-        return Judgement(Verdict.PASS, "no forgetting beyond noise", f"{what}; harm {stand}", 1.0)
+        return Judgement(
+            Verdict.PASS, f"no {words.noun} beyond noise", f"{what}; harm {stand}", 1.0
+        )
     if calibration_failed:
         return Judgement(
             Verdict.WARN if practical_ok else Verdict.FAIL,
@@ -457,11 +476,14 @@ def _judge_harm(
     note = uncalibrated_reason or "no null_adapter in the suite: fixed limits only"
     if practical_ok:
         return Judgement(Verdict.PASS, "within the limit", f"{what} ({limit_text}); {note}", 1.0)
-    return Judgement(Verdict.FAIL, "forgetting", f"{what} ({limit_text}); {note}", 0.0)
+    return Judgement(Verdict.FAIL, words.noun, f"{what} ({limit_text}); {note}", 0.0)
 
 
 __all__ = [
     "ALPHA",
+    "FORGETTING",
+    "RECITAL",
+    "HarmWords",
     "FAIL_SCORE_CAP",
     "WARN_SCORE_CAP",
     "Bar",

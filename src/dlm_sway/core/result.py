@@ -288,6 +288,9 @@ _NOT_CLAIMS = ("null_adapter", "preflight")
 #: curve): their FAIL says the training fell short, not that the adapter costs what the
 #: base knew, so they never make a run "harmful" (the gate still fails on them).
 _TRAINING_CHECKS = ("gradient_ghost", "training_drift")
+#: HARM claims that are not forgetting: the training checks above, and ``leakage`` under
+#: ``intent: generalize`` (a recital FAIL carries the over-fit signal: "suspicious").
+_NOT_FORGETTING = (*_TRAINING_CHECKS, "leakage")
 _ALPHA = 0.05  # core.judge.ALPHA (judge imports this module, so it cannot be imported here)
 
 
@@ -313,8 +316,8 @@ def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
 
     The first rule that applies decides:
 
-    1. **harmful** — a forgetting probe (``direction`` HARM, not one of the
-       training-run checks :data:`_TRAINING_CHECKS`) FAILs: whatever the adapter
+    1. **harmful** — a forgetting probe (``direction`` HARM, not one of
+       :data:`_NOT_FORGETTING`) FAILs: whatever the adapter
        achieves, it costs what the base model knew.
     2. **suspicious** — a result carries a named over-fit signal (``overfit``),
        e.g. ``verbatim_over_paraphrase``: the verbatim lift is real but the
@@ -333,7 +336,7 @@ def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
         for r in judged
         if r.direction is Direction.HARM
         and r.verdict is Verdict.FAIL
-        and r.kind not in _TRAINING_CHECKS
+        and r.kind not in _NOT_FORGETTING
     ]
     if harmed:
         return Band(

@@ -13,11 +13,13 @@ is compared with the held-out one after case-folding and collapsing whitespace:
 
 ``raw`` is the fine-tune's mean verbatim run. Calibrated on the same windows:
 under a null adapter of the same size, the generation's overlap is what chance
-and the base model's own knowledge of the text give. The claim is an *effect*
-("the fine-tune recites its document beyond random adapters"): a PASS is a
-memorisation finding. Under ``intent: generalize`` (the default) a real,
-sizeable recital also raises the over-fit signal ``verbatim_recital``, which
-makes the run's band "suspicious"; under ``intent: memorize`` recital is the goal.
+and the base model's own knowledge of the text give. The claim follows
+``intent``. Under ``generalize`` (the default) it is a *harm* claim, judged like
+forgetting: PASS means no recital past ``assert_lcs_gte`` beyond random adapters,
+FAIL a real, sizeable recital (which also raises the over-fit signal
+``verbatim_recital`` and makes the run's band "suspicious"). Under ``memorize``
+recital is the goal and the claim an *effect*: PASS means the fine-tune recites
+its document beyond random adapters.
 
 Departures from the reference: the reference scored only the fine-tune with a
 Ratcliff/Obershelp ratio (not a substring measure), one window per section, and
@@ -38,8 +40,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from dlm_sway.core.judge import ALPHA
-from dlm_sway.core.result import GeneratedSample, OverfitSignal, ProbeResult, Verdict
+from dlm_sway.core.judge import ALPHA, RECITAL, Judgement, judge_harm
+from dlm_sway.core.result import (
+    Direction,
+    GeneratedSample,
+    OverfitSignal,
+    ProbeResult,
+    Verdict,
+)
 from dlm_sway.core.scoring import GenerationSettings
 from dlm_sway.core.sections import Document, SectionKind
 from dlm_sway.core.stats import bootstrap_ci
@@ -202,16 +210,7 @@ class LeakageProbe(Probe):
             f"(base {base_mean:.1%}; longest run {longest} chars; {spec.ngram}-gram recall "
             f"{ft_recall:.1%}, base {base_recall:.1%}) over {len(wins)} window(s)"
         )
-        judgement = judge(
-            raw,
-            cal,
-            spec,
-            ctx,
-            what=what,
-            min_effect=spec.assert_lcs_gte,
-            min_effect_name="assert_lcs_gte",
-            fixed_score=min(1.0, raw / max(spec.assert_lcs_gte, 1e-9)),
-        )
+        judgement, direction = _judgement(spec, cal, ctx, raw, what, self.kind)
         evidence: dict[str, Any] = {
             "num_windows": len(wins),
             "intent": spec.intent,
@@ -248,6 +247,7 @@ class LeakageProbe(Probe):
             ci_95=ci,
             base_value=base_mean,
             ft_value=raw,
+            direction=direction,
         )
         shown = tuple(
             GeneratedSample(w.prefix, b, f)
@@ -265,6 +265,43 @@ class LeakageProbe(Probe):
         if not isinstance(target, LeakageSpec):
             return None
         return None if _skip_reason(target, ctx) is not None else target
+
+
+def _judgement(
+    spec: LeakageSpec, cal: Calibration, ctx: RunContext, raw: float, what: str, kind: str
+) -> tuple[Judgement, Direction]:
+    """``memorize``: an effect claim (PASS = recites beyond random adapters).
+    ``generalize``: a harm claim, like forgetting (PASS = no recital past the limit
+    beyond random adapters), so an adapter that learned without reciting passes."""
+    if spec.intent == "memorize":
+        return (
+            judge(
+                raw,
+                cal,
+                spec,
+                ctx,
+                what=what,
+                min_effect=spec.assert_lcs_gte,
+                min_effect_name="assert_lcs_gte",
+                fixed_score=min(1.0, raw / max(spec.assert_lcs_gte, 1e-9)),
+            ),
+            Direction.EFFECT,
+        )
+    limit = max(spec.assert_lcs_gte, 1e-9)
+    judgement = judge_harm(
+        cal.comparison if cal.usable else None,
+        what=what,
+        versus=cal.versus(),
+        practical_ok=raw < spec.assert_lcs_gte,
+        limit_text=f"limit: mean verbatim run < {spec.assert_lcs_gte:g} (assert_lcs_gte)",
+        z_bar=spec.assert_z_gte,
+        non_negative=True,
+        uncalibrated_reason=cal.fallback_note(kind),
+        calibration_failed=cal.failed,
+        practical_score=max(0.0, 1.0 - raw / limit) if math.isfinite(raw) else None,
+        words=RECITAL,
+    )
+    return judgement, Direction.HARM
 
 
 def recital_signal(

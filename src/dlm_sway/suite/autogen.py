@@ -259,7 +259,7 @@ def _generation_probes(plan: Plan, document: Document, *, questions: bool) -> No
             "leakage",
             {"name": "recital", "kind": "leakage"},
             "does the fine-tune recite its training text beyond random adapters? "
-            "(memorisation; a PASS is a finding, not a goal, unless intent: memorize)",
+            "(intent generalize: PASS = no recital; set intent: memorize to require one)",
             None,
         ),
         (
