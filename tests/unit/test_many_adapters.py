@@ -112,6 +112,11 @@ def test_one_load_one_result_per_adapter_equal_to_separate_runs(
     # The no-op first checkpoint fails, the trained last one passes: they really differ.
     assert probes(files["checkpoint-1"])["topic"]["verdict"] == "fail"
     assert probes(files["checkpoint-10"])["topic"]["verdict"] == "pass"
+    # Each report counts its own adapter's work, not the backend's running total.
+    stats = [json.loads(files[label].read_text("utf-8"))["backend_stats"] for label in labels]
+    assert [s["model_loads"] for s in stats] == [1, 1, 1]
+    forwards = [s["forward_passes"] for s in stats]
+    assert forwards[0] > 0 and forwards[1] == forwards[2] and forwards[1] <= forwards[0]
 
 
 def test_gate_fails_when_any_adapter_fails(ckpts: Path, tmp_path: Path) -> None:

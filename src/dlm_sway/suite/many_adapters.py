@@ -45,6 +45,9 @@ class AdapterRun:
     ref: AdapterRef
     suite: SuiteResult
     score: SwayScore
+    #: Backends built in this run so far, this adapter's included (1 for every adapter
+    #: when the backend swaps in place); also ``backend_stats["model_loads"]`` in the JSON.
+    model_loads: int = 1
 
 
 def natural_key(path: Path) -> tuple[tuple[int, int | str], ...]:
@@ -144,6 +147,7 @@ def run_many(
     kind = loaded.spec.models.ft.kind
     runs: list[AdapterRun] = []
     backend = build_for_adapter(loaded, adapters[0].path)
+    loads = 1
     swappable = isinstance(backend, AdapterSwappable)
     if not swappable and len(adapters) > 1:
         on_note(
@@ -162,11 +166,13 @@ def run_many(
                 else:
                     _close(backend)
                     backend = build_for_adapter(loaded, ref.path)
+                    loads += 1
             suite = run(loaded, backend, progress=progress, adapter_id=str(ref.path))
+            stats = {**suite.backend_stats, "model_loads": loads}
             if isinstance(backend, CacheIdentified):  # names the exact adapter weights
-                stats = {**suite.backend_stats, "identity": backend.cache_identity()}
-                suite = replace(suite, backend_stats=stats)
-            runs.append(AdapterRun(ref, suite, compute(suite, weights)))
+                stats["identity"] = backend.cache_identity()
+            suite = replace(suite, backend_stats=stats)
+            runs.append(AdapterRun(ref, suite, compute(suite, weights), model_loads=loads))
     finally:
         _close(backend)
     return runs

@@ -59,6 +59,7 @@ def run(
     t0 = time.perf_counter()
     determinism = seed_everything(spec.defaults.seed)
     timings: dict[str, float] = {}
+    before = _backend_stats(backend)
     ft = spec.models.ft
     adapter_label = adapter_id if adapter_id is not None else (ft.adapter or "")
 
@@ -85,7 +86,7 @@ def run(
                 )
             )
             return _assemble(
-                loaded, started, results, {}, determinism, backend, timings, adapter_label
+                loaded, started, results, {}, determinism, backend, timings, adapter_label, before
             )
 
     noise_floor: dict[str, Any] = {}
@@ -190,7 +191,7 @@ def run(
     results = apply_holm(results)
     timings["total_s"] = time.perf_counter() - t0
     suite = _assemble(
-        loaded, started, results, null_stats, determinism, backend, timings, adapter_label
+        loaded, started, results, null_stats, determinism, backend, timings, adapter_label, before
     )
     return replace(
         suite,
@@ -282,6 +283,41 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+#: Counters that add up over a backend's life; a run reports its own share of them.
+_COUNTERS = (
+    "forward_passes",
+    "scored_tokens",
+    "cache_hits",
+    "cache_misses",
+    "batches_sent",
+    "batched_prompts",
+    "scoring_wall_s",
+)
+
+
+def _backend_stats(backend: DifferentialBackend | None) -> dict[str, Any]:
+    stats_obj = getattr(backend, "stats", None)
+    if stats_obj is not None and callable(getattr(stats_obj, "to_dict", None)):
+        return dict(stats_obj.to_dict())
+    return {}
+
+
+def _stats_since(now: dict[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
+    """This run's counters on a backend that may have served earlier runs (``--adapters``
+    swaps adapters on one backend: its counters keep counting)."""
+    if not before:
+        return now
+    out = dict(now)
+    for key in _COUNTERS:
+        if isinstance(now.get(key), int | float) and isinstance(before.get(key), int | float):
+            out[key] = now[key] - before[key]
+    hits, misses = out.get("cache_hits", 0), out.get("cache_misses", 0)
+    out["hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
+    sent = out.get("batches_sent", 0)
+    out["avg_batch_size"] = out.get("batched_prompts", 0) / sent if sent else 0.0
+    return out
+
+
 def _assemble(
     loaded: LoadedSpec,
     started: datetime,
@@ -291,11 +327,9 @@ def _assemble(
     backend: DifferentialBackend | None,
     timings: dict[str, float],
     adapter_label: str,
+    before: Mapping[str, Any],
 ) -> SuiteResult:
-    stats_obj = getattr(backend, "stats", None)
-    backend_stats: dict[str, Any] = {}
-    if stats_obj is not None and callable(getattr(stats_obj, "to_dict", None)):
-        backend_stats = dict(stats_obj.to_dict())
+    backend_stats = _stats_since(_backend_stats(backend), before)
     return SuiteResult(
         spec_path=loaded.path,
         started_at=started,
