@@ -3,32 +3,18 @@ plus ``model_loads``, the count the bench asserts, recorded by ``run_many``."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from bench_modules import load
 
 from dlm_sway.backends.dummy import DummyDifferentialBackend
 from dlm_sway.suite import many_adapters as suite_many
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("many_adapters")
+bench = load("many_adapters")
 
 
 def test_defaults_give_five_checkpoints_and_too_few_is_refused(
