@@ -4,7 +4,7 @@ Only what the tests need: start Chromium on a free loopback port, open a page,
 record every request, console message, exception and log entry, evaluate
 JavaScript, send keys, and take a full-page screenshot. Chromium is bounded in
 time and always killed. ``python -m tests.integration.chromium PAGE.html OUT.png [MAX_HEIGHT]``
-writes a screenshot (the README's ``docs/html-report.png``).
+writes one screenshot; ``scripts/screenshot_report.py`` writes the README's two.
 """
 
 from __future__ import annotations
@@ -95,8 +95,11 @@ class Page:
                 windowsVirtualKeyCode=codes.get(key, 0),
             )
 
-    def screenshot(self, path: Path, *, width: int = 1200, max_height: int | None = None) -> None:
-        """The whole page (or its top ``max_height`` pixels), ``width`` CSS pixels wide, as PNG."""
+    def screenshot(
+        self, path: Path, *, width: int = 1200, max_height: int | None = None, top: int = 0
+    ) -> None:
+        """The page from ``top`` down (at most ``max_height`` pixels), ``width`` CSS pixels
+        wide, as PNG."""
         self.send(
             "Emulation.setDeviceMetricsOverride",
             width=width,
@@ -105,14 +108,14 @@ class Page:
             mobile=False,
         )
         metrics = self.send("Page.getLayoutMetrics")
-        height = int(metrics["cssContentSize"]["height"])
+        height = int(metrics["cssContentSize"]["height"]) - top
         if max_height is not None:
             height = min(height, max_height)
         shot = self.send(
             "Page.captureScreenshot",
             format="png",
             captureBeyondViewport=True,
-            clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+            clip={"x": 0, "y": top, "width": width, "height": height, "scale": 1},
         )
         path.write_bytes(base64.b64decode(shot["data"]))
 

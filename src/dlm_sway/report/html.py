@@ -346,6 +346,9 @@ def _forgetting(p: ProbeResult) -> dict[str, Any] | None:
         "headline": p.headline,
         "measured": p.measured,
         "rows": rows,
+        # Only an item-level probe can say "no item regressed"; a chunk-level or
+        # weight-level one (external_perplexity, gradient_ghost) has no items.
+        "itemized": isinstance(worst, list | tuple),
     }
 
 
