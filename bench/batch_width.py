@@ -4,7 +4,7 @@ Mixing base | fine-tuned | K nulls in one forward (PEFT ``adapter_names``) only 
 if rows get cheaper as a batch widens. This scores the same items (the general-
 knowledge pack's first ``--items``) on SmolLM2 + the ``strong`` adapter at each batch
 size, in alternation, and prints the median seconds per 1000 real tokens. On the
-2-core machine of issue 13 it is flat from 16 rows up: sway's batches are already 16
+2-core machine of issue 13 it is best at 16–32 rows and slower at 64: sway's batches are already 16
 wide, so mixing views would fill forwards that are already full.
 
     python bench/batch_width.py [--items 64] [--rounds 3] [--sizes 4 8 16 32 64]
