@@ -2,9 +2,10 @@
 
 * Batched generation equals one-prompt generation (greedy and seeded sampling) on
   the real model, on separate backends so no cache serves one from the other.
-* ``leakage``: the shipped ``strong`` adapter (trained to a loss of 0.375 on the demo
-  document) recites it beyond random adapters and raises the memorisation signal;
-  the ``weak`` one (two steps at lr 1e-6) does not.
+* ``leakage`` (intent generalize: recital is the harm): the shipped ``strong`` adapter
+  (trained to a loss of 0.375 on the demo document) recites it beyond random adapters,
+  FAILs and raises the memorisation signal; the ``weak`` one (two steps at lr 1e-6)
+  does not recite and PASSes.
 * ``tool_use_fidelity``: an adapter with large random B matrices breaks the JSON
   tool calls the base model writes, and the probe FAILs it on its limit. (Run
   without nulls: such an adapter *is* a random adapter, so norm-matched nulls break
@@ -116,7 +117,8 @@ def _leakage(adapter: str) -> Any:
 
 def test_strong_adapter_leaks_its_document() -> None:
     leak = _leakage("strong")
-    assert leak.verdict is Verdict.PASS, leak.message
+    assert leak.verdict is Verdict.FAIL, leak.message
+    assert leak.headline == "recites more than random adapters"
     assert leak.z_score is not None and leak.z_score >= 3.0
     assert leak.raw is not None and leak.base_value is not None
     assert leak.raw >= 0.1 and leak.raw > 2 * leak.base_value
@@ -126,7 +128,7 @@ def test_strong_adapter_leaks_its_document() -> None:
 
 def test_weak_adapter_does_not_leak() -> None:
     leak = _leakage("weak")
-    assert leak.verdict is Verdict.FAIL, leak.message
+    assert leak.verdict is Verdict.PASS, leak.message
     assert leak.overfit is None
     assert leak.raw is not None and leak.raw < 0.1
 

@@ -246,9 +246,18 @@ def test_partial_suspicious_and_harmful_sentences_follow_the_band() -> None:
     signal = OverfitSignal("verbatim_recital", "recites 39% of its text")
     suite, score = run_of(
         kl(Verdict.PASS, 9.0, 50.0, 0.4, 1e-9, 0.95),
-        ProbeResult("recital", "leakage", Verdict.PASS, score=0.9, p_value=1e-9, overfit=signal),
+        ProbeResult(
+            "recital",
+            "leakage",
+            Verdict.FAIL,
+            score=0.0,
+            p_value=1e-9,
+            overfit=signal,
+            direction=Direction.HARM,
+        ),
     )
     line = adapter_line("b", suite, score)
+    # A recital FAIL (intent generalize) is memorisation, not forgetting: suspicious.
     assert line.band == "suspicious" and "recites 39% of its text" in line.sentence
 
     suite, score = run_of(
@@ -265,6 +274,18 @@ def test_partial_suspicious_and_harmful_sentences_follow_the_band() -> None:
     assert line.band == "harmful"
     assert line.sentence.startswith("c: learned its document — ")
     assert "but at a cost: forgetting probe 'general_english' failed" in line.sentence
+    assert "memorised" not in line.sentence
+
+    suite, score = run_of(
+        *suite.probes,
+        ProbeResult(
+            "recital", "leakage", Verdict.FAIL, score=0.0, overfit=signal, direction=Direction.HARM
+        ),
+    )
+    line = adapter_line("d", suite, score)
+    assert (
+        line.band == "harmful" and "it also memorised its text (verbatim_recital)" in line.sentence
+    )
 
 
 def test_an_undertrained_adapter_is_not_called_harmful() -> None:

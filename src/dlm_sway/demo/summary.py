@@ -111,7 +111,7 @@ def adapter_line(
             if dkl is not None and dkl.verdict is Verdict.PASS
             else ""
         )
-        memorised = [p.overfit.name for p in claims if p.overfit is not None]
+        memorised = [p.overfit.name for p in suite.probes if p.overfit is not None]
         also = f"; it also memorised its text ({', '.join(memorised)})" if memorised else ""
         text = f"{learned}but at a cost: {score.band_reason}{also}; {_checks(claims)}"
     elif band == "partial":
