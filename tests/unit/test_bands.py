@@ -92,8 +92,7 @@ def test_forgetting_probes_failing_are_harmful_even_with_a_healthy_score() -> No
     score = compute(run)
     assert score.overall >= 0.6  # the number alone would say healthy
     assert score.band == "harmful"
-    assert "'ppl', 'facts'" in score.band_reason
-    assert "forgetting" in score.band_reason
+    assert "forgetting probes 'ppl', 'facts' failed" in score.band_reason
     # The finding names the forgetting probe, not the first FAIL in order.
     assert any(f.startswith("ppl (external_perplexity) failed") for f in score.findings)
 

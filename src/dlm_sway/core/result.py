@@ -341,7 +341,8 @@ def band_of(results: Sequence[ProbeResult], overall: float) -> Band:
     if harmed:
         return Band(
             "harmful",
-            f"forgetting probe {_names(harmed)} failed, and forgetting outweighs any effect",
+            f"forgetting probe{'s' if len(harmed) > 1 else ''} {_names(harmed)} failed, and "
+            "forgetting outweighs any effect",
         )
     flagged = [r for r in judged if r.overfit is not None]
     if flagged:
