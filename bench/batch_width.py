@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     args = parser.parse_args()
+    if args.items < 1 or args.rounds < 1 or min(args.sizes) < 1:
+        parser.error("--items, --rounds and every --sizes value must be >= 1")
 
     from dlm_sway.backends.builtin_models import resolve_base
     from dlm_sway.backends.hf import HFDifferentialBackend
