@@ -62,3 +62,33 @@ def test_model_that_changes_logits_after_the_head_falls_back(tiny_assets: Any) -
         assert not PositionHead(model).usable(kwargs, ids)
     finally:
         type(model).forward = plain  # type: ignore[method-assign]
+
+
+def test_head_runs_one_matmul_on_the_last_positions(tiny_assets: Any) -> None:
+    """``logits_to_keep`` slices the last position as a strided [B, 1, H] view; with frozen
+    weights torch would then expand the head's weight B times (a copy of the vocabulary
+    matrix per row in bf16). The head must receive one contiguous block, same numbers."""
+    with HFDifferentialBackend(
+        str(tiny_assets.base), tiny_assets.adapter, dtype="fp32", device="cpu"
+    ) as backend:
+        head = backend.peft_model.get_base_model().get_output_embeddings()
+        assert not head.weight.requires_grad  # the case where torch refuses to fold
+        seen: list[bool] = []
+        probe = head.register_forward_pre_hook(
+            lambda _m, args: seen.append(bool(args[0].is_contiguous()))
+        )
+        prompts = ["The zebra", "Fresh bread and butter on a plate", "A"]
+        try:
+            with backend.as_base() as view:
+                batched = view.next_token_full_batch(prompts)
+        finally:
+            probe.remove()
+        assert seen and all(seen)
+        scorer = backend._live_scorer()
+        with backend.as_base():
+            for prompt, dist in zip(prompts, batched, strict=True):
+                (ids,) = scorer.tokenizer([prompt], return_tensors="pt")["input_ids"]
+                with torch.inference_mode():
+                    full = backend.peft_model(input_ids=ids[None]).logits[0, -1]
+                expected = full.double().log_softmax(-1).float().numpy()
+                assert abs(dist.logprobs - expected).max() < 1e-4

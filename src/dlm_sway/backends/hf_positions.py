@@ -27,6 +27,30 @@ import torch
 PARITY_TOL = 1e-4
 
 
+def fold_head_input(model: Any) -> None:
+    """Make the output head's input contiguous, so its matmul runs as one matmul.
+
+    ``logits_to_keep`` (next-token dists, generation's prefill) hands the head a
+    strided ``[B, 1, H]`` slice. With frozen weights torch will not fold a strided
+    input into one ``[B, H]`` matmul: it expands the head's weight ``B`` times and
+    runs a batched matmul (measured on SmolLM2: 76 ms instead of 19 ms per call in
+    fp32, and in bf16 a copy of the whole vocabulary matrix per row). Copying the
+    ``B × H`` input is free next to that, and the numbers are the same.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module) or getattr(head, "_sway_folds_input", False):
+        return
+    head.register_forward_pre_hook(_contiguous_input)
+    head._sway_folds_input = True
+
+
+def _contiguous_input(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
 class PositionHead:
     """``body`` and ``head`` of a causal LM, usable only if they reproduce its forward."""
 
@@ -74,4 +98,4 @@ class PositionHead:
         return list(torch.split(logits, [len(ps) for ps in positions]))
 
 
-__all__ = ["PARITY_TOL", "PositionHead"]
+__all__ = ["PARITY_TOL", "PositionHead", "fold_head_input"]
