@@ -17,6 +17,7 @@ be a faster path to the same verdict.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,10 @@ import torch
 #: |Δ logit| allowed between the split and the full forward (same kernels, same order:
 #: in practice 0; anything visible means the model does something after the head).
 PARITY_TOL = 1e-4
+
+
+#: Heads that already carry the hook (a model can get more than one scorer).
+_FOLDED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 def fold_head_input(model: Any) -> None:
@@ -39,10 +44,10 @@ def fold_head_input(model: Any) -> None:
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Module) or getattr(head, "_sway_folds_input", False):
+    if not isinstance(head, torch.nn.Module) or head in _FOLDED:
         return
     head.register_forward_pre_hook(_contiguous_input)
-    head._sway_folds_input = True
+    _FOLDED.add(head)
 
 
 def _contiguous_input(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
