@@ -132,22 +132,33 @@ class PhaseMeter:
         return None
 
     def wrap(self, scorer: Any) -> None:
-        original = scorer.forward
+        """Meter both forward paths: last-position dists and logits at chosen positions."""
+        forward, logits_at = scorer.forward, scorer.logits_at
 
-        def forward(seqs: Sequence[Sequence[int]], **kwargs: Any) -> Any:
-            t = time.perf_counter()
-            out = original(seqs, **kwargs)
-            phase = self.phases[-1]
-            phase.forward_s += time.perf_counter() - t
-            lengths = [len(s) for s in seqs]
-            kept = len(seqs) if kwargs.get("last_only") else sum(lengths)
-            phase.forwards += 1
-            phase.real_tokens += sum(lengths)
-            phase.padded_tokens += max(lengths) * len(lengths)
-            phase.flops += forward_flops(lengths, kept_positions=kept, dims=self.dims)
-            return out
+        def metered_forward(seqs: Sequence[Sequence[int]], **kwargs: Any) -> Any:
+            kept = len(seqs) if kwargs.get("last_only") else sum(len(s) for s in seqs)
+            return self._meter(seqs, kept, lambda: forward(seqs, **kwargs))
 
-        scorer.forward = forward
+        def metered_logits_at(
+            seqs: Sequence[Sequence[int]], positions: Sequence[range], **kwargs: Any
+        ) -> Any:
+            kept = sum(len(ps) for ps in positions)
+            return self._meter(seqs, kept, lambda: logits_at(seqs, positions, **kwargs))
+
+        scorer.forward = metered_forward
+        scorer.logits_at = metered_logits_at
+
+    def _meter(self, seqs: Sequence[Sequence[int]], kept: int, call: Any) -> Any:
+        t = time.perf_counter()
+        out = call()
+        phase = self.phases[-1]
+        phase.forward_s += time.perf_counter() - t
+        lengths = [len(s) for s in seqs]
+        phase.forwards += 1
+        phase.real_tokens += sum(lengths)
+        phase.padded_tokens += max(lengths) * len(lengths)
+        phase.flops += forward_flops(lengths, kept_positions=kept, dims=self.dims)
+        return out
 
 
 def measure(spec_path: Path, *, dtype: str | None = None) -> tuple[list[Phase], float, str]:

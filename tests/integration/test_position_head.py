@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dlm_sway.backends.hf import HFDifferentialBackend
-from dlm_sway.backends.hf_positions import PositionHead
+from dlm_sway.backends.hf_positions import PositionHead, row_major_strides
 
 pytestmark = pytest.mark.hf
 
@@ -75,15 +75,16 @@ def test_head_runs_one_matmul_on_the_last_positions(tiny_assets: Any) -> None:
         assert not head.weight.requires_grad  # the case where torch refuses to fold
         seen: list[bool] = []
         probe = head.register_forward_pre_hook(
-            lambda _m, args: seen.append(bool(args[0].is_contiguous()))
+            lambda _m, args: seen.append(args[0].stride() == row_major_strides(args[0].shape))
         )
         prompts = ["The zebra", "Fresh bread and butter on a plate", "A"]
         try:
             with backend.as_base() as view:
                 batched = view.next_token_full_batch(prompts)
+                view.next_token_full("A prompt scored alone (one row)")
         finally:
             probe.remove()
-        assert seen and all(seen)
+        assert len(seen) == 2 and all(seen)
         scorer = backend._live_scorer()
         with backend.as_base():
             for prompt, dist in zip(prompts, batched, strict=True):
