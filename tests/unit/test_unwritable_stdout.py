@@ -46,3 +46,29 @@ def test_a_full_stdout_is_exit_2_with_one_line(tmp_path: Path, args: list[str]) 
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "cannot write the output" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["list-probes"], ["schema"], ["gate", "{spec}"]])
+def test_a_closed_pipe_is_exit_2_not_a_failed_gate(tmp_path: Path, args: list[str]) -> None:
+    """`sway gate spec.yaml | head -1`: the reader leaves early; click (and rich) would
+    exit 1 on the broken pipe, which is what a failing gate exits with."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    argv = [a.replace("{spec}", str(spec)) for a in args]
+    env = {**os.environ, "SWAY_NULL_CACHE_DIR": str(tmp_path / "cache")}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will ever read: every write meets EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from dlm_sway.cli.app import main; main()", *argv],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "cannot write the output" in proc.stderr

@@ -6,6 +6,7 @@ nothing verified, 130 interrupted (Ctrl-C) with nothing written.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -36,7 +37,21 @@ INTERRUPTED_MESSAGE = "interrupted: the run was stopped; nothing was written"
 
 T = TypeVar("T")
 
-err_console = Console(stderr=True, highlight=False)
+
+class SwayConsole(Console):
+    """rich's console, except that a closed pipe is an unwritable output, not ``exit 1``.
+
+    rich answers a broken pipe with ``SystemExit(1)``, which a CI reads as a failed
+    gate; raised as ``BrokenPipeError`` it reaches :func:`dlm_sway.cli.app.main`,
+    which says so in one line and exits 2.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the output pipe was closed")
+
+
+err_console = SwayConsole(stderr=True, highlight=False)
 
 
 @contextmanager
@@ -261,10 +276,10 @@ def stdout_console() -> Console:
     rich's layout; a pipe or a CI log gets soft wrap and a wide layout, so a line is
     never hard-wrapped at 80 columns (a number split over two lines cannot be grepped)
     and boxes fit their content instead of stretching to the wide layout."""
-    console = Console()
+    console = SwayConsole()
     if console.is_terminal or os.environ.get("COLUMNS"):
         return console
-    return Console(width=UNWRAPPED_WIDTH, soft_wrap=True)
+    return SwayConsole(width=UNWRAPPED_WIDTH, soft_wrap=True)
 
 
 def render(suite: SuiteResult, score: SwayScore, *, console: Console | None = None) -> None:

@@ -30,9 +30,10 @@ def list_probes_cmd(
 ) -> None:
     """List every registered probe kind: category, whether nulls calibrate it (and why not),
     whether it loads a model, summary."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from dlm_sway.cli._common import SwayConsole
 
     rows = probe_catalogue()
     if as_json:
@@ -53,7 +54,7 @@ def list_probes_cmd(
             "yes" if row["needs_model"] else "no",
             escape(row["summary"]),
         )
-    console = Console()
+    console = SwayConsole()
     console.print(table)
     if notes:
         console.print("not calibrated against null adapters:", *notes, sep="\n")
