@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,45 +31,38 @@ suite:
     ],
 )
 def test_a_full_stdout_is_exit_2_with_one_line(tmp_path: Path, args: list[str]) -> None:
-    spec = tmp_path / "s.yaml"
-    spec.write_text(SPEC, encoding="utf-8")
-    argv = [a.replace("{spec}", str(spec)) for a in args]
-    env = {**os.environ, "SWAY_NULL_CACHE_DIR": str(tmp_path / "cache")}
     with open("/dev/full", "w") as full:  # noqa: PTH123 — a device, not a path to manage
-        proc = subprocess.run(
-            [sys.executable, "-c", "from dlm_sway.cli.app import main; main()", *argv],
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert "cannot write the output" in proc.stderr
+        _assert_unwritable(_sway(tmp_path, args, stdout=full))
 
 
 @pytest.mark.parametrize("args", [["list-probes"], ["schema"], ["gate", "{spec}"]])
 def test_a_closed_pipe_is_exit_2_not_a_failed_gate(tmp_path: Path, args: list[str]) -> None:
     """`sway gate spec.yaml | head -1`: the reader leaves early; click (and rich) would
     exit 1 on the broken pipe, which is what a failing gate exits with."""
-    spec = tmp_path / "s.yaml"
-    spec.write_text(SPEC, encoding="utf-8")
-    argv = [a.replace("{spec}", str(spec)) for a in args]
-    env = {**os.environ, "SWAY_NULL_CACHE_DIR": str(tmp_path / "cache")}
     read_end, write_end = os.pipe()
     os.close(read_end)  # nobody will ever read: every write meets EPIPE
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", "from dlm_sway.cli.app import main; main()", *argv],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        _assert_unwritable(_sway(tmp_path, args, stdout=write_end))
     finally:
         os.close(write_end)
+
+
+def _sway(tmp_path: Path, args: list[str], *, stdout: Any) -> subprocess.CompletedProcess[str]:
+    """The console script on the test spec, its stdout going to ``stdout``."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    argv = [a.replace("{spec}", str(spec)) for a in args]
+    return subprocess.run(
+        [sys.executable, "-c", "from dlm_sway.cli.app import main; main()", *argv],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SWAY_NULL_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=120,
+    )
+
+
+def _assert_unwritable(proc: subprocess.CompletedProcess[str]) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "cannot write the output" in proc.stderr
