@@ -32,7 +32,7 @@ from dlm_sway.probes.tool_use_fidelity import (
     check_answer,
     extract_json,
 )
-from dlm_sway.suite.loader import from_dict
+from dlm_sway.suite.loader import from_dict, load_spec
 from dlm_sway.suite.runner import run
 
 WEATHER = {
@@ -199,6 +199,39 @@ def test_schema_from_a_file(tmp_path: Path) -> None:
     for name, match in [("missing.json", "cannot read schema file"), ("bad.json", "is not JSON")]:
         with pytest.raises(SpecValidationError, match=rf"cases\.0\.json_schema.*{match}"):
             _suite({"cases": [{"prompt": "p", "json_schema": str(tmp_path / name)}]})
+
+
+def test_a_relative_schema_path_is_read_from_the_spec_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like every other path in a spec: the same file whatever directory sway runs from,
+    never a same-named file that happens to sit in the current directory."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "schemas").mkdir(parents=True)
+    (elsewhere / "schemas").mkdir(parents=True)
+    (project / "schemas" / "call.json").write_text(json.dumps(WEATHER), encoding="utf-8")
+    decoy = {"type": "object", "required": ["decoy"]}
+    (elsewhere / "schemas" / "call.json").write_text(json.dumps(decoy), encoding="utf-8")
+    spec_file = project / "sway.yaml"
+    spec_file.write_text(
+        json.dumps(
+            {
+                "models": {"ft": {"kind": "dummy", "base": "b", "adapter": "a"}},
+                "suite": [
+                    {
+                        "name": "tools",
+                        "kind": "tool_use_fidelity",
+                        "cases": [{"prompt": "p", "json_schema": "schemas/call.json"}],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(elsewhere)
+    ((_, pspec),) = load_spec(spec_file).probes
+    assert isinstance(pspec, ToolUseFidelitySpec)
+    assert pspec.cases[0].schema_dict == WEATHER
 
 
 @pytest.mark.parametrize(

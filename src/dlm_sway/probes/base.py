@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
@@ -215,8 +216,14 @@ def get_probe_class(kind: str) -> type[Probe]:
     return reg[kind]
 
 
-def build_probe(raw: Mapping[str, Any], *, source: str | None = None) -> tuple[Probe, ProbeSpec]:
-    """Validate one suite entry against its kind's spec class."""
+def build_probe(
+    raw: Mapping[str, Any], *, source: str | None = None, base_dir: Path | None = None
+) -> tuple[Probe, ProbeSpec]:
+    """Validate one suite entry against its kind's spec class.
+
+    ``base_dir`` (the spec's folder) reaches field validators that read files, so a
+    relative path means the same file whatever directory sway runs from.
+    """
     label = source or str(raw.get("name") or "<unnamed probe>")
     kind = raw.get("kind")
     if not isinstance(kind, str):
@@ -229,7 +236,8 @@ def build_probe(raw: Mapping[str, Any], *, source: str | None = None) -> tuple[P
         )
     cls = reg[kind]
     try:
-        spec = cls.spec_cls.model_validate(dict(raw))
+        context = {"base_dir": base_dir} if base_dir is not None else None
+        spec = cls.spec_cls.model_validate(dict(raw), context=context)
     except ValidationError as exc:
         raise SpecValidationError(format_validation_error(exc), source=label) from None
     return cls(), spec

@@ -112,7 +112,7 @@ def from_dict(
         printable = isinstance(name, str) and name.isprintable() and name.strip() == name != ""
         label = f"suite[{i}]" + (f" ({name})" if printable else "")
         try:
-            probe, pspec = build_probe(entry, source=label)
+            probe, pspec = build_probe(entry, source=label, base_dir=base_dir or Path.cwd())
         except SpecValidationError as exc:
             errors.append(str(exc))
             last_failed = i
