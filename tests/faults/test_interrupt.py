@@ -168,3 +168,35 @@ def test_ctrl_c_on_the_real_console_script(tmp_path: Path) -> None:
     assert proc.poll() is None, "the suite finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     assert_interrupted(proc, out)
+
+
+#: Raises KeyboardInterrupt when the CLI's app module is imported: Ctrl-C landing while
+#: the console script is still loading typer, rich and the probe registry.
+INTERRUPT_AT_IMPORT = textwrap.dedent(
+    """
+    import sys
+    from importlib.abc import MetaPathFinder
+
+    class Interrupt(MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "dlm_sway.cli.app":
+                raise KeyboardInterrupt
+            return None
+
+    sys.meta_path.insert(0, Interrupt())
+    from dlm_sway.cli import main
+    main()
+    """
+)
+
+
+def test_ctrl_c_while_the_cli_is_still_importing() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_AT_IMPORT, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 130
+    assert proc.stderr.strip() == MESSAGE
+    assert "Traceback" not in proc.stderr

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from dlm_sway.cli import INTERRUPTED_MESSAGE
 from dlm_sway.core.errors import BackendLoadError, SpecValidationError, SwayError
 
 if TYPE_CHECKING:  # runtime imports stay inside functions: `sway --help` must be instant
@@ -33,7 +34,6 @@ EXIT_VERDICT = 1
 EXIT_USAGE = 2
 #: 128 + SIGINT, what shells report for a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
-INTERRUPTED_MESSAGE = "interrupted: the run was stopped; nothing was written"
 
 T = TypeVar("T")
 
