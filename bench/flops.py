@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ class PhaseMeter:
         scorer.forward = metered_forward
         scorer.logits_at = metered_logits_at
 
-    def _meter(self, seqs: Sequence[Sequence[int]], kept: int, call: Any) -> Any:
+    def _meter(self, seqs: Sequence[Sequence[int]], kept: int, call: Callable[[], Any]) -> Any:
         t = time.perf_counter()
         out = call()
         phase = self.phases[-1]

@@ -32,7 +32,7 @@ PARITY_TOL = 1e-4
 _FOLDED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
-def fold_head_input(model: Any) -> None:
+def fold_head_input(head: Any) -> None:
     """Make the output head's input contiguous, so its matmul runs as one matmul.
 
     ``logits_to_keep`` (next-token dists, generation's prefill) hands the head a
@@ -43,8 +43,6 @@ def fold_head_input(model: Any) -> None:
     forwards too). Copying the ``B × H`` input is free next to that, and the
     numbers are the same.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Module) or head in _FOLDED:
         return
     head.register_forward_pre_hook(_contiguous_input)
@@ -77,7 +75,9 @@ class PositionHead:
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         prefix = getattr(inner, "base_model_prefix", "")
         self.body: Any = getattr(inner, prefix, None) if prefix else None
-        self.head: Any = inner.get_output_embeddings() if self.body is not None else None
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        fold_head_input(head)  # every path to the head gains, the split or not
+        self.head: Any = head if self.body is not None else None
         self.model = model
         self._usable: bool | None = None if self.head is not None else False
 

@@ -24,7 +24,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dlm_sway.backends import base_cache
-from dlm_sway.backends.hf_positions import PositionHead, fold_head_input
+from dlm_sway.backends.hf_positions import PositionHead
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
@@ -141,7 +141,6 @@ class HFScorer:
         # Left padding needs explicit positions; a model that takes none gets the default.
         self._position_ids = "position_ids" in forward_params
         self._head = PositionHead(model)
-        fold_head_input(model)
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text)["input_ids"]
