@@ -352,7 +352,9 @@ def test_verdicts_and_band_are_coloured() -> None:
     assert VERDICT_STYLES[Verdict.SKIP] == "dim"
     assert VERDICT_STYLES[Verdict.ERROR].endswith("magenta")
     out = io.StringIO()
-    console = Console(width=200, file=out, force_terminal=True, color_system="standard")
+    console = Console(
+        width=200, file=out, force_terminal=True, color_system="standard", no_color=False
+    )
     suite = run()
     render_terminal(suite, compute(suite), console=console)
     ansi = out.getvalue()
@@ -432,7 +434,9 @@ def test_health_levels_are_coloured() -> None:
     assert HEALTH_STYLES["error"].endswith("red")
     assert HEALTH_STYLES["warn"].endswith("yellow")
     out = io.StringIO()
-    console = Console(width=200, file=out, force_terminal=True, color_system="standard")
+    console = Console(
+        width=200, file=out, force_terminal=True, color_system="standard", no_color=False
+    )
     suite = run()
     render_terminal(suite, compute(suite), console=console)
     ansi = out.getvalue()
