@@ -24,6 +24,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dlm_sway.backends import base_cache
+from dlm_sway.backends.hf_few_rows import speed_up_few_rows
 from dlm_sway.backends.hf_positions import PositionHead
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
@@ -141,6 +142,7 @@ class HFScorer:
         # Left padding needs explicit positions; a model that takes none gets the default.
         self._position_ids = "position_ids" in forward_params
         self._head = PositionHead(model)
+        speed_up_few_rows(model)  # decode steps and one-prompt forwards (fp32 on CPU)
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text)["input_ids"]
