@@ -29,10 +29,16 @@ from dlm_sway.probes.external_perplexity import ExternalPerplexityProbe, Externa
 RunSuite = Callable[..., SuiteResult]
 
 NULL5 = {"name": "null", "kind": "null_adapter", "runs": 5}
+#: calibration_drift's null is drawn only on request (``null_on_request``).
+NULL5_CD = {**NULL5, "calibrate_kinds": ["calibration_drift"]}
 
 
 def cd(name: str = "cd", **kw: Any) -> dict[str, Any]:
     return {"name": name, "kind": "calibration_drift", **kw}
+
+
+def dk(name: str = "dk") -> dict[str, Any]:
+    return {"name": name, "kind": "delta_kl", "prompts": ["The capital of France is", "Hello"]}
 
 
 def ep(name: str = "ep", **kw: Any) -> dict[str, Any]:
@@ -177,7 +183,7 @@ class TestCalibrationDrift:
 
     def test_calibrated_forgetting_adapter_fails(self, run_suite: RunSuite) -> None:
         # K=10 (the default): with 5 nulls, harm z ≥ 3 holds for only some null-seed families
-        res = run_suite({**NULL5, "runs": 10}, cd()).by_name("cd")
+        res = run_suite({**NULL5_CD, "runs": 10}, cd()).by_name("cd")
         assert res.null is not None and res.null.k == 10
         assert res.direction is Direction.HARM  # Holm must not demote a "no harm" PASS
         # z and p are those of the harm claim: more forgetting than the nulls is positive
@@ -187,9 +193,34 @@ class TestCalibrationDrift:
         assert res.headline == "forgets more than random adapters"
         assert res.message.startswith("forgets more than random adapters")
 
+    def test_default_null_leaves_it_to_fixed_thresholds_without_scoring_it(
+        self, run_suite: RunSuite
+    ) -> None:
+        """Its null is degenerate for trained sizes, so K passes over its items are skipped
+        unless asked for; the message and the null_adapter's evidence say so."""
+        plain = DummyDifferentialBackend(strength=1.5)
+        asked = DummyDifferentialBackend(strength=1.5)
+        suite = run_suite(NULL5, dk(), cd(), backend=plain)
+        res = suite.by_name("cd")
+        assert res.null is None and res.z_score is None
+        assert "nulls only when calibrate_kinds names it" in res.message
+        skipped = suite.by_name("null").evidence["skipped_kinds"]
+        assert [s["name"] for s in skipped] == ["cd"]
+        assert skipped[0]["reason"].startswith("calibrated only when calibrate_kinds names it")
+        named = {**NULL5, "calibrate_kinds": ["delta_kl", "calibration_drift"]}
+        assert run_suite(named, dk(), cd(), backend=asked).by_name("cd").null is not None
+        # 5 nulls x the items: what the default saves
+        assert asked.stats.forward_passes > plain.stats.forward_passes
+
+    def test_null_before_only_an_on_request_probe_says_how_to_ask(
+        self, run_suite: RunSuite
+    ) -> None:
+        with pytest.raises(SpecValidationError, match="name calibration_drift in calibrate_kinds"):
+            run_suite(NULL5, cd())
+
     def test_null_in_disguise_is_not_failed(self, run_suite: RunSuite) -> None:
         be = DummyDifferentialBackend(planted=0.0)
-        res = run_suite(NULL5, cd(), backend=be).by_name("cd")
+        res = run_suite(NULL5_CD, cd(), backend=be).by_name("cd")
         assert res.null is not None and res.z_score is not None and res.z_score < 3.0
         assert res.verdict in (Verdict.PASS, Verdict.WARN)
 

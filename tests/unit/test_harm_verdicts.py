@@ -40,6 +40,13 @@ HARM = "harm"  # Direction.HARM is a StrEnum: equal to its value
 
 NULL10 = {"name": "null", "kind": "null_adapter", "runs": 10}
 CD = {"name": "cd", "kind": "calibration_drift", "items_limit": 30}
+
+
+def with_nulls(null: dict[str, Any], *entries: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """``null`` calibrating every entry (calibration_drift's null is drawn only when named)."""
+    return ({**null, "calibrate_kinds": sorted({e["kind"] for e in entries})}, *entries)
+
+
 EP = {"name": "ep", "kind": "external_perplexity", "chunks": 4}
 DKL = {
     "name": "dkl",
@@ -74,7 +81,7 @@ def _p_in(message: str) -> str:
 def test_forgetting_results_are_typed_harm_claims(
     backend: str, with_null: bool, run_suite: RunSuite
 ) -> None:
-    entries = ({**NULL10, "runs": 4}, CD, EP) if with_null else (CD, EP)
+    entries = with_nulls({**NULL10, "runs": 4}, CD, EP) if with_null else (CD, EP)
     res = run_suite(*entries, backend=BACKENDS[backend]())
     for name in ("cd", "ep"):
         r = res.by_name(name)
@@ -87,7 +94,7 @@ def test_forgetting_results_are_typed_harm_claims(
 
 
 def test_forgetting_probes_stay_out_of_the_holm_family(run_suite: RunSuite) -> None:
-    res = run_suite(NULL10, DKL, CD, EP)
+    res = run_suite(*with_nulls(NULL10, DKL, CD, EP))
     cd, ep, dkl = res.by_name("cd"), res.by_name("ep"), res.by_name("dkl")
     assert cd.p_value is not None and ep.p_value is not None  # they were calibrated
     assert cd.p_adjusted is None and ep.p_adjusted is None
@@ -208,7 +215,7 @@ def test_judge_harm_on_a_signed_metric_never_shows_a_ratio(
 
 @pytest.mark.parametrize("backend", ["forgets", "null_in_disguise"])
 def test_forgetting_messages_quote_their_typed_fields(backend: str, run_suite: RunSuite) -> None:
-    res = run_suite(NULL10, CD, EP, backend=BACKENDS[backend]())
+    res = run_suite(*with_nulls(NULL10, CD, EP), backend=BACKENDS[backend]())
     cd, ep = res.by_name("cd"), res.by_name("ep")
     for r in (cd, ep):
         assert r.z_score is not None and r.p_value is not None, r.message
@@ -226,7 +233,7 @@ def test_forgetting_messages_quote_their_typed_fields(backend: str, run_suite: R
 
 
 def test_the_forgetting_verdict_follows_its_harm_z(run_suite: RunSuite) -> None:
-    res = run_suite(NULL10, {**CD, "items_limit": 60}, EP)  # 60 items: harm z ≥ 3 here
+    res = run_suite(*with_nulls(NULL10, {**CD, "items_limit": 60}, EP))  # 60 items: harm z ≥ 3 here
     for r in (res.by_name("cd"), res.by_name("ep")):
         assert r.z_score is not None and r.z_score >= 3.0  # more forgetting than every null
         assert r.verdict is Verdict.FAIL and r.score == 0.0
@@ -250,7 +257,7 @@ def test_prompt_collapse_is_not_calibrated_even_when_handed_nulls() -> None:
 
 
 def test_null_adapter_statistics_are_typed_not_evidence(run_suite: RunSuite) -> None:
-    res = run_suite({**NULL10, "rank_multipliers": [0.5, 1.0]}, DKL, CD)
+    res = run_suite(*with_nulls({**NULL10, "rank_multipliers": [0.5, 1.0]}, DKL, CD))
     null = res.by_name("null")
     for key in ("null_stats", "null_stats_by_rank", "weight"):
         assert key not in null.evidence

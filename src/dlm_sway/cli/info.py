@@ -18,6 +18,8 @@ def probe_catalogue() -> list[dict[str, Any]]:
             "category": cls.category,
             "calibrated": cls.calibrated,
             "uncalibrated_reason": None if cls.calibrated else cls.uncalibrated_reason,
+            # Calibrated only when null_adapter's calibrate_kinds names it (and why).
+            "null_on_request": cls.null_on_request if cls.calibrated else None,
             "needs_model": cls.needs_backend,
             "summary": cls.summary(),
         }
@@ -44,13 +46,20 @@ def list_probes_cmd(
     for col in ("category", "calibrated", "model", "summary"):
         table.add_column(col)
     notes: list[str] = []
+    on_request: list[str] = []
     for row in rows:
         if not row["calibrated"]:
             notes.append(f"  {escape(row['kind'])}: {escape(row['uncalibrated_reason'])}")
+        elif row["null_on_request"]:
+            on_request.append(f"  {escape(row['kind'])}: {escape(row['null_on_request'])}")
         table.add_row(
             escape(row["kind"]),
             row["category"],
-            "yes" if row["calibrated"] else "no (see below)",
+            "no (see below)"
+            if not row["calibrated"]
+            else "on request (see below)"
+            if row["null_on_request"]
+            else "yes",
             "yes" if row["needs_model"] else "no",
             escape(row["summary"]),
         )
@@ -58,6 +67,10 @@ def list_probes_cmd(
     console.print(table)
     if notes:
         console.print("not calibrated against null adapters:", *notes, sep="\n")
+    if on_request:
+        console.print(
+            "calibrated only when null_adapter's calibrate_kinds names them:", *on_request, sep="\n"
+        )
 
 
 def doctor_report(*, deep: bool = False) -> dict[str, Any]:

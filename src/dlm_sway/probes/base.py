@@ -128,6 +128,10 @@ class Probe(ABC):
     calibrated: ClassVar[bool] = False
     #: Why nulls do not calibrate this probe (shown by ``list-probes`` when not calibrated).
     uncalibrated_reason: ClassVar[str] = "defines no null calibration (no calibrate_spec)"
+    #: Set, for a calibrated probe, to why ``null_adapter`` draws its null only when
+    #: ``calibrate_kinds`` names it: a null that is degenerate for typical adapters would
+    #: cost K passes over the probe's inputs and end in fixed thresholds anyway.
+    null_on_request: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -26,7 +26,9 @@ good direction, as the reference did) would fail every harmless adapter.
 Forgetting that crosses the practical thresholds while random adapters of the
 same size forget as much is a WARN: real loss, caused by the adapter's
 magnitude rather than what it learned. Without a usable null the practical
-thresholds decide alone. The verdict comes from :func:`dlm_sway.core.judge.judge_harm`;
+thresholds decide alone, and that is the default: random adapters of a trained
+size regress almost no item, so ``null_adapter`` draws this null only when its
+``calibrate_kinds`` names ``calibration_drift`` (``null_on_request``). The verdict comes from :func:`dlm_sway.core.judge.judge_harm`;
 the result has ``direction=harm`` and its ``z_score``/``p_value`` are those of the
 harm claim (larger z = more forgetting than the nulls), so Holm's family of
 "effect beyond noise" claims leaves it out.
@@ -190,6 +192,10 @@ class CalibrationDriftProbe(Probe):
     spec_cls = CalibrationDriftSpec
     category = "calibration"
     calibrated = True
+    null_on_request = (
+        "a random adapter of a trained adapter's size regresses almost no fact by a nat per "
+        "token, so the null fraction is 0 for every seed and has no spread"
+    )
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
         assert isinstance(spec, CalibrationDriftSpec)
@@ -247,7 +253,8 @@ class CalibrationDriftProbe(Probe):
             limit_text=limits,
             z_bar=spec.assert_z_gte,
             non_negative=True,  # a fraction: its ratio to the null median means something
-            uncalibrated_reason=harm.fallback_note(self.kind),
+            uncalibrated_reason=harm.fallback_note(self.kind)
+            + ("" if harm.stats is not None else " (nulls only when calibrate_kinds names it)"),
             calibration_failed=harm.failed,
             practical_score=practical_score(fraction, mean_delta, spec) if finite else None,
         )

@@ -131,6 +131,8 @@ def null_seeds(run_seed: int, runs: int, seed_base: int | None = None) -> list[i
 
 
 Target = tuple[Probe, ProbeSpec, ProbeSpec]
+#: How a skipped entry whose probe has ``null_on_request`` is listed.
+ON_REQUEST = "calibrated only when calibrate_kinds names it"
 
 
 def select_targets(
@@ -147,6 +149,11 @@ def select_targets(
         if target.kind == NullAdapterProbe.kind or not target.enabled:
             continue
         if wanted and target.kind not in wanted:
+            continue
+        on_request = type(probe).null_on_request
+        if on_request and target.kind not in wanted:
+            reason = f"{ON_REQUEST}: {on_request}"
+            skipped.append({"kind": target.kind, "name": target.name, "reason": reason})
             continue
         try:
             calib = type(probe).calibrate_spec(ctx, target)
@@ -198,8 +205,14 @@ class NullAdapterProbe(Probe):
                 if skipped
                 else "no enabled probe follows it"
             )
+            on_request = sorted({s["kind"] for s in skipped if s["reason"].startswith(ON_REQUEST)})
+            fix = (
+                f"name {', '.join(on_request)} in calibrate_kinds to draw its null, put "
+                if on_request
+                else "put "
+            )
             out.append(
-                f"nothing to calibrate: {why}; put null_adapter before the probes it "
+                f"nothing to calibrate: {why}; {fix}null_adapter before the probes it "
                 "calibrates (e.g. delta_kl), or remove it"
             )
         return out

@@ -205,9 +205,13 @@ def plan_suite(
     from dlm_sway.probes.base import registry
 
     reg = registry()
-    # calibration_drift: its null has no spread (see null_baseline's comment).
+    # Written out so the YAML shows what is calibrated (calibration_drift is on request only).
     null_entry["calibrate_kinds"] = sorted(
-        {e["kind"] for e in plan.suite if reg[e["kind"]].calibrated} - {"calibration_drift"}
+        {
+            e["kind"]
+            for e in plan.suite
+            if reg[e["kind"]].calibrated and not reg[e["kind"]].null_on_request
+        }
     )
     return plan
 
