@@ -22,9 +22,10 @@ PAIRS = [("The zebra", " astronaut"), ("Cats sleep", " in the sun")]
 
 @contextmanager
 def base_forwards(backend: HFDifferentialBackend) -> Iterator[list[int]]:
-    """Counts forwards issued while the base view is the open view."""
+    """Counts forwards issued while the base view is the open view (every forward path,
+    full-logits or position-gathering, records itself once)."""
     scorer = backend._live_scorer()
-    original = scorer.forward
+    original = scorer._record
     count = [0]
 
     def counting(*args: Any, **kwargs: Any) -> Any:
@@ -32,11 +33,11 @@ def base_forwards(backend: HFDifferentialBackend) -> Iterator[list[int]]:
             count[0] += 1
         return original(*args, **kwargs)
 
-    scorer.forward = counting  # type: ignore[method-assign]
+    scorer._record = counting  # type: ignore[method-assign]
     try:
         yield count
     finally:
-        del scorer.forward
+        del scorer._record
 
 
 def _score_base(backend: HFDifferentialBackend) -> tuple[Any, ...]:
@@ -148,9 +149,11 @@ def test_cached_run_keeps_verdicts_and_values_within_the_noise_floor(
     # Another adapter, another batch layout, fills the cache; then the real run reads it.
     _run(tiny_assets.base, tiny_assets.zero_adapter, 2)
     cached, cached_base = _run(tiny_assets.base, tiny_assets.adapter, 3)
-    # Only the preflight (1) and the noise floor (1 batch of 4 + 4 singles at batch 3:
-    # 2 + 4) still touch the base weights: they measure numerics and bypass every cache.
-    assert cached_base == 1 + 2 + len(PROMPTS)
+    # Only the preflight (1) and the noise floor still touch the base weights: they
+    # measure numerics and bypass every cache. The floor's batched half is one forward
+    # ("The zebra" is a prefix of "The zebra astronaut sings": 3 texts at batch 3), then
+    # one forward per prompt alone.
+    assert cached_base == 1 + 1 + len(PROMPTS)
     assert uncached_base > cached_base
     floor = reference.noise_floor["logprob_max_abs_diff"]
     assert 0.0 < floor < 1e-3

@@ -112,6 +112,19 @@ def _chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return chunks
 
 
+def prefix_hosts(seqs: Sequence[Sequence[int]]) -> list[int]:
+    """Per sequence, the longest sequence it is a prefix of (itself if none; equal ones
+    share one). In lexicographic order a prefix sits right before the run of sequences
+    that extend it, so one backward pass over the sorted order finds every host."""
+    order = sorted(range(len(seqs)), key=lambda i: tuple(seqs[i]))
+    hosts = list(range(len(seqs)))
+    for k in range(len(order) - 2, -1, -1):
+        here, after = seqs[order[k]], seqs[order[k + 1]]
+        if len(here) <= len(after) and tuple(after[: len(here)]) == tuple(here):
+            hosts[order[k]] = hosts[order[k + 1]]
+    return hosts
+
+
 class HFScorer:
     """Tokenize, pad, forward and gather on one PEFT model (whatever view is active)."""
 
@@ -207,7 +220,7 @@ class HFScorer:
         return logits
 
     def logits_at(
-        self, seqs: Sequence[Sequence[int]], positions: Sequence[range], *, batched: bool
+        self, seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], *, batched: bool
     ) -> list[torch.Tensor]:
         """Per (right-padded) row, the logits at ``positions[row]`` only.
 
@@ -221,7 +234,7 @@ class HFScorer:
                 out = self._head.logits_at(ids, kwargs, positions)
             else:
                 full = self.model(input_ids=ids, use_cache=False, **kwargs).logits
-                out = [full[row, ps.start : ps.stop] for row, ps in enumerate(positions)]
+                out = [full[row, list(ps)] for row, ps in enumerate(positions)]
         self._record(seqs, batched)
         return out
 
@@ -261,13 +274,32 @@ class HFScorer:
                     "no BOS token: there is no position to predict from",
                 )
         results: list[TokenDist | None] = [None] * len(prompts)
-        for chunk in _chunks([len(e) for e in encoded], self.batch_size):
-            logits = self.forward(
-                [encoded[i] for i in chunk], side="left", last_only=True, batched=batched
-            )
+        hosts = prefix_hosts(encoded)
+        if all(h == i for i, h in enumerate(hosts)):
+            for chunk in _chunks([len(e) for e in encoded], self.batch_size):
+                logits = self.forward(
+                    [encoded[i] for i in chunk], side="left", last_only=True, batched=batched
+                )
+                with torch.inference_mode():
+                    for i, dist in zip(chunk, to_dists(logits[:, -1, :]), strict=True):
+                        results[i] = dist
+            return [r for r in results if r is not None]
+        # Some prompts are token prefixes of others (a dialogue scored turn by turn): a
+        # causal LM's logits at a prefix's last position are that prefix's next-token
+        # logits, so one forward per longest text serves all of them.
+        guests: dict[int, list[int]] = {}
+        for i, host in enumerate(hosts):
+            guests.setdefault(host, []).append(i)
+        tops = list(guests)
+        for chunk in _chunks([len(encoded[h]) for h in tops], self.batch_size):
+            members = [tops[c] for c in chunk]
+            wanted = [[len(encoded[i]) - 1 for i in guests[h]] for h in members]
+            rows = self.logits_at([encoded[h] for h in members], wanted, batched=batched)
             with torch.inference_mode():
-                for i, dist in zip(chunk, to_dists(logits[:, -1, :]), strict=True):
-                    results[i] = dist
+                dists = to_dists(torch.cat(rows))
+            flat = [i for h in members for i in guests[h]]
+            for i, dist in zip(flat, dists, strict=True):
+                results[i] = dist
         return [r for r in results if r is not None]
 
     def logprobs_of(self, pairs: Sequence[tuple[str, str]], *, batched: bool) -> list[float]:
