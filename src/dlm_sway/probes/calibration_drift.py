@@ -28,10 +28,11 @@ same size forget as much is a WARN: real loss, caused by the adapter's
 magnitude rather than what it learned. Without a usable null the practical
 thresholds decide alone, and that is the default: random adapters of a trained
 size regress almost no item, so ``null_adapter`` draws this null only when its
-``calibrate_kinds`` names ``calibration_drift`` (``null_on_request``). The verdict comes from :func:`dlm_sway.core.judge.judge_harm`;
-the result has ``direction=harm`` and its ``z_score``/``p_value`` are those of the
-harm claim (larger z = more forgetting than the nulls), so Holm's family of
-"effect beyond noise" claims leaves it out.
+``calibrate_kinds`` names ``calibration_drift`` (``null_on_request``). The
+verdict comes from :func:`dlm_sway.core.judge.judge_harm`; the result has
+``direction=harm`` and its ``z_score``/``p_value`` are those of the harm claim
+(larger z = more forgetting than the nulls), so Holm's family of "effect beyond
+noise" claims leaves it out.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class CalibrationDriftProbe(Probe):
     calibrated = True
     null_on_request = (
         "a random adapter of a trained adapter's size regresses almost no fact by a nat per "
-        "token, so the null fraction is 0 for every seed and has no spread"
+        "token, so the null fraction is 0 for nearly every seed and has no spread"
     )
 
     def run(self, spec: ProbeSpec, ctx: RunContext) -> ProbeResult:
