@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -56,16 +57,24 @@ def test_small_low_precision_and_repeated_calls_are_left_alone(
     assert hf_few_rows.speed_up_few_rows(layer) == 0  # a second scorer on the model adds nothing
 
 
-def test_a_copied_layer_computes_with_its_own_weight(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PEFT deep-copies heads for modules_to_save: the copy must not read the original."""
+def test_a_copied_or_saved_layer_computes_with_its_own_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PEFT deep-copies heads for modules_to_save, and a plugin may torch.save a model:
+    the copy keeps the path and must not read the original's weight."""
     monkeypatch.setattr(hf_few_rows, "MIN_WEIGHT_ELEMENTS", 0)
     layer = _linear(64, 16, bias=False)
     hf_few_rows.speed_up_few_rows(layer)
-    twin = copy.deepcopy(layer)
-    with torch.no_grad():
-        twin.weight.mul_(2.0)
-    x = torch.randn(2, 16)
-    torch.testing.assert_close(twin(x), 2.0 * layer(x))
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+        assert hf_few_rows.is_patched(twin)
+        assert hf_few_rows.speed_up_few_rows(twin) == 0
+        with torch.no_grad():
+            twin.weight.mul_(2.0)
+        x = torch.randn(2, 16)
+        torch.testing.assert_close(twin(x), 2.0 * layer(x))
 
 
 def test_generation_and_scores_unchanged_on_a_model_that_takes_the_path(

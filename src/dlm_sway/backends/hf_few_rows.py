@@ -16,8 +16,6 @@ near-tie re-decision absorbs the rounding as it does a batch layout's.
 
 from __future__ import annotations
 
-import types
-import weakref
 from typing import Any
 
 import torch
@@ -30,8 +28,6 @@ MAX_ROWS_WIDE = 8
 #: Weights smaller than this (LoRA's A and B) are not worth a second path.
 MIN_WEIGHT_ELEMENTS = 1 << 16
 
-_PATCHED: weakref.WeakSet[torch.nn.Linear] = weakref.WeakSet()
-
 
 def speed_up_few_rows(model: torch.nn.Module) -> int:
     """Give every large fp32 CPU ``nn.Linear`` in ``model`` the few-row path; returns how many."""
@@ -39,16 +35,33 @@ def speed_up_few_rows(model: torch.nn.Module) -> int:
     for module in model.modules():
         if (
             isinstance(module, torch.nn.Linear)
-            and module not in _PATCHED
+            and not is_patched(module)
             and module.weight.dtype == torch.float32
             and module.weight.device.type == "cpu"
             and module.weight.numel() >= MIN_WEIGHT_ELEMENTS
         ):
             # An instance attribute: the class (and every isinstance check on it) is untouched.
-            module.forward = types.MethodType(_forward, module)  # type: ignore[method-assign]
-            _PATCHED.add(module)
+            module.forward = FewRowsForward(module)  # type: ignore[method-assign,assignment]
             count += 1
     return count
+
+
+def is_patched(module: Any) -> bool:
+    return isinstance(getattr(module, "__dict__", {}).get("forward"), FewRowsForward)
+
+
+class FewRowsForward:
+    """A layer's forward with the few-row path: an object, not a bound method, so a
+    deep-copied or pickled layer (PEFT copies heads for ``modules_to_save``) keeps it
+    and computes with its own weight."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer: torch.nn.Linear) -> None:
+        self.layer = layer
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _forward(self.layer, x)
 
 
 def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -66,8 +79,4 @@ def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out_features)
 
 
-def is_patched(module: Any) -> bool:
-    return module in _PATCHED
-
-
-__all__ = ["MAX_ROWS", "MAX_ROWS_WIDE", "is_patched", "speed_up_few_rows"]
+__all__ = ["MAX_ROWS", "MAX_ROWS_WIDE", "FewRowsForward", "is_patched", "speed_up_few_rows"]
