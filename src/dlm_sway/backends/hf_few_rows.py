@@ -61,22 +61,19 @@ class FewRowsForward:
         self.layer = layer
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _forward(self.layer, x)
-
-
-def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    rows = x.numel() // x.shape[-1] if x.dim() else 0
-    out_features, in_features = self.weight.shape
-    limit = MAX_ROWS_WIDE if out_features >= 4 * in_features else MAX_ROWS
-    if not 1 <= rows <= limit or x.dtype != self.weight.dtype:
-        return functional.linear(x, self.weight, self.bias)
-    flat = x.reshape(rows, x.shape[-1])
-    if rows == 1:
-        flat = torch.cat([flat, flat])  # two rows: a threaded GEMM, not a one-core GEMV
-    out = (self.weight @ flat.T).T[:rows].contiguous()
-    if self.bias is not None:
-        out = out + self.bias
-    return out.reshape(*x.shape[:-1], out_features)
+        weight, bias = self.layer.weight, self.layer.bias
+        rows = x.numel() // x.shape[-1] if x.dim() else 0
+        out_features, in_features = weight.shape
+        limit = MAX_ROWS_WIDE if out_features >= 4 * in_features else MAX_ROWS
+        if not 1 <= rows <= limit or x.dtype != weight.dtype:
+            return functional.linear(x, weight, bias)
+        flat = x.reshape(rows, x.shape[-1])
+        if rows == 1:
+            flat = torch.cat([flat, flat])  # two rows: a threaded GEMM, not a one-core GEMV
+        out = (weight @ flat.T).T[:rows].contiguous()
+        if bias is not None:
+            out = out + bias
+        return out.reshape(*x.shape[:-1], out_features)
 
 
 __all__ = ["MAX_ROWS", "MAX_ROWS_WIDE", "FewRowsForward", "is_patched", "speed_up_few_rows"]

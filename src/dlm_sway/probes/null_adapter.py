@@ -205,7 +205,9 @@ class NullAdapterProbe(Probe):
                 if skipped
                 else "no enabled probe follows it"
             )
-            on_request = sorted({s["kind"] for s in skipped if s["reason"].startswith(ON_REQUEST)})
+            on_request = sorted(
+                {t.kind for p, t in downstream if t.enabled and type(p).null_on_request}
+            )
             fix = (
                 f"name {', '.join(on_request)} in calibrate_kinds to draw its null, put "
                 if on_request
