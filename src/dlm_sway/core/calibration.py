@@ -37,7 +37,9 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats as _sps
+
+# scipy.special, not scipy.stats: the same functions, without ~0.3 s of import per run.
+from scipy import special as _spc
 
 Method = Literal["t_prediction", "reference_z"]
 #: A route to a p-value: one of the two decision methods, or the rank-based empirical p.
@@ -129,7 +131,7 @@ def _z_from_tails(upper: FloatArray, lower: FloatArray) -> FloatArray:
     """z from both tail probabilities; uses the smaller tail so neither side loses precision."""
     up = _clamp_p(upper)
     lo = _clamp_p(lower)
-    z = np.where(up <= 0.5, _sps.norm.isf(up), -_sps.norm.isf(lo))
+    z = np.where(up <= 0.5, -_spc.ndtri(up), _spc.ndtri(lo))
     return np.clip(np.asarray(z, dtype=np.float64), -Z_LIMIT, Z_LIMIT)
 
 
@@ -178,12 +180,12 @@ def null_p_values(
     with np.errstate(over="ignore", invalid="ignore"):
         if meth == "t_prediction":
             stat = sgn * (x - m) / (safe * math.sqrt(1.0 + 1.0 / k))
-            upper = _sps.t.sf(stat, k - 1)
-            lower = _sps.t.cdf(stat, k - 1)
+            upper = _spc.stdtr(k - 1, -stat)
+            lower = _spc.stdtr(k - 1, stat)
         else:
             stat = sgn * (x - m) / safe
-            upper = _sps.norm.sf(stat)
-            lower = _sps.norm.cdf(stat)
+            upper = _spc.ndtr(-stat)
+            lower = _spc.ndtr(stat)
         stat = np.asarray(stat, dtype=np.float64)
         p = _clamp_p(np.asarray(upper, dtype=np.float64))
         if meth == "reference_z":
@@ -359,7 +361,7 @@ def prediction_threshold(k: int, alpha: float) -> float:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     if k < 2:
         return math.inf
-    return float(_sps.t.isf(alpha, k - 1)) * math.sqrt(1.0 + 1.0 / k)
+    return -float(_spc.stdtrit(k - 1, alpha)) * math.sqrt(1.0 + 1.0 / k)
 
 
 __all__ = [

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from scipy import stats as _sps
+# scipy.special, not scipy.stats: the same functions, without ~0.3 s of import per run.
+from scipy import special as _spc
 
 from dlm_sway.core.calibration import P_FLOOR, Z_LIMIT
 
@@ -65,7 +66,7 @@ def z_from_p(p: float) -> float:
     if math.isnan(value):
         raise ValueError("p is NaN")
     value = min(1.0, max(P_FLOOR, value))
-    z = float(_sps.norm.isf(value))
+    z = -float(_spc.ndtri(value))
     return max(-Z_LIMIT, min(Z_LIMIT, z))
 
 
@@ -74,7 +75,7 @@ def p_from_z(z: float) -> float:
     value = float(z)
     if math.isnan(value):
         raise ValueError("z is NaN")
-    return min(1.0, max(P_FLOOR, float(_sps.norm.sf(value))))
+    return min(1.0, max(P_FLOOR, float(_spc.ndtr(-value))))
 
 
 __all__ = ["holm", "holm_reject", "p_from_z", "z_from_p"]
