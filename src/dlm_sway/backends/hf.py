@@ -103,6 +103,7 @@ class HFDifferentialBackend:
             dtype=torch_dtype,
             device=torch_device,
             trust_remote_code=trust_remote_code,
+            base_tokenizer=None if hf_load.ships_tokenizer(adapter_info) else tokenizer,
         )
         problem = hf_load.coverage_problem(
             *hf_load.adapter_coverage(model, adapter_info), adapter_info

@@ -256,7 +256,7 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """Adapter's tokenizer when it ships one (it may add chat tokens), else the base's."""
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": True}
-    if (adapter.path / "tokenizer_config.json").is_file():
+    if ships_tokenizer(adapter):
         source = str(adapter.path)
     else:
         source = base.source
@@ -277,6 +277,11 @@ def load_tokenizer(
     return tokenizer
 
 
+def ships_tokenizer(adapter: AdapterInfo) -> bool:
+    """Whether the adapter folder carries its own tokenizer (then it is not the base's)."""
+    return (adapter.path / "tokenizer_config.json").is_file()
+
+
 def load_model(
     base: BaseLocation,
     adapter: AdapterInfo,
@@ -284,8 +289,13 @@ def load_model(
     dtype: torch.dtype,
     device: torch.device,
     trust_remote_code: bool,
+    base_tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> PeftModel:
-    """Load the base weights once and attach the LoRA adapter (inference only)."""
+    """Load the base weights once and attach the LoRA adapter (inference only).
+
+    ``base_tokenizer``: the base's own left-padding tokenizer when the caller has one
+    already; a half dtype on CPU then measures its floor without loading another.
+    """
     from transformers.utils import logging as hf_logging
 
     # sway draws its own progress; transformers' per-load weight bar is noise in reports.
@@ -305,7 +315,9 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(base.source, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise BackendLoadError(_load_hint("base model", base.source, base, exc)) from exc
-    floor = _half_on_cpu(model, dtype, _floor_tokenizer(base)) if measure_floor else None
+    floor = None
+    if measure_floor:
+        floor = _half_on_cpu(model, dtype, base_tokenizer or _floor_tokenizer(base))
     torch.nn.Module.to(model, device)
     try:
         with warnings.catch_warnings():
