@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,29 @@ def test_each_command_help_is_complete_and_light(
     assert [m for m in loaded if m != "pydantic"] == [], command
     assert f"sway {command}" in str(output)
     assert "--help" in str(output)
+
+
+def test_a_calibrated_run_does_not_import_scipy_stats(tmp_path: Path) -> None:
+    """p-values and z come from scipy.special; scipy.stats alone costs ~0.3 s per run."""
+    spec = tmp_path / "sway.yaml"
+    spec.write_text(
+        "models:\n  ft: {kind: dummy, base: b}\nsuite:\n"
+        "  - {name: nulls, kind: null_adapter, runs: 5}\n"
+        "  - {name: shift, kind: delta_kl, prompts: [alpha, beta, gamma]}\n"
+    )
+    out = tmp_path / "run.json"
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from dlm_sway.cli.app import app\n"
+        f"r = CliRunner().invoke(app, ['run', {str(spec)!r}, '--json', {str(out)!r}])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print('scipy.stats' in sys.modules, 'dlm_sway.core.calibration' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False True"
+    shift = next(p for p in json.loads(out.read_text())["probes"] if p["name"] == "shift")
+    assert shift["z_score"] is not None  # judged against the nulls, through scipy.special
