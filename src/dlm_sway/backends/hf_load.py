@@ -26,6 +26,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from dlm_sway.backends.adapter_files import RESAVE, validate_config, weight_names
+from dlm_sway.backends.hf_pages import cast_releasing_pages
 from dlm_sway.core.errors import BackendLoadError
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -395,7 +396,7 @@ def _half_on_cpu(
     if tokenizer is not None:
         enc = tokenizer(list(FLOOR_PROMPTS), return_tensors="pt", padding=True)
     reference = _last_logprobs(model, enc) if enc is not None else None
-    model.to(dtype)
+    cast_releasing_pages(model, dtype)  # the fp32 file pages go back as each weight is cast
     if enc is None or reference is None:
         _log.warning("base model runs in %s on CPU; its drift from fp32 was not measured", dtype)
         return None
