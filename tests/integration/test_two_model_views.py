@@ -180,3 +180,33 @@ def test_spec_mistakes_name_the_field(fields: dict[str, str], source: str) -> No
     with pytest.raises(SpecValidationError) as info:
         backend_options(ModelSpec(**fields))
     assert source in str(info.value)
+
+
+def test_bf16_on_cpu_states_the_bases_floor_and_matches_a_plain_cast(
+    two: Any, tiny_assets: Any, full_dir: Path
+) -> None:
+    """A half dtype on CPU is never silent for a full fine-tune either: the base's drift
+    from fp32 is a health line, and the cast weights equal ``.to(bf16)`` of both."""
+    from transformers import AutoModelForCausalLM
+
+    half = build_backend(
+        "two_model",
+        base=str(tiny_assets.base),
+        finetuned=str(full_dir),
+        dtype="bf16",
+        device="cpu",
+        batch_size=2,
+    )
+    try:
+        (line,) = [c for c in half.load_health() if c.code == "dtype_floor"]
+        assert line.level == "info" and "bf16 on CPU" in line.message and "JS ≤" in line.message
+        for mine, source in ((half._base_model, tiny_assets.base), (half._ft_model, full_dir)):
+            plain = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
+            plain.to(torch.bfloat16)
+            theirs = plain.state_dict()
+            assert all(torch.equal(v, theirs[k]) for k, v in mine.state_dict().items())
+        with half.as_finetuned() as view:
+            assert np.isfinite(view.next_token_full("The zebra astronaut").logprobs).all()
+    finally:
+        half.close()
+    assert not [c for c in two.load_health() if c.code == "dtype_floor"]  # fp32: no floor

@@ -124,19 +124,8 @@ class HFDifferentialBackend:
                     "verdicts on a partly loaded adapter do not describe the trained one",
                 ),
             )
-        floor = hf_load.dtype_floor(model)
         #: bf16/fp16 on CPU: its measured drift from fp32 is in every report, never silent.
-        self._dtype_health: tuple[HealthCheck, ...] = ()
-        if floor is not None:
-            self._dtype_health = (
-                HealthCheck(
-                    "info",
-                    "dtype_floor",
-                    floor.describe(),
-                    "use dtype: fp32 for exact numbers; a half-precision run is faster on "
-                    "CPUs with bf16 matmuls, and its verdicts hold above this floor",
-                ),
-            )
+        self._dtype_health = hf_load.floor_health(hf_load.dtype_floor(model))
         self._context_limit = hf_load.context_limit(model, tokenizer)
         self.base_id = location.source + (f"/{location.gguf_file}" if location.gguf_file else "")
         self.adapter_path = adapter_info.path

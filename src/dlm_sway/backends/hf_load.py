@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from dlm_sway.backends.adapter_files import RESAVE, validate_config, weight_names
 from dlm_sway.backends.hf_pages import cast_releasing_pages
 from dlm_sway.core.errors import BackendLoadError
+from dlm_sway.core.result import HealthCheck
 
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -309,7 +310,7 @@ def load_model(
     if base.gguf_file is not None:
         kwargs["gguf_file"] = base.gguf_file
     # A half dtype on CPU loads in fp32 first, so its drift from fp32 can be measured.
-    measure_floor = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    measure_floor = is_half_on_cpu(dtype, device)
     if measure_floor:
         kwargs["dtype"] = torch.float32
     try:
@@ -318,7 +319,7 @@ def load_model(
         raise BackendLoadError(_load_hint("base model", base.source, base, exc)) from exc
     floor = None
     if measure_floor:
-        floor = _half_on_cpu(model, dtype, base_tokenizer or _floor_tokenizer(base))
+        floor = half_on_cpu(model, dtype, base_tokenizer or floor_tokenizer(base))
     torch.nn.Module.to(model, device)
     try:
         with warnings.catch_warnings():
@@ -388,7 +389,27 @@ def dtype_floor(model: Any) -> DtypeFloor | None:
     return _DTYPE_FLOORS.get(model)
 
 
-def _half_on_cpu(
+def is_half_on_cpu(dtype: torch.dtype, device: torch.device) -> bool:
+    """A half dtype on CPU: loaded in fp32 and cast, so its drift from fp32 is measured."""
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+
+
+def floor_health(floor: DtypeFloor | None) -> tuple[HealthCheck, ...]:
+    """The floor as a health line: in every report, never silent."""
+    if floor is None:
+        return ()
+    return (
+        HealthCheck(
+            "info",
+            "dtype_floor",
+            floor.describe(),
+            "use dtype: fp32 for exact numbers; a half-precision run is faster on "
+            "CPUs with bf16 matmuls, and its verdicts hold above this floor",
+        ),
+    )
+
+
+def half_on_cpu(
     model: Any, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase | None
 ) -> DtypeFloor | None:
     """Cast an fp32-loaded model to ``dtype`` in place; measure the drift when possible."""
@@ -409,7 +430,7 @@ def _half_on_cpu(
     return floor
 
 
-def _floor_tokenizer(base: BaseLocation) -> PreTrainedTokenizerBase | None:
+def floor_tokenizer(base: BaseLocation) -> PreTrainedTokenizerBase | None:
     """The base's own tokenizer, left-padding (it matches the base's embeddings)."""
     kwargs: dict[str, Any] = {"local_files_only": True}
     if base.gguf_file is not None:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from dlm_sway.backends.hf_load import BaseLocation
+    from dlm_sway.backends.hf_load import BaseLocation, DtypeFloor
     from dlm_sway.backends.hf_lora import NullWeights
     from dlm_sway.backends.hf_views import HFScorer
     from dlm_sway.backends.hf_weights import WeightSlot
@@ -74,12 +74,16 @@ class TwoModelBackend(HFDifferentialBackend):
         ft_loc = hf_load.resolve_base(finetuned, None)
         torch_dtype = hf_load.resolve_dtype(dtype, torch_device)
         tokenizer = _load_tokenizer(ft_loc, base_loc, trust_remote_code=trust_remote_code)
-        base_model = _load_plain(base_loc, torch_dtype, torch_device, trust_remote_code)
-        ft_model = _load_plain(ft_loc, torch_dtype, torch_device, trust_remote_code)
+        base_model, floor = _load_plain(
+            base_loc, torch_dtype, torch_device, trust_remote_code, measure_floor=True
+        )
+        ft_model, _ = _load_plain(ft_loc, torch_dtype, torch_device, trust_remote_code)
         self._weight_slots: list[WeightSlot] = weight_slots(base_model, ft_model)
         self._norms = hf_weights.slot_norms(self._weight_slots)
         self.null_constructions: tuple[NullConstruction, ...] = hf_weights.WEIGHT_NULL_CONSTRUCTIONS
         self._load_health = ()
+        #: bf16/fp16 on CPU: the base's measured drift from fp32, in every report.
+        self._dtype_health = hf_load.floor_health(floor)
         self._context_limit = _context_limit(base_model, tokenizer)
         self.base_id = _label(base_loc)
         self.finetuned_id = _label(ft_loc)
@@ -304,15 +308,27 @@ def _label(loc: BaseLocation) -> str:
 
 
 def _load_plain(
-    loc: BaseLocation, dtype: torch.dtype, device: torch.device, trust_remote_code: bool
-) -> PreTrainedModel:
+    loc: BaseLocation,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool,
+    *,
+    measure_floor: bool = False,
+) -> tuple[PreTrainedModel, DtypeFloor | None]:
+    """One checkpoint, inference only. A half dtype on CPU loads in fp32 and is cast
+    weight by weight (fp32 pages handed back); ``measure_floor`` also measures its
+    drift from fp32 first, as the adapter backend does for its base."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from dlm_sway.backends import hf_load
+    from dlm_sway.backends.hf_pages import cast_releasing_pages
+
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    half = hf_load.is_half_on_cpu(dtype, device)
     kwargs: dict[str, Any] = {
-        "dtype": dtype,
+        "dtype": torch.float32 if half else dtype,
         "trust_remote_code": trust_remote_code,
         "local_files_only": True,
     }
@@ -322,11 +338,16 @@ def _load_plain(
         model = AutoModelForCausalLM.from_pretrained(loc.source, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise BackendLoadError(f"could not load model from {_label(loc)!r}: {exc}") from exc
+    floor = None
+    if half and measure_floor:
+        floor = hf_load.half_on_cpu(model, dtype, hf_load.floor_tokenizer(loc))
+    elif half:
+        cast_releasing_pages(model, dtype)
     torch.nn.Module.to(model, device)
     torch.nn.Module.train(model, False)
     model.requires_grad_(False)
     loaded: PreTrainedModel = model
-    return loaded
+    return loaded, floor
 
 
 def _load_tokenizer(
