@@ -59,6 +59,9 @@ OP_KINDS: dict[str, Kind] = {
     "next_token_full": "full",
     "logprob_of": "float",
     "rolling": "rolling",
+    # The noise floor's two layouts (``base_layout_pairs``): whole-vocabulary dists.
+    "layout_batched": "full",
+    "layout_single": "full",
 }
 Value = TokenDist | RollingLogprob | float
 T = TypeVar("T")

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -450,17 +450,42 @@ class HFDifferentialBackend:
     def base_layout_pairs(
         self, prompts: Sequence[str], top_k: int
     ) -> list[tuple[TokenDist, TokenDist]]:
-        """Base dists from padded batches and from one prompt per forward, both uncached.
+        """Base dists from padded batches and from one prompt per forward, outside the
+        views' caches (both layouts must really run), but in the disk base cache: they
+        are base-view results, so a second run on the same base reads them back.
 
         Whole-vocabulary dists (``top_k`` is moot), as the divergence probes see them.
         """
+        from dlm_sway.backends import base_cache
+
         memo, key = self._base_results(), ("layout_pairs", tuple(prompts))
         if key in memo:  # the base never changes, not even across adapter swaps
             return list(memo[key])
-        scorer = self._live_scorer()
+        scorer, prompts = self._live_scorer(), list(prompts)
+        disk = base_cache.for_scorer(scorer)
+
+        def stored(
+            op: str, requests: list[str], compute: Callable[[list[int]], list[TokenDist]]
+        ) -> list[TokenDist]:
+            return (
+                compute(list(range(len(requests))))
+                if disk is None
+                else disk.fetch(op, requests, 0, compute)
+            )
+
+        # A batched dist depends on its whole batch: the request names batch and size.
+        together = [json.dumps([scorer.batch_size, prompts, p]) for p in prompts]
         with self.as_base():
-            batched = scorer.next_token_full(list(prompts), batched=True)
-            single = [scorer.next_token_full([p], batched=False)[0] for p in prompts]
+            batched = stored(
+                "layout_batched",
+                together,
+                lambda idx: _pick(scorer.next_token_full(prompts, batched=True), idx),
+            )
+            single = stored(
+                "layout_single",
+                prompts,
+                lambda idx: [scorer.next_token_full([prompts[i]], batched=False)[0] for i in idx],
+            )
         pairs = list(zip(batched, single, strict=True))
         memo[key] = tuple(pairs)
         return pairs
@@ -536,6 +561,10 @@ class HFDifferentialBackend:
             f"HFDifferentialBackend(base={self.base_id!r}, adapter={str(self.adapter_path)!r}, "
             f"dtype={self.dtype!r}, device={self.device!r})"
         )
+
+
+def _pick(values: list[TokenDist], idx: list[int]) -> list[TokenDist]:
+    return [values[i] for i in idx]
 
 
 __all__ = ["HFDifferentialBackend", "require_hf_stack"]
