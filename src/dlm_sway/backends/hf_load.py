@@ -319,7 +319,8 @@ def load_model(
         raise BackendLoadError(_load_hint("base model", base.source, base, exc)) from exc
     floor = None
     if measure_floor:
-        floor = half_on_cpu(model, dtype, base_tokenizer or floor_tokenizer(base))
+        tokenizer = floor_tokenizer(base) if base_tokenizer is None else base_tokenizer
+        floor = half_on_cpu(model, dtype, tokenizer)
     torch.nn.Module.to(model, device)
     try:
         with warnings.catch_warnings():
