@@ -34,16 +34,20 @@ def full_dir(tiny_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Path
     return train_full(tiny_assets.base, tmp_path_factory.mktemp("full") / "ft", frozen="model.norm")
 
 
-@pytest.fixture(scope="module")
-def two(tiny_assets: Any, full_dir: Path) -> Iterator[Any]:
-    backend = build_backend(
+def _two(base: Path, full_dir: Path, dtype: str) -> Any:
+    return build_backend(
         "two_model",
-        base=str(tiny_assets.base),
+        base=str(base),
         finetuned=str(full_dir),
-        dtype="fp32",
+        dtype=dtype,
         device="cpu",
         batch_size=2,
     )
+
+
+@pytest.fixture(scope="module")
+def two(tiny_assets: Any, full_dir: Path) -> Iterator[Any]:
+    backend = _two(tiny_assets.base, full_dir, "fp32")
     yield backend
     backend.close()
 
@@ -189,14 +193,7 @@ def test_bf16_on_cpu_states_the_bases_floor_and_matches_a_plain_cast(
     from fp32 is a health line, and the cast weights equal ``.to(bf16)`` of both."""
     from transformers import AutoModelForCausalLM
 
-    half = build_backend(
-        "two_model",
-        base=str(tiny_assets.base),
-        finetuned=str(full_dir),
-        dtype="bf16",
-        device="cpu",
-        batch_size=2,
-    )
+    half = _two(tiny_assets.base, full_dir, "bf16")
     try:
         (line,) = [c for c in half.load_health() if c.code == "dtype_floor"]
         assert line.level == "info" and "bf16 on CPU" in line.message and "JS ≤" in line.message

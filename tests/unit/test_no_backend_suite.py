@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fresh_process import modules_after_cli
 from typer.testing import CliRunner
 
 from dlm_sway.cli.app import app
@@ -81,16 +80,4 @@ def test_no_model_library_is_imported(tmp_path: Path) -> None:
     """In a fresh process: neither transformers nor peft is even imported (and with no
     optimizer state, not torch either)."""
     spec = _spec(tmp_path, str(DEMO / "strong"))
-    code = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from dlm_sway.cli.app import app\n"
-        f"r = CliRunner().invoke(app, ['run', {str(spec)!r}])\n"
-        "assert r.exit_code == 0, r.output\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert modules_after_cli(["run", str(spec)], ["torch", "transformers", "peft"]) == []

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fresh_process import modules_after_cli
 
 #: Top-level packages that must not load at start-up (each costs 40 ms to seconds).
 HEAVY = ("numpy", "scipy", "torch", "transformers", "peft", "pydantic", "yaml", "safetensors")
@@ -108,18 +109,9 @@ def test_a_calibrated_run_does_not_import_scipy_stats(tmp_path: Path) -> None:
         "  - {name: shift, kind: delta_kl, prompts: [alpha, beta, gamma]}\n"
     )
     out = tmp_path / "run.json"
-    code = (
-        "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from dlm_sway.cli.app import app\n"
-        f"r = CliRunner().invoke(app, ['run', {str(spec)!r}, '--json', {str(out)!r}])\n"
-        "assert r.exit_code == 0, r.output\n"
-        "print('scipy.stats' in sys.modules, 'dlm_sway.core.calibration' in sys.modules)\n"
+    loaded = modules_after_cli(
+        ["run", str(spec), "--json", str(out)], ["scipy.stats", "dlm_sway.core.calibration"]
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "False True"
+    assert loaded == ["dlm_sway.core.calibration"]
     shift = next(p for p in json.loads(out.read_text())["probes"] if p["name"] == "shift")
     assert shift["z_score"] is not None  # judged against the nulls, through scipy.special
