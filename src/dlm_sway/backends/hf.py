@@ -12,6 +12,7 @@ so importing this module (and ``sway --help``) stays instant.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -20,14 +21,23 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from dlm_sway.backends.instrumentation import BackendStats, Instrumentation
 from dlm_sway.core.errors import BackendLoadError, BackendNotAvailableError, ViewError
 from dlm_sway.core.result import HealthCheck
-from dlm_sway.core.scoring import NULL_CONSTRUCTIONS, NullConstruction, ScoringModel, TokenDist
+from dlm_sway.core.scoring import (
+    NULL_CONSTRUCTIONS,
+    Conversation,
+    GenerationSettings,
+    NullConstruction,
+    NullDraw,
+    ScoringModel,
+    TokenDist,
+    prompt_cache_key,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +52,7 @@ PREFLIGHT_PROMPT = "The quick brown fox"
 #: Memory for null LoRA factors kept between opens of the same null (a few MB per null
 #: for a small adapter; larger adapters are redrawn on each open instead).
 NULL_DRAW_CACHE_BYTES = 256 * 2**20
+T = TypeVar("T")
 
 
 def require_hf_stack() -> None:
@@ -316,24 +327,65 @@ class HFDifferentialBackend:
         (W₀ + a random direction with ‖W − W₀‖_F, or D shuffled); they have no
         ``init_scale`` null, so such an adapter refuses it.
         """
+        draw = NullDraw(int(seed), init_scale, rank_scale, construction)
+        view_id, cache_ns, weights = self._named_null(draw)
+        return self._null_view(
+            draw.seed,
+            weights,
+            view_id,
+            cache_ns,
+            "permuted" if construction == "permuted" else "norm_matched",
+            rank_scale,
+        )
+
+    def _named_null(self, draw: NullDraw) -> tuple[str, str, NullWeights]:
+        """View id, cache namespace and LoRA construction of one seeded null."""
         from dlm_sway.backends import hf_lora
 
+        construction = draw.construction
         if construction not in self.null_constructions:
             raise ViewError(
                 f"null construction {construction!r} is not defined for this adapter: its DoRA "
                 "or modules_to_save weights have no LoRA factors to draw at a fixed std; use "
                 f"null: {' or '.join(self.null_constructions)}"
             )
-        weights = hf_lora.null_weights(construction, init_scale=init_scale, rank_scale=rank_scale)
+        init, rank = draw.init_scale, draw.rank_scale
+        weights = hf_lora.null_weights(construction, init_scale=init, rank_scale=rank)
         tag = {"init_scale": "", "norm_matched": "_nm", "permuted": "_perm"}[construction]
-        return self._null_view(
-            int(seed),
+        return (
+            f"null{tag}_{draw.seed}_s{init:g}_r{rank:g}",
+            f"null{tag}_{draw.seed}_s{init!r}_r{rank!r}",
             weights,
-            f"null{tag}_{seed}_s{init_scale:g}_r{rank_scale:g}",
-            f"null{tag}_{seed}_s{init_scale!r}_r{rank_scale!r}",
-            "permuted" if construction == "permuted" else "norm_matched",
-            rank_scale,
         )
+
+    def prefetch_null_generations(
+        self,
+        nulls: Sequence[NullDraw],
+        prompts: Sequence[str | Conversation],
+        settings: GenerationSettings,
+    ) -> bool:
+        """Generations of ``prompts`` under every null in ``nulls``, decoded in one mixed
+        batch (:mod:`.hf_null_generate`) and stored in each null view's cache. False
+        (nothing done) for DoRA or ``modules_to_save`` adapters and for a single null."""
+        from dlm_sway.backends import hf_null_generate
+
+        if len(nulls) < 2 or not prompts or self._weight_slots:
+            return False
+        if not hf_null_generate.mixable(self._plain_slots):
+            return False
+        named = [self._named_null(n) for n in nulls]
+        draws = [
+            self._null_draws(ns, n.seed, w) for n, (_, ns, w) in zip(nulls, named, strict=True)
+        ]
+        scorer = self._live_scorer()
+        with self._claim("null_prefetch", "null_prefetch"):
+            texts = hf_null_generate.generate_mixed(
+                self._plain_slots, draws, scorer.generator(), prompts, settings
+            )
+        op, keys = "generate:" + repr(settings), [prompt_cache_key(p) for p in prompts]
+        for (_, ns, _), mine in zip(named, texts, strict=True):
+            scorer.instr.cached_batch(op, ns, keys, 0, functools.partial(_pick, mine))
+        return True
 
     def null_view(
         self, seed: int, weights: NullWeights, *, view_id: str, cache_ns: str | None = None
@@ -563,7 +615,7 @@ class HFDifferentialBackend:
         )
 
 
-def _pick(values: list[TokenDist], idx: list[int]) -> list[TokenDist]:
+def _pick(values: Sequence[T], idx: list[int]) -> list[T]:
     return [values[i] for i in idx]
 
 

@@ -136,11 +136,12 @@ def choose(
 
 
 @dataclass
-class _Row:
+class Row:
     index: int
     prompt_ids: list[int]
     templated: bool
     generator: torch.Generator | None
+    group: int = 0  # see ``HFGenerator.generate(groups=...)``
     new: list[int] = field(default_factory=list)
     text: str = ""
     finish: Literal["stop", "eos", "length"] | None = None
@@ -181,9 +182,16 @@ class HFGenerator:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def generate(
-        self, prompts: Sequence[str | Conversation], settings: GenerationSettings
+        self,
+        prompts: Sequence[str | Conversation],
+        settings: GenerationSettings,
+        groups: Sequence[int] | None = None,
     ) -> list[Generation]:
-        rows: list[_Row] = []
+        """``groups``: a tag per prompt that :meth:`_forward` and :meth:`_canonical` of a
+        subclass may read (rows of several adapters in one batch); plain runs pass none."""
+        if groups is not None and len(groups) != len(prompts):
+            raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
+        rows: list[Row] = []
         for i, prompt in enumerate(prompts):
             ids, templated = encode_prompt(self.tokenizer, prompt, settings.chat)
             if not ids:
@@ -199,12 +207,12 @@ class HFGenerator:
                     f"{self.max_positions} positions: shorten the prompt or max_new_tokens"
                 )
             gen = None if settings.greedy else row_generator(settings.seed, prompt)
-            rows.append(_Row(i, ids, templated, gen))
+            rows.append(Row(i, ids, templated, gen, 0 if groups is None else groups[i]))
         for chunk in _length_chunks(rows, self.batch_size):
             self._run(chunk, settings)
         return [Generation(r.text, len(r.new), r.finish or "length", r.templated) for r in rows]
 
-    def _run(self, rows: list[_Row], settings: GenerationSettings) -> None:
+    def _run(self, rows: list[Row], settings: GenerationSettings) -> None:
         """One padded chunk: prefill, then one cached forward per new token."""
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -216,7 +224,8 @@ class HFGenerator:
         extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
         live = list(rows)
         with torch.inference_mode():
-            out = self.model(
+            out = self._forward(
+                live,
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
@@ -243,7 +252,8 @@ class HFGenerator:
                     mask, next_pos = mask[index], next_pos[index]
                     live = [live[b] for b in keep]
                 mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)
-                out = self.model(
+                out = self._forward(
+                    live,
                     input_ids=torch.tensor(feed, device=self.device).unsqueeze(-1),
                     attention_mask=mask,
                     position_ids=next_pos,
@@ -252,7 +262,7 @@ class HFGenerator:
                 )
                 next_pos = next_pos + 1
 
-    def _choose(self, logits: torch.Tensor, row: _Row, settings: GenerationSettings) -> int:
+    def _choose(self, logits: torch.Tensor, row: Row, settings: GenerationSettings) -> int:
         """Decide on the batched logits; a near-tie is re-decided on the canonical forward.
 
         The canonical forward (this row alone, unpadded, no KV cache) depends on the
@@ -266,12 +276,20 @@ class HFGenerator:
         if robust:
             return token
         self.recomputed += 1
+        return choose(self._canonical(row), settings, noise, 0.0)[0]
+
+    def _forward(self, rows: Sequence[Row], **inputs: Any) -> Any:
+        """One batched forward over ``rows`` (in batch order)."""
+        return self.model(**inputs)
+
+    def _canonical(self, row: Row) -> torch.Tensor:
+        """The row's next-token logits from its tokens alone: unpadded, no KV cache."""
         ids = torch.tensor([row.prompt_ids + row.new], device=self.device)
         extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        canonical = self.model(input_ids=ids, use_cache=False, **extra).logits[0, -1].float()
-        return choose(canonical, settings, noise, 0.0)[0]
+        logits: torch.Tensor = self.model(input_ids=ids, use_cache=False, **extra).logits
+        return logits[0, -1].float()
 
-    def _advance(self, row: _Row, token: int, settings: GenerationSettings) -> bool:
+    def _advance(self, row: Row, token: int, settings: GenerationSettings) -> bool:
         """Record ``token``; False once the row is finished."""
         if token in self.eos_ids:
             row.finish = "eos"
@@ -288,7 +306,7 @@ class HFGenerator:
             return False
         return True
 
-    def _decode(self, row: _Row) -> str:
+    def _decode(self, row: Row) -> str:
         context = row.prompt_ids[-_CONTEXT_TOKENS:]
         head = self._text(context)
         full = self._text(context + row.new)
@@ -304,7 +322,7 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
-def _length_chunks(rows: list[_Row], batch_size: int) -> list[list[_Row]]:
+def _length_chunks(rows: list[Row], batch_size: int) -> list[list[Row]]:
     """Rows sorted by prompt length (little padding), at most ``batch_size`` per chunk."""
     ordered = sorted(rows, key=lambda r: len(r.prompt_ids))
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]

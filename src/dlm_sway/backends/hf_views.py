@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dlm_sway.backends import base_cache
 from dlm_sway.backends.hf_few_rows import speed_up_few_rows
+from dlm_sway.backends.hf_generate import HFGenerator
 from dlm_sway.backends.hf_positions import PositionHead
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
@@ -344,9 +345,11 @@ class HFScorer:
         self, prompts: Sequence[str | Conversation], settings: GenerationSettings
     ) -> list[Generation]:
         """Batched, KV-cached generation (see :mod:`dlm_sway.backends.hf_generate`)."""
-        from dlm_sway.backends.hf_generate import HFGenerator
+        return self.generator().generate(prompts, settings)
 
-        generator = HFGenerator(
+    def generator(self) -> HFGenerator:
+        """A generator on this scorer's model, tokenizer and batch size."""
+        return HFGenerator(
             self.model,
             self.tokenizer,
             device=self.device,
@@ -354,7 +357,6 @@ class HFScorer:
             pad_id=self.pad_id,
             logits_to_keep=self._logits_to_keep,
         )
-        return generator.generate(prompts, settings)
 
 
 def _target_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:

@@ -485,3 +485,33 @@ __all__ += [
     "plain_text",
     "prompt_cache_key",
 ]
+
+
+@dataclass(frozen=True)
+class NullDraw:
+    """One seeded null adapter, named as ``as_null_adapter`` takes it."""
+
+    seed: int
+    init_scale: float
+    rank_scale: float
+    construction: NullConstruction
+
+
+@runtime_checkable
+class NullGenerationPrefetch(Protocol):
+    """Writes several null views' generations at once, into the views' own caches.
+
+    The null views then answer ``generate_batch`` for those prompts and settings
+    from cache, with the texts they would have written one by one. False when the
+    backend cannot for this adapter (the views then generate as usual).
+    """
+
+    def prefetch_null_generations(
+        self,
+        nulls: Sequence[NullDraw],
+        prompts: Sequence[str | Conversation],
+        settings: GenerationSettings,
+    ) -> bool: ...
+
+
+__all__ += ["NullDraw", "NullGenerationPrefetch"]

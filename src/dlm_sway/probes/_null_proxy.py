@@ -23,6 +23,7 @@ from dlm_sway.core.scoring import (
     ConstructedNullBackend,
     NullCalibratedBackend,
     NullConstruction,
+    NullDraw,
     ScoringModel,
 )
 
@@ -62,6 +63,12 @@ class NullCalibrationBackendProxy:
         self._init_scale = init_scale
         self._rank_scale = rank_scale
         self._construction: NullConstruction = construction
+        #: Ids of the views ``as_finetuned`` opened (what was written under the null).
+        self.ft_view_ids: set[str] = set()
+
+    def draw(self, seed: int) -> NullDraw:
+        """The null this proxy shows, at another seed."""
+        return NullDraw(seed, self._init_scale, self._rank_scale, self._construction)
 
     @property
     def seed(self) -> int:
@@ -87,6 +94,7 @@ class NullCalibrationBackendProxy:
                 self._seed, init_scale=self._init_scale, rank_scale=self._rank_scale
             )
         with opened as view:
+            self.ft_view_ids.add(view.id)
             yield view
 
 

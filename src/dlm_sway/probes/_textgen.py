@@ -8,7 +8,10 @@ method, never a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from dlm_sway.core.errors import SwayError
 from dlm_sway.core.scoring import (
@@ -17,6 +20,30 @@ from dlm_sway.core.scoring import (
     GenerationSettings,
     ScoringModel,
 )
+
+
+@dataclass(frozen=True)
+class Written:
+    """One ``write`` call: which view wrote, what, and how."""
+
+    view_id: str
+    prompts: tuple[str | Conversation, ...]
+    settings: GenerationSettings
+
+
+#: While set, every ``write`` is appended here (null calibration watches its first null).
+_LOG: ContextVar[list[Written] | None] = ContextVar("sway_written", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[list[Written]]:
+    """Collect the ``write`` calls made inside the block, in order."""
+    log: list[Written] = []
+    token = _LOG.set(log)
+    try:
+        yield log
+    finally:
+        _LOG.reset(token)
 
 
 class CannotGenerateError(SwayError):
@@ -43,6 +70,9 @@ def write(
     """The text each prompt gets under ``view`` (one batched call)."""
     if not prompts:
         return []
+    log = _LOG.get()
+    if log is not None:
+        log.append(Written(view.id, tuple(prompts), settings))
     out = generating(view, probe).generate_batch(list(prompts), settings)
     if len(out) != len(prompts):
         raise SwayError(
@@ -51,4 +81,4 @@ def write(
     return [g.text for g in out]
 
 
-__all__ = ["CannotGenerateError", "generating", "write"]
+__all__ = ["CannotGenerateError", "Written", "generating", "recording", "write"]

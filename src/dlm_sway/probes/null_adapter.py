@@ -14,6 +14,7 @@ result itself is a WARN. The statistics travel typed, in ``result.calibration``;
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from typing import Any, Literal
 
@@ -23,7 +24,14 @@ from dlm_sway import __version__
 from dlm_sway.core.calibration import Method
 from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import NullCalibration, ProbeResult, Verdict
-from dlm_sway.core.scoring import CacheIdentified, NullCalibratedBackend, NullConstruction
+from dlm_sway.core.scoring import (
+    CacheIdentified,
+    GenerationSettings,
+    NullCalibratedBackend,
+    NullConstruction,
+    NullGenerationPrefetch,
+    prompt_cache_key,
+)
 from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import NullStats
 from dlm_sway.probes import _null_cache
@@ -33,6 +41,7 @@ from dlm_sway.probes._null_proxy import (
     NullCalibrationBackendProxy,
     supported_constructions,
 )
+from dlm_sway.probes._textgen import Written, recording
 from dlm_sway.probes.base import (
     Probe,
     ProbeSpec,
@@ -41,6 +50,8 @@ from dlm_sway.probes.base import (
     document_context,
     get_probe_class,
 )
+
+_log = logging.getLogger(__name__)
 
 
 def rank_key(multiplier: float) -> str:
@@ -320,7 +331,10 @@ class NullAdapterProbe(Probe):
                     label = f"{spec.name}: {target.name} null {i + 1}/{spec.runs} @ {mult:g}x"
                     ctx.progress(label, step, total)
                     null_ctx = _null_context(ctx, backend, spec, seed, mult)
-                    raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
+                    with recording() as written:
+                        raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
+                    if i == 0:
+                        _prefetch(backend, null_ctx, written, seeds[1:])
                     if raw is not None:
                         samples.append(raw)
                     elif err:
@@ -463,6 +477,38 @@ def _null_context(
         calibrating=True,
         on_calibrated=None,
     )
+
+
+def _prefetch(
+    backend: NullCalibratedBackend, first: RunContext, written: list[Written], seeds: list[int]
+) -> None:
+    """What the first null wrote, the other nulls write too (their prompts do not depend
+    on the adapter): a backend that can decodes it for all of them in one batch, into
+    their views' caches. Anything the probe asks differently is simply computed."""
+    proxy = first.backend
+    if not seeds or not written or not isinstance(backend, NullGenerationPrefetch):
+        return
+    if not isinstance(proxy, NullCalibrationBackendProxy):
+        return
+    nulls = [proxy.draw(seed) for seed in seeds]
+    done: set[tuple[tuple[object, ...], GenerationSettings]] = set()
+    for w in written:
+        key = (tuple(prompt_cache_key(p) for p in w.prompts), w.settings)
+        if w.view_id not in proxy.ft_view_ids or key in done:
+            continue
+        done.add(key)
+        try:
+            backend.prefetch_null_generations(nulls, w.prompts, w.settings)
+        except SwayError as exc:  # each null then meets (and records) the same error itself
+            _log.info("null generations not batched: %s", exc)
+            return
+        except Exception as exc:  # noqa: BLE001 — only speed is lost: each null generates alone
+            _log.warning(
+                "batched null generation failed (%s: %s); generating one null at a time",
+                type(exc).__name__,
+                exc,
+            )
+            return
 
 
 def _sample(probe: Probe, calib: ProbeSpec, ctx: RunContext) -> tuple[float | None, str]:

@@ -1,0 +1,160 @@
+"""Generations under several null adapters decoded in one mixed batch: the same texts
+as one null at a time, the trained adapter untouched, and calibration unchanged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from dlm_sway.backends import hf_null_generate
+from dlm_sway.backends.hf import HFDifferentialBackend
+from dlm_sway.core.scoring import GenerationSettings, NullDraw
+from dlm_sway.suite.loader import from_dict
+from dlm_sway.suite.runner import run
+
+pytestmark = pytest.mark.hf
+
+PROMPTS = ["The zebra", "Cats sleep in the", "Fresh bread and", "The quick brown fox jumps"]
+NULLS = [NullDraw(seed, 0.02, 1.0, "norm_matched") for seed in (11, 22, 33)]
+GREEDY = GenerationSettings(12, temperature=0.0, top_p=1.0, seed=0, chat=False)
+SAMPLED = GenerationSettings(12, temperature=0.8, top_p=0.9, seed=3, chat=False)
+
+
+@contextmanager
+def generation_calls(backend: HFDifferentialBackend) -> Iterator[list[str]]:
+    """The view id active at each real (uncached) generation of ``backend``'s scorer."""
+    scorer = backend._live_scorer()
+    original = scorer.generate_batch
+    calls: list[str] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(backend._active))
+        return original(*args, **kwargs)
+
+    scorer.generate_batch = counting  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        del scorer.generate_batch
+
+
+def _texts(backend: HFDifferentialBackend, settings: GenerationSettings) -> dict[int, list[str]]:
+    out = {}
+    for d in NULLS:
+        with backend.as_null_adapter(
+            d.seed, init_scale=d.init_scale, rank_scale=d.rank_scale, construction=d.construction
+        ) as view:
+            out[d.seed] = [g.text for g in view.generate_batch(PROMPTS, settings)]
+    return out
+
+
+@pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_prefetched_texts_are_each_nulls_own(tiny_assets: Any, settings: Any) -> None:
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as one:
+        alone = _texts(one, settings)
+        with one.as_finetuned() as view:
+            trained = [g.text for g in view.generate_batch(PROMPTS, settings)]
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=5) as mixed:
+        assert mixed.prefetch_null_generations(NULLS, PROMPTS, settings)
+        with generation_calls(mixed) as calls:
+            assert _texts(mixed, settings) == alone
+            assert calls == []  # every null answered from its cache
+            with mixed.as_finetuned() as view:
+                assert [g.text for g in view.generate_batch(PROMPTS, settings)] == trained
+            assert calls == ["ft"]
+        assert list(mixed.peft_model.peft_config) == ["default"]  # the nulls are gone
+        assert mixed.peft_model.active_adapter == "default"
+    assert len({tuple(t) for t in alone.values()}) > 1  # the nulls really write differently
+
+
+def test_adapters_peft_cannot_mix_are_left_to_one_null_at_a_time(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b:
+        assert not b.prefetch_null_generations(NULLS[:1], PROMPTS, GREEDY)  # one null
+        assert not b.prefetch_null_generations(NULLS, [], GREEDY)
+        monkeypatch.setattr(hf_null_generate, "mixable", lambda *_: False)  # e.g. DoRA
+        assert not b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+        with generation_calls(b) as calls:
+            _texts(b, GREEDY)
+        assert len(calls) == len(NULLS)
+
+
+def _suite(base: Any, adapter: Any) -> Any:
+    return from_dict(
+        {
+            "models": {
+                "ft": {
+                    "kind": "hf",
+                    "base": str(base),
+                    "adapter": str(adapter),
+                    "dtype": "fp32",
+                    "device": "cpu",
+                    "batch_size": 4,
+                }
+            },
+            "defaults": {"seed": 0},
+            "suite": [
+                {"name": "nulls", "kind": "null_adapter", "runs": 4},
+                {
+                    "name": "style",
+                    "kind": "style_fingerprint",
+                    "prompts": PROMPTS[:2],
+                    "doc_reference": "The zebra astronaut sings quietly. " * 8,
+                    "max_new_tokens": 16,
+                    "min_words": 1,
+                },
+            ],
+        },
+        source="inline",
+        base_dir=base.parent,
+    )
+
+
+def _calibrate(tiny_assets: Any) -> tuple[Any, list[str]]:
+    from dlm_sway.suite.build import backend_from_spec
+
+    loaded = _suite(tiny_assets.base, tiny_assets.adapter)
+    backend = backend_from_spec(loaded.spec.models.ft)
+    assert isinstance(backend, HFDifferentialBackend)
+    try:
+        with generation_calls(backend) as calls:
+            suite = run(loaded, backend)
+    finally:
+        backend.close()
+    return suite, calls
+
+
+def test_a_generation_probe_calibrates_the_same_with_one_batch_for_its_nulls(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SWAY_DISABLE_NULL_CACHE", "1")
+    batched, calls = _calibrate(tiny_assets)
+    nulls = [c for c in calls if c.startswith("null")]
+    # The first null writes alone (its prompts are learned then); the other three are
+    # answered from the one mixed batch decoded right after it.
+    assert len(nulls) == 1, calls
+    monkeypatch.setattr(HFDifferentialBackend, "prefetch_null_generations", lambda *a: False)
+    alone, calls = _calibrate(tiny_assets)
+    assert len([c for c in calls if c.startswith("null")]) == 4, calls
+    a, b = batched.by_name("style"), alone.by_name("style")
+    assert a.null is not None and a.null.k == 4, a.message
+    assert (a.verdict, a.raw, a.z_score) == (b.verdict, b.raw, b.z_score)
+    assert a.null == b.null
+    # A failure of the batched path costs only speed, and says so.
+    monkeypatch.undo()
+    monkeypatch.setenv("SWAY_DISABLE_NULL_CACHE", "1")
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("mixed batch unavailable")
+
+    monkeypatch.setattr(hf_null_generate, "generate_mixed", broken)
+    with caplog.at_level(logging.WARNING, logger="dlm_sway.probes.null_adapter"):
+        fallback, _ = _calibrate(tiny_assets)
+    c = fallback.by_name("style")
+    assert (c.verdict, c.raw, c.z_score, c.null) == (b.verdict, b.raw, b.z_score, b.null)
+    assert "batched null generation failed (RuntimeError: mixed batch unavailable)" in caplog.text
