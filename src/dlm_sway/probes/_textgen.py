@@ -24,11 +24,12 @@ from dlm_sway.core.scoring import (
 
 @dataclass(frozen=True)
 class Written:
-    """One ``write`` call: which view wrote, what, and how."""
+    """One ``write`` call: which view wrote what, how, and the texts it got."""
 
     view_id: str
     prompts: tuple[str | Conversation, ...]
     settings: GenerationSettings
+    texts: tuple[str, ...]
 
 
 #: While set, every ``write`` is appended here (null calibration watches its first null).
@@ -70,15 +71,16 @@ def write(
     """The text each prompt gets under ``view`` (one batched call)."""
     if not prompts:
         return []
-    log = _LOG.get()
-    if log is not None:
-        log.append(Written(view.id, tuple(prompts), settings))
     out = generating(view, probe).generate_batch(list(prompts), settings)
     if len(out) != len(prompts):
         raise SwayError(
             f"{probe}: the backend returned {len(out)} generations for {len(prompts)} prompts"
         )
-    return [g.text for g in out]
+    texts = [g.text for g in out]
+    log = _LOG.get()
+    if log is not None:
+        log.append(Written(view.id, tuple(prompts), settings, tuple(texts)))
+    return texts
 
 
 __all__ = ["CannotGenerateError", "Written", "generating", "recording", "write"]

@@ -30,6 +30,7 @@ from dlm_sway.core.scoring import (
     NullCalibratedBackend,
     NullConstruction,
     NullGenerationPrefetch,
+    plain_text,
     prompt_cache_key,
 )
 from dlm_sway.core.sections import Document
@@ -52,6 +53,9 @@ from dlm_sway.probes.base import (
 )
 
 _log = logging.getLogger(__name__)
+#: Generated texts at least this long that reappear in a later prompt mark it as
+#: following from them (not worth decoding for the other nulls ahead of time).
+MIN_FOLLOWED_CHARS = 8
 
 
 def rank_key(multiplier: float) -> str:
@@ -482,21 +486,27 @@ def _null_context(
 def _prefetch(
     backend: NullCalibratedBackend, first: RunContext, written: list[Written], seeds: list[int]
 ) -> None:
-    """What the first null wrote, the other nulls write too (their prompts do not depend
-    on the adapter): a backend that can decodes it for all of them in one batch, into
-    their views' caches. Anything the probe asks differently is simply computed."""
+    """What the first null wrote, the other nulls will write too, unless its prompts
+    carry text generated before them (a dialogue's next turn): a backend that can decodes
+    it for all of them in one batch, into their views' caches. A guess only decides
+    speed: the caches are keyed by the exact request, so anything asked differently is
+    computed as usual."""
     proxy = first.backend
     if not seeds or not written or not isinstance(backend, NullGenerationPrefetch):
         return
     if not isinstance(proxy, NullCalibrationBackendProxy):
         return
     nulls = [proxy.draw(seed) for seed in seeds]
-    done: set[tuple[tuple[object, ...], GenerationSettings]] = set()
+    done: set[tuple[tuple[str, ...], GenerationSettings]] = set()
+    generated: list[str] = []  # texts written so far (under any view) in this sample
     for w in written:
-        key = (tuple(prompt_cache_key(p) for p in w.prompts), w.settings)
-        if w.view_id not in proxy.ft_view_ids or key in done:
+        keys = tuple(prompt_cache_key(p) for p in w.prompts)
+        shown = [plain_text(p) for p in w.prompts]  # every turn's content, verbatim
+        follows = any(t in text for t in generated for text in shown)
+        generated.extend(t.strip() for t in w.texts if len(t.strip()) >= MIN_FOLLOWED_CHARS)
+        if w.view_id not in proxy.ft_view_ids or follows or (keys, w.settings) in done:
             continue
-        done.add(key)
+        done.add((keys, w.settings))
         try:
             backend.prefetch_null_generations(nulls, w.prompts, w.settings)
         except SwayError as exc:  # each null then meets (and records) the same error itself
