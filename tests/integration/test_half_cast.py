@@ -74,3 +74,24 @@ def test_overlapping_views_of_a_file_mapping_keep_their_pages(tmp_path: Path) ->
     assert torch.equal(module.a, torch.full((n,), 7.0, dtype=torch.bfloat16))
     assert torch.equal(module.b, torch.full((n,), 7.0, dtype=torch.bfloat16))
     assert torch.equal(module.c, torch.arange(n, 2 * n, dtype=torch.float32).to(torch.bfloat16))
+
+
+class _Strided(torch.nn.Module):
+    def __init__(self, flat: torch.Tensor, n: int) -> None:
+        super().__init__()
+        self.tail = torch.nn.Parameter(flat[n:], requires_grad=False)  # contiguous
+        self.every_other = torch.nn.Parameter(flat[::2], requires_grad=False)  # spans tail too
+
+
+@linux_only
+def test_a_strided_view_reaching_over_another_tensor_keeps_its_pages(tmp_path: Path) -> None:
+    n = 4 * PAGE // 4
+    path = tmp_path / "weights.bin"
+    torch.arange(2 * n, dtype=torch.float32).numpy().tofile(path)
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=8 * n)
+    flat = torch.empty(0, dtype=torch.float32).set_(storage).view(-1)
+    module = _Strided(flat, n)
+    with torch.no_grad():
+        module.every_other.fill_(7.0)  # writes pages the tail also lies in
+    assert cast_releasing_pages(module, torch.bfloat16) == 0
+    assert torch.equal(module.every_other, torch.full((n,), 7.0, dtype=torch.bfloat16))

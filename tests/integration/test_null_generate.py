@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +159,52 @@ def test_a_generation_probe_calibrates_the_same_with_one_batch_for_its_nulls(
     c = fallback.by_name("style")
     assert (c.verdict, c.raw, c.z_score, c.null) == (b.verdict, b.raw, b.z_score, b.null)
     assert "batched null generation failed (RuntimeError: mixed batch unavailable)" in caplog.text
+
+
+def test_per_module_ranks_and_dropout_batch_exactly(tiny_assets: Any, tmp_path: Path) -> None:
+    """Each LoRA module's mask follows its own rank (``rank_pattern``); dropout is off."""
+    from finetune_kinds import lora, train_adapter
+
+    config = lora(rank_pattern={"v_proj": 2})
+    config.lora_dropout = 0.1
+    adapter = train_adapter(tiny_assets.base, tmp_path / "ranks", config, steps=3)
+    with HFDifferentialBackend(str(tiny_assets.base), adapter, batch_size=3) as one:
+        alone = _texts(one, GREEDY)
+    with HFDifferentialBackend(str(tiny_assets.base), adapter, batch_size=3) as mixed:
+        assert mixed.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+        with generation_calls(mixed) as calls:
+            assert _texts(mixed, GREEDY) == alone
+        assert calls == []
+
+
+def test_a_second_prefetch_of_cached_texts_and_a_failed_one_are_not_redone(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b:
+        assert b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+        assert not b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)  # all cached already
+        tries: list[int] = []
+
+        def broken(*_: Any) -> Any:
+            tries.append(1)
+            raise RuntimeError("rows cannot be told apart")
+
+        monkeypatch.setattr(hf_null_generate, "generate_mixed", broken)
+        with pytest.raises(RuntimeError):
+            b.prefetch_null_generations(NULLS, PROMPTS, SAMPLED)
+        assert not b.prefetch_null_generations(NULLS, PROMPTS[:2], SAMPLED)  # not retried
+        assert tries == [1]
+        with b.as_finetuned():  # the failed attempt released its claim on the weights
+            pass
+
+
+def test_the_two_model_backend_never_batches_nulls(tiny_assets: Any, tmp_path: Path) -> None:
+    from dlm_sway.backends.registry import build_backend
+
+    two = build_backend(
+        "two_model", base=str(tiny_assets.base), finetuned=str(tiny_assets.base), device="cpu"
+    )
+    try:
+        assert not two.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+    finally:
+        two.close()

@@ -170,6 +170,8 @@ class HFDifferentialBackend:
             *hf_adapter_weights.saved_module_slots(model),
         ]
         self._plain_slots = hf_lora.plain_lora_slots(model)
+        #: Set when a batched null generation failed on this model (then never retried).
+        self._unmixable = False
         self._draw_memo: OrderedDict[str, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self._norms = {
             **hf_lora.adapter_norms(model),
@@ -366,24 +368,34 @@ class HFDifferentialBackend:
     ) -> bool:
         """Generations of ``prompts`` under every null in ``nulls``, decoded in one mixed
         batch (:mod:`.hf_null_generate`) and stored in each null view's cache. False
-        (nothing done) for DoRA or ``modules_to_save`` adapters and for a single null."""
+        (nothing done) for DoRA or ``modules_to_save`` adapters, when fewer than two nulls
+        still lack them, or when they would not fit the cache until asked for."""
         from dlm_sway.backends import hf_null_generate
 
-        if len(nulls) < 2 or not prompts or self._weight_slots:
+        if len(nulls) < 2 or not prompts or self._weight_slots or self._unmixable:
             return False
         if not hf_null_generate.mixable(self._plain_slots):
             return False
-        named = [self._named_null(n) for n in nulls]
-        draws = [
-            self._null_draws(ns, n.seed, w) for n, (_, ns, w) in zip(nulls, named, strict=True)
-        ]
         scorer = self._live_scorer()
-        with self._claim("null_prefetch", "null_prefetch"):
-            texts = hf_null_generate.generate_mixed(
-                self._plain_slots, draws, scorer.generator(), prompts, settings
-            )
         op, keys = "generate:" + repr(settings), [prompt_cache_key(p) for p in prompts]
-        for (_, ns, _), mine in zip(named, texts, strict=True):
+        named = [self._named_null(n) for n in nulls]
+        todo = [
+            (n, ns, w)
+            for n, (_, ns, w) in zip(nulls, named, strict=True)
+            if not all(scorer.instr.cache.key(op, ns, k, 0) in scorer.instr.cache for k in keys)
+        ]
+        if len(todo) < 2 or len(todo) * len(keys) > scorer.instr.cache.maxsize // 2:
+            return False
+        draws = [self._null_draws(ns, n.seed, w) for n, ns, w in todo]
+        try:
+            with self._claim("null_prefetch", "null_prefetch"):
+                texts = hf_null_generate.generate_mixed(
+                    self._plain_slots, draws, scorer.generator(), prompts, settings
+                )
+        except RuntimeError:
+            self._unmixable = True  # this model's LoRA inputs: not again in this run
+            raise
+        for (_, ns, _), mine in zip(todo, texts, strict=True):
             scorer.instr.cached_batch(op, ns, keys, 0, functools.partial(_pick, mine))
         return True
 

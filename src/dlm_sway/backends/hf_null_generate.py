@@ -34,10 +34,12 @@ Factors = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
 
 def mixable(slots: Sequence[LoraSlot]) -> bool:
-    """Whether every LoRA slot is a plain linear LoRA (no DoRA), one adapter per module."""
+    """Whether every LoRA slot is a plain linear LoRA (no DoRA or other PEFT variant),
+    the module's only adapter."""
     return bool(slots) and all(
         isinstance(s.layer, LoraLinear)
         and not s.layer.use_dora.get(s.adapter, False)
+        and s.adapter not in getattr(s.layer, "lora_variant", {})
         and len(s.layer.lora_A) == 1
         and isinstance(s.layer.lora_A[s.adapter], torch.nn.Linear)
         and isinstance(s.layer.lora_B[s.adapter], torch.nn.Linear)
@@ -46,14 +48,14 @@ def mixable(slots: Sequence[LoraSlot]) -> bool:
 
 
 class _Stack:
-    """The K nulls' factors side by side in every slot, and the per-row block mask."""
+    """The K nulls' factors side by side in every slot, and the per-row block masks."""
 
     def __init__(self, slots: Sequence[LoraSlot], draws: Sequence[Factors]) -> None:
         self.slots = list(slots)
         # Contiguous like the trained Parameters, so a one-null forward runs their kernels.
         self.draws = [[(a.contiguous(), b.contiguous()) for a, b in d] for d in draws]
-        self.mask: torch.Tensor | None = None
-        self._blocks: dict[int, torch.Tensor] = {}
+        self.groups: tuple[int, ...] | None = None
+        self._masks: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
         self._stacked = [
             (
                 torch.cat([d[j][0] for d in self.draws], dim=0).contiguous(),
@@ -64,15 +66,8 @@ class _Stack:
 
     def select(self, groups: Sequence[int]) -> None:
         """Rows (in batch order) of nulls ``groups``: each keeps its own block of A·x."""
-        masks = []
-        for g in groups:
-            if g not in self._blocks:
-                rank = [d[0][0].shape[0] for d in self.draws]
-                block = torch.zeros(sum(rank), dtype=self.draws[0][0][0].dtype)
-                block[sum(rank[:g]) : sum(rank[: g + 1])] = 1
-                self._blocks[g] = block
-            masks.append(self._blocks[g])
-        self.mask = torch.stack(masks)[:, None, :]
+        self.groups = tuple(groups)
+        self._masks.clear()
 
     def use(self, group: int | None) -> None:
         """Stacked factors (``None``), or one null's own, in every slot."""
@@ -81,13 +76,27 @@ class _Stack:
             _set(slot.layer.lora_A[slot.adapter], a)
             _set(slot.layer.lora_B[slot.adapter], b)
         if group is not None:
-            self.mask = None
+            self.groups = None
 
     def masked(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """Forward pre-hook of each B: the row mask on A·x (none on a one-null forward)."""
-        if self.mask is None:
+        """Forward pre-hook of each B: each row keeps its null's block of A·x (no mask on
+        a one-null forward). Its input is [rows, tokens, K·r] in every decoder LoRA."""
+        if self.groups is None:
             return None
-        return (args[0] * self.mask, *args[1:])
+        h = args[0]
+        if h.dim() != 3 or h.shape[0] != len(self.groups) or h.shape[-1] % len(self.draws):
+            raise RuntimeError(
+                f"a LoRA module got input of shape {tuple(h.shape)} for {len(self.groups)} "
+                "rows: its rows cannot be told apart, so nulls cannot share a batch here"
+            )
+        sig = (h.shape[-1] // len(self.draws), h.dtype, h.device)
+        if sig not in self._masks:
+            rank = sig[0]
+            mask = torch.zeros((len(self.groups), 1, h.shape[-1]), dtype=h.dtype, device=h.device)
+            for row, g in enumerate(self.groups):
+                mask[row, 0, g * rank : (g + 1) * rank] = 1
+            self._masks[sig] = mask
+        return (h * self._masks[sig], *args[1:])
 
 
 def _set(linear: Any, weight: torch.Tensor) -> None:
@@ -103,8 +112,10 @@ def stacked(slots: Sequence[LoraSlot], draws: Sequence[Factors]) -> Iterator[_St
         for slot in slots
     ]
     stack = _Stack(slots, draws)
-    hooks = [s.layer.lora_B[s.adapter].register_forward_pre_hook(stack.masked) for s in slots]
+    hooks: list[Any] = []
     try:
+        for s in slots:
+            hooks.append(s.layer.lora_B[s.adapter].register_forward_pre_hook(stack.masked))
         stack.use(None)
         yield stack
     finally:

@@ -62,8 +62,14 @@ def _nbytes(tensor: torch.Tensor) -> int:
 def _aliased(model: torch.nn.Module) -> set[int]:
     """Data pointers of tensors whose bytes overlap another parameter's or buffer's:
     their pages stay (a view may still read them, and may have written them)."""
+    # Whole storages, not tensor extents: a strided view may reach past numel·itemsize.
     ranges = sorted(
         (t.data_ptr(), t.data_ptr() + _nbytes(t))
+        if t.is_contiguous()
+        else (
+            t.untyped_storage().data_ptr(),
+            t.untyped_storage().data_ptr() + t.untyped_storage().nbytes(),
+        )
         for t in [*model.parameters(), *model.buffers()]
         if t.device.type == "cpu" and _nbytes(t) > 0
     )
@@ -84,7 +90,8 @@ def _file_spans() -> list[tuple[int, int]]:
         with Path("/proc/self/maps").open(encoding="utf-8") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) < 6 or fields[4] == "0" or fields[5].startswith("["):
+                # A regular file only: /dev/zero or a memfd mapping is anonymous memory.
+                if len(fields) < 6 or fields[4] == "0" or not Path(fields[5].strip()).is_file():
                     continue
                 start, _, end = fields[0].partition("-")
                 spans.append((int(start, 16), int(end, 16)))

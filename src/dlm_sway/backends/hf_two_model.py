@@ -124,6 +124,10 @@ class TwoModelBackend(HFDifferentialBackend):
 
     # ------------------------------------------------------------------ views
 
+    def prefetch_null_generations(self, *_: Any) -> bool:
+        """No batched null generation: these nulls are built in weight space, one at a time."""
+        return False
+
     @property
     def peft_model(self) -> Any:
         raise ViewError("the two-model backend has no PEFT model: it compares two checkpoints")

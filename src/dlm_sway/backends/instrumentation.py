@@ -59,6 +59,11 @@ class ForwardCache:
             self._data.move_to_end(key)
             return True, self._data[key]
 
+    def __contains__(self, key: CacheKey) -> bool:
+        """Whether ``key`` is stored (recency untouched)."""
+        with self._lock:
+            return key in self._data
+
     def put(self, key: CacheKey, value: Any) -> None:
         with self._lock:
             self._data[key] = value

@@ -26,7 +26,6 @@ from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import NullCalibration, ProbeResult, Verdict
 from dlm_sway.core.scoring import (
     CacheIdentified,
-    GenerationSettings,
     NullCalibratedBackend,
     NullConstruction,
     NullGenerationPrefetch,
@@ -497,16 +496,16 @@ def _prefetch(
     if not isinstance(proxy, NullCalibrationBackendProxy):
         return
     nulls = [proxy.draw(seed) for seed in seeds]
-    done: set[tuple[tuple[str, ...], GenerationSettings]] = set()
+    done: set[tuple[tuple[str, ...], str]] = set()  # as the caches key them
     generated: list[str] = []  # texts written so far (under any view) in this sample
     for w in written:
         keys = tuple(prompt_cache_key(p) for p in w.prompts)
         shown = [plain_text(p) for p in w.prompts]  # every turn's content, verbatim
         follows = any(t in text for t in generated for text in shown)
         generated.extend(t.strip() for t in w.texts if len(t.strip()) >= MIN_FOLLOWED_CHARS)
-        if w.view_id not in proxy.ft_view_ids or follows or (keys, w.settings) in done:
+        if w.view_id not in proxy.ft_view_ids or follows or (keys, repr(w.settings)) in done:
             continue
-        done.add((keys, w.settings))
+        done.add((keys, repr(w.settings)))
         try:
             backend.prefetch_null_generations(nulls, w.prompts, w.settings)
         except SwayError as exc:  # each null then meets (and records) the same error itself
