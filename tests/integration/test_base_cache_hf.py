@@ -4,13 +4,12 @@ within the measured noise floor."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from spies import hf_entry, run_spied
 
 from dlm_sway.backends.hf import HFDifferentialBackend
 
@@ -18,26 +17,6 @@ pytestmark = pytest.mark.hf
 
 PROMPTS = ["The zebra", "The zebra astronaut sings", "Cats sleep in the", "Fresh bread and"]
 PAIRS = [("The zebra", " astronaut"), ("Cats sleep", " in the sun")]
-
-
-@contextmanager
-def base_forwards(backend: HFDifferentialBackend) -> Iterator[list[int]]:
-    """Counts forwards issued while the base view is the open view (every forward path,
-    full-logits or position-gathering, records itself once)."""
-    scorer = backend._live_scorer()
-    original = scorer._record
-    count = [0]
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        if backend._active == "base":
-            count[0] += 1
-        return original(*args, **kwargs)
-
-    scorer._record = counting  # type: ignore[method-assign]
-    try:
-        yield count
-    finally:
-        del scorer._record
 
 
 def _score_base(backend: HFDifferentialBackend) -> tuple[Any, ...]:
@@ -102,16 +81,7 @@ def _suite(base: Path, adapter: Path, batch_size: int) -> Any:
     return from_dict(
         {
             "version": 1,
-            "models": {
-                "ft": {
-                    "kind": "hf",
-                    "base": str(base),
-                    "adapter": str(adapter),
-                    "dtype": "fp32",
-                    "device": "cpu",
-                    "batch_size": batch_size,
-                }
-            },
+            "models": {"ft": hf_entry(base, adapter, batch_size)},
             "defaults": {"seed": 0, "top_k": 16},
             "suite": [
                 {"name": "nulls", "kind": "null_adapter", "runs": 3},
@@ -125,18 +95,8 @@ def _suite(base: Path, adapter: Path, batch_size: int) -> Any:
 
 
 def _run(base: Path, adapter: Path, batch_size: int) -> tuple[Any, int]:
-    from dlm_sway.suite.build import backend_from_spec
-    from dlm_sway.suite.runner import run
-
-    loaded = _suite(base, adapter, batch_size)
-    backend = backend_from_spec(loaded.spec.models.ft)
-    assert isinstance(backend, HFDifferentialBackend)
-    try:
-        with base_forwards(backend) as count:
-            suite = run(loaded, backend)
-    finally:
-        backend.close()
-    return suite, count[0]
+    suite, seen = run_spied(_suite(base, adapter, batch_size), "_record")
+    return suite, seen.count("base")
 
 
 def test_cached_run_keeps_verdicts_and_values_within_the_noise_floor(

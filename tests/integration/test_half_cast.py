@@ -49,6 +49,14 @@ def test_memory_built_in_this_process_is_cast_but_never_released() -> None:
     assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight, expected)
 
 
+def _mapped(folder: Path, count: int) -> torch.Tensor:
+    """0, 1, 2, … as float32 in a file, mapped privately (as a checkpoint's weights are)."""
+    path = folder / "weights.bin"
+    torch.arange(count, dtype=torch.float32).numpy().tofile(path)
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=4 * count)
+    return torch.empty(0, dtype=torch.float32).set_(storage).view(-1)
+
+
 class _Views(torch.nn.Module):
     def __init__(self, flat: torch.Tensor, n: int) -> None:
         super().__init__()
@@ -62,11 +70,7 @@ def test_overlapping_views_of_a_file_mapping_keep_their_pages(tmp_path: Path) ->
     """b shares a's bytes and has been written (a private page, not the file's): casting
     a first must not hand that page back, or b would read the file's old values."""
     n = 4 * PAGE // 4  # four pages of float32
-    path = tmp_path / "weights.bin"
-    torch.arange(2 * n, dtype=torch.float32).numpy().tofile(path)
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=8 * n)
-    flat = torch.empty(0, dtype=torch.float32).set_(storage).view(-1)
-    module = _Views(flat, n)
+    module = _Views(_mapped(tmp_path, 2 * n), n)
     with torch.no_grad():
         module.b.fill_(7.0)
     released = cast_releasing_pages(module, torch.bfloat16)
@@ -86,11 +90,7 @@ class _Strided(torch.nn.Module):
 @linux_only
 def test_a_strided_view_reaching_over_another_tensor_keeps_its_pages(tmp_path: Path) -> None:
     n = 4 * PAGE // 4
-    path = tmp_path / "weights.bin"
-    torch.arange(2 * n, dtype=torch.float32).numpy().tofile(path)
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=8 * n)
-    flat = torch.empty(0, dtype=torch.float32).set_(storage).view(-1)
-    module = _Strided(flat, n)
+    module = _Strided(_mapped(tmp_path, 2 * n), n)
     with torch.no_grad():
         module.every_other.fill_(7.0)  # writes pages the tail also lies in
     assert cast_releasing_pages(module, torch.bfloat16) == 0

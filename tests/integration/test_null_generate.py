@@ -4,18 +4,16 @@ as one null at a time, the trained adapter untouched, and calibration unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from spies import hf_entry, run_spied, views_at
 
 from dlm_sway.backends import hf_null_generate
 from dlm_sway.backends.hf import HFDifferentialBackend
 from dlm_sway.core.scoring import GenerationSettings, NullDraw
 from dlm_sway.suite.loader import from_dict
-from dlm_sway.suite.runner import run
 
 pytestmark = pytest.mark.hf
 
@@ -23,24 +21,6 @@ PROMPTS = ["The zebra", "Cats sleep in the", "Fresh bread and", "The quick brown
 NULLS = [NullDraw(seed, 0.02, 1.0, "norm_matched") for seed in (11, 22, 33)]
 GREEDY = GenerationSettings(12, temperature=0.0, top_p=1.0, seed=0, chat=False)
 SAMPLED = GenerationSettings(12, temperature=0.8, top_p=0.9, seed=3, chat=False)
-
-
-@contextmanager
-def generation_calls(backend: HFDifferentialBackend) -> Iterator[list[str]]:
-    """The view id active at each real (uncached) generation of ``backend``'s scorer."""
-    scorer = backend._live_scorer()
-    original = scorer.generate_batch
-    calls: list[str] = []
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(str(backend._active))
-        return original(*args, **kwargs)
-
-    scorer.generate_batch = counting  # type: ignore[method-assign]
-    try:
-        yield calls
-    finally:
-        del scorer.generate_batch
 
 
 def _texts(backend: HFDifferentialBackend, settings: GenerationSettings) -> dict[int, list[str]]:
@@ -61,7 +41,7 @@ def test_prefetched_texts_are_each_nulls_own(tiny_assets: Any, settings: Any) ->
             trained = [g.text for g in view.generate_batch(PROMPTS, settings)]
     with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=5) as mixed:
         assert mixed.prefetch_null_generations(NULLS, PROMPTS, settings)
-        with generation_calls(mixed) as calls:
+        with views_at(mixed, "generate_batch") as calls:
             assert _texts(mixed, settings) == alone
             assert calls == []  # every null answered from its cache
             with mixed.as_finetuned() as view:
@@ -80,7 +60,7 @@ def test_adapters_peft_cannot_mix_are_left_to_one_null_at_a_time(
         assert not b.prefetch_null_generations(NULLS, [], GREEDY)
         monkeypatch.setattr(hf_null_generate, "mixable", lambda *_: False)  # e.g. DoRA
         assert not b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
-        with generation_calls(b) as calls:
+        with views_at(b, "generate_batch") as calls:
             _texts(b, GREEDY)
         assert len(calls) == len(NULLS)
 
@@ -88,16 +68,7 @@ def test_adapters_peft_cannot_mix_are_left_to_one_null_at_a_time(
 def _suite(base: Any, adapter: Any) -> Any:
     return from_dict(
         {
-            "models": {
-                "ft": {
-                    "kind": "hf",
-                    "base": str(base),
-                    "adapter": str(adapter),
-                    "dtype": "fp32",
-                    "device": "cpu",
-                    "batch_size": 4,
-                }
-            },
+            "models": {"ft": hf_entry(base, adapter, 4)},
             "defaults": {"seed": 0},
             "suite": [
                 {"name": "nulls", "kind": "null_adapter", "runs": 4},
@@ -117,17 +88,7 @@ def _suite(base: Any, adapter: Any) -> Any:
 
 
 def _calibrate(tiny_assets: Any) -> tuple[Any, list[str]]:
-    from dlm_sway.suite.build import backend_from_spec
-
-    loaded = _suite(tiny_assets.base, tiny_assets.adapter)
-    backend = backend_from_spec(loaded.spec.models.ft)
-    assert isinstance(backend, HFDifferentialBackend)
-    try:
-        with generation_calls(backend) as calls:
-            suite = run(loaded, backend)
-    finally:
-        backend.close()
-    return suite, calls
+    return run_spied(_suite(tiny_assets.base, tiny_assets.adapter), "generate_batch")
 
 
 def test_a_generation_probe_calibrates_the_same_with_one_batch_for_its_nulls(
@@ -172,7 +133,7 @@ def test_per_module_ranks_and_dropout_batch_exactly(tiny_assets: Any, tmp_path: 
         alone = _texts(one, GREEDY)
     with HFDifferentialBackend(str(tiny_assets.base), adapter, batch_size=3) as mixed:
         assert mixed.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
-        with generation_calls(mixed) as calls:
+        with views_at(mixed, "generate_batch") as calls:
             assert _texts(mixed, GREEDY) == alone
         assert calls == []
 
