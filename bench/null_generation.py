@@ -69,8 +69,8 @@ def main() -> None:
         for side in order:
             with _backend(args) as backend:
                 start = time.perf_counter()
-                if side == "batched" and not backend.prefetch_null_generations(
-                    nulls, PROMPTS, settings
+                if side == "batched" and (
+                    backend.prefetch_null_generations(nulls, PROMPTS, settings) is None
                 ):
                     raise SystemExit("this adapter cannot be batched (DoRA / modules_to_save?)")
                 texts[side] = _texts(backend, nulls, settings)

@@ -40,7 +40,10 @@ def test_prefetched_texts_are_each_nulls_own(tiny_assets: Any, settings: Any) ->
         with one.as_finetuned() as view:
             trained = [g.text for g in view.generate_batch(PROMPTS, settings)]
     with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=5) as mixed:
-        assert mixed.prefetch_null_generations(NULLS, PROMPTS, settings)
+        got = mixed.prefetch_null_generations(NULLS, PROMPTS, settings)
+        assert got is not None
+        texts = {d.seed: [g.text for g in mine] for d, mine in zip(NULLS, got, strict=True)}
+        assert texts == alone
         with views_at(mixed, "generate_batch") as calls:
             assert _texts(mixed, settings) == alone
             assert calls == []  # every null answered from its cache
@@ -56,10 +59,10 @@ def test_adapters_peft_cannot_mix_are_left_to_one_null_at_a_time(
     tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b:
-        assert not b.prefetch_null_generations(NULLS[:1], PROMPTS, GREEDY)  # one null
-        assert not b.prefetch_null_generations(NULLS, [], GREEDY)
+        assert b.prefetch_null_generations(NULLS[:1], PROMPTS, GREEDY) is None  # one null
+        assert b.prefetch_null_generations(NULLS, [], GREEDY) is None
         monkeypatch.setattr(hf_null_generate, "mixable", lambda *_: False)  # e.g. DoRA
-        assert not b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+        assert b.prefetch_null_generations(NULLS, PROMPTS, GREEDY) is None
         with views_at(b, "generate_batch") as calls:
             _texts(b, GREEDY)
         assert len(calls) == len(NULLS)
@@ -100,7 +103,7 @@ def test_a_generation_probe_calibrates_the_same_with_one_batch_for_its_nulls(
     # The first null writes alone (its prompts are learned then); the other three are
     # answered from the one mixed batch decoded right after it.
     assert len(nulls) == 1, calls
-    monkeypatch.setattr(HFDifferentialBackend, "prefetch_null_generations", lambda *a: False)
+    monkeypatch.setattr(HFDifferentialBackend, "prefetch_null_generations", lambda *a: None)
     alone, calls = _calibrate(tiny_assets)
     assert len([c for c in calls if c.startswith("null")]) == 4, calls
     a, b = batched.by_name("style"), alone.by_name("style")
@@ -132,7 +135,7 @@ def test_per_module_ranks_and_dropout_batch_exactly(tiny_assets: Any, tmp_path: 
     with HFDifferentialBackend(str(tiny_assets.base), adapter, batch_size=3) as one:
         alone = _texts(one, GREEDY)
     with HFDifferentialBackend(str(tiny_assets.base), adapter, batch_size=3) as mixed:
-        assert mixed.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+        assert mixed.prefetch_null_generations(NULLS, PROMPTS, GREEDY) is not None
         with views_at(mixed, "generate_batch") as calls:
             assert _texts(mixed, GREEDY) == alone
         assert calls == []
@@ -142,9 +145,17 @@ def test_a_second_prefetch_of_cached_texts_and_a_failed_one_are_not_redone(
     tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b:
-        assert b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
-        assert not b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)  # all cached already
+        first = b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
         tries: list[int] = []
+        real = hf_null_generate.generate_mixed
+
+        def counted(*args: Any) -> Any:
+            tries.append(1)
+            return real(*args)
+
+        monkeypatch.setattr(hf_null_generate, "generate_mixed", counted)
+        assert b.prefetch_null_generations(NULLS, PROMPTS, GREEDY) == first  # from the caches
+        assert tries == []
 
         def broken(*_: Any) -> Any:
             tries.append(1)
@@ -153,7 +164,7 @@ def test_a_second_prefetch_of_cached_texts_and_a_failed_one_are_not_redone(
         monkeypatch.setattr(hf_null_generate, "generate_mixed", broken)
         with pytest.raises(RuntimeError):
             b.prefetch_null_generations(NULLS, PROMPTS, SAMPLED)
-        assert not b.prefetch_null_generations(NULLS, PROMPTS[:2], SAMPLED)  # not retried
+        assert b.prefetch_null_generations(NULLS, PROMPTS[:2], SAMPLED) is None  # not retried
         assert tries == [1]
         with b.as_finetuned():  # the failed attempt released its claim on the weights
             pass
@@ -166,6 +177,6 @@ def test_the_two_model_backend_never_batches_nulls(tiny_assets: Any, tmp_path: P
         "two_model", base=str(tiny_assets.base), finetuned=str(tiny_assets.base), device="cpu"
     )
     try:
-        assert not two.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+        assert two.prefetch_null_generations(NULLS, PROMPTS, GREEDY) is None
     finally:
         two.close()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlm_sway.backends.dummy import DummyDifferentialBackend
-from dlm_sway.core.scoring import ChatTurn, GenerationSettings, NullDraw
+from dlm_sway.core.scoring import ChatTurn, Generation, GenerationSettings, NullDraw
 from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
 from dlm_sway.probes._textgen import Written
 from dlm_sway.probes.base import RunContext
@@ -16,18 +16,25 @@ from dlm_sway.probes.null_adapter import _prefetch
 
 GREEDY = GenerationSettings(16, temperature=0.0, top_p=1.0, seed=0, chat=True)
 WARM = GenerationSettings(16, temperature=0.7, top_p=1.0, seed=1, chat=True)
+REPLY = " The lamps are lit at dusk by the keeper on watch."
 
 
 class Prefetching(DummyDifferentialBackend):
-    def __init__(self) -> None:
+    """Records what it is asked; null ``seed`` writes ``texts[seed]`` (else "same")."""
+
+    def __init__(self, texts: dict[int, str] | None = None) -> None:
         super().__init__()
+        self.texts = texts or {}
         self.asked: list[tuple[list[int], tuple[Any, ...], GenerationSettings]] = []
 
     def prefetch_null_generations(
         self, nulls: Sequence[NullDraw], prompts: Sequence[Any], settings: GenerationSettings
-    ) -> bool:
+    ) -> list[list[Generation]] | None:
         self.asked.append(([n.seed for n in nulls], tuple(prompts), settings))
-        return True
+        return [
+            [Generation(self.texts.get(n.seed, REPLY), 4, "length", True) for _ in prompts]
+            for n in nulls
+        ]
 
 
 def _first(backend: Prefetching) -> RunContext:
@@ -38,25 +45,29 @@ def _first(backend: Prefetching) -> RunContext:
     return RunContext(backend=proxy)
 
 
-def test_the_first_nulls_independent_writes_are_prefetched_once_each() -> None:
-    backend = Prefetching()
-    reply = " The lamps are lit at dusk by the keeper on watch."
+def _dialogue() -> list[Written]:
     follow_up = (
         ChatTurn("user", "When are the lamps lit?"),
-        ChatTurn("assistant", reply.strip()),
+        ChatTurn("assistant", REPLY.strip()),
         ChatTurn("user", "And who lights them?"),
     )
-    written = [
+    return [
         Written("base", ("When are the lamps lit?",), GREEDY, (" At dusk, every night.",)),
-        Written("null_7", ("When are the lamps lit?",), GREEDY, (reply,)),
+        Written("null_7", ("When are the lamps lit?",), GREEDY, (REPLY,)),
         Written("null_7", (follow_up,), GREEDY, (" The keeper.",)),  # turn 2: follows turn 1
         Written("null_7", ("When are the lamps lit?",), WARM, (" Dusk.",)),  # another sample
-        Written("null_7", ("When are the lamps lit?",), GREEDY, (reply,)),  # asked already
+        Written("null_7", ("When are the lamps lit?",), GREEDY, (REPLY,)),  # asked already
     ]
-    _prefetch(backend, _first(backend), written, [11, 12])
+
+
+def test_each_write_is_prefetched_once_and_a_next_turn_only_for_nulls_that_agree() -> None:
+    backend = Prefetching({12: " Nobody knows."})  # null 12 answers turn 1 otherwise
+    _prefetch(backend, _first(backend), _dialogue(), [11, 12, 13])
+    turn_two = _dialogue()[2].prompts
     assert backend.asked == [
-        ([11, 12], ("When are the lamps lit?",), GREEDY),
-        ([11, 12], ("When are the lamps lit?",), WARM),
+        ([11, 12, 13], ("When are the lamps lit?",), GREEDY),
+        ([11, 13], turn_two, GREEDY),  # null 12's second turn is another prompt
+        ([11, 12, 13], ("When are the lamps lit?",), WARM),
     ]
 
 

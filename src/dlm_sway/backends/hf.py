@@ -31,6 +31,7 @@ from dlm_sway.core.result import HealthCheck
 from dlm_sway.core.scoring import (
     NULL_CONSTRUCTIONS,
     Conversation,
+    Generation,
     GenerationSettings,
     NullConstruction,
     NullDraw,
@@ -365,39 +366,43 @@ class HFDifferentialBackend:
         nulls: Sequence[NullDraw],
         prompts: Sequence[str | Conversation],
         settings: GenerationSettings,
-    ) -> bool:
-        """Generations of ``prompts`` under every null in ``nulls``, decoded in one mixed
-        batch (:mod:`.hf_null_generate`) and stored in each null view's cache. False
-        (nothing done) for DoRA or ``modules_to_save`` adapters, when fewer than two nulls
-        still lack them, or when they would not fit the cache until asked for."""
+    ) -> list[list[Generation]] | None:
+        """Generations of ``prompts`` under every null in ``nulls``, those not cached yet
+        decoded in one mixed batch (:mod:`.hf_null_generate`) and stored in each null
+        view's cache. None (nothing done) for DoRA or ``modules_to_save`` adapters, when
+        only one null lacks them, or when they would not fit the cache until asked for."""
         from dlm_sway.backends import hf_null_generate
 
         if len(nulls) < 2 or not prompts or self._weight_slots or self._unmixable:
-            return False
+            return None
         if not hf_null_generate.mixable(self._plain_slots):
-            return False
-        scorer = self._live_scorer()
+            return None
+        scorer, cache = self._live_scorer(), self._live_scorer().instr.cache
         op, keys = "generate:" + repr(settings), [prompt_cache_key(p) for p in prompts]
         named = [self._named_null(n) for n in nulls]
         todo = [
-            (n, ns, w)
-            for n, (_, ns, w) in zip(nulls, named, strict=True)
-            if not all(scorer.instr.cache.key(op, ns, k, 0) in scorer.instr.cache for k in keys)
+            i
+            for i, (_, ns, _) in enumerate(named)
+            if not all(cache.key(op, ns, k, 0) in cache for k in keys)
         ]
-        if len(todo) < 2 or len(todo) * len(keys) > scorer.instr.cache.maxsize // 2:
-            return False
-        draws = [self._null_draws(ns, n.seed, w) for n, ns, w in todo]
-        try:
-            with self._claim("null_prefetch", "null_prefetch"):
-                texts = hf_null_generate.generate_mixed(
-                    self._plain_slots, draws, scorer.generator(), prompts, settings
-                )
-        except RuntimeError:
-            self._unmixable = True  # this model's LoRA inputs: not again in this run
-            raise
-        for (_, ns, _), mine in zip(todo, texts, strict=True):
-            scorer.instr.cached_batch(op, ns, keys, 0, functools.partial(_pick, mine))
-        return True
+        if len(todo) == 1 or len(todo) * len(keys) > cache.maxsize // 2:
+            return None
+        fresh: dict[int, list[Generation]] = {}
+        if todo:
+            draws = [self._null_draws(named[i][1], nulls[i].seed, named[i][2]) for i in todo]
+            try:
+                with self._claim("null_prefetch", "null_prefetch"):
+                    texts = hf_null_generate.generate_mixed(
+                        self._plain_slots, draws, scorer.generator(), prompts, settings
+                    )
+            except RuntimeError:
+                self._unmixable = True  # this model's LoRA inputs: not again in this run
+                raise
+            fresh = dict(zip(todo, texts, strict=True))
+        return [
+            scorer.instr.cached_batch(op, ns, keys, 0, functools.partial(_pick, fresh.get(i, [])))
+            for i, (_, ns, _) in enumerate(named)
+        ]
 
     def null_view(
         self, seed: int, weights: NullWeights, *, view_id: str, cache_ns: str | None = None

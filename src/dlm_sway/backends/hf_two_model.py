@@ -124,9 +124,9 @@ class TwoModelBackend(HFDifferentialBackend):
 
     # ------------------------------------------------------------------ views
 
-    def prefetch_null_generations(self, *_: Any) -> bool:
+    def prefetch_null_generations(self, *_: Any) -> None:
         """No batched null generation: these nulls are built in weight space, one at a time."""
-        return False
+        return
 
     @property
     def peft_model(self) -> Any:

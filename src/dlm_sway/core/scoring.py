@@ -502,8 +502,9 @@ class NullGenerationPrefetch(Protocol):
     """Writes several null views' generations at once, into the views' own caches.
 
     The null views then answer ``generate_batch`` for those prompts and settings
-    from cache, with the texts they would have written one by one. False when the
-    backend cannot for this adapter (the views then generate as usual).
+    from cache, with the texts they would have written one by one. Returns each
+    null's generations (in ``nulls`` order), or None when the backend does not
+    batch them (the views then generate as usual).
     """
 
     def prefetch_null_generations(
@@ -511,7 +512,7 @@ class NullGenerationPrefetch(Protocol):
         nulls: Sequence[NullDraw],
         prompts: Sequence[str | Conversation],
         settings: GenerationSettings,
-    ) -> bool: ...
+    ) -> list[list[Generation]] | None: ...
 
 
 __all__ += ["NullDraw", "NullGenerationPrefetch"]

@@ -485,17 +485,18 @@ def _null_context(
 def _prefetch(
     backend: NullCalibratedBackend, first: RunContext, written: list[Written], seeds: list[int]
 ) -> None:
-    """What the first null wrote, the other nulls will write too, unless its prompts
-    carry text generated before them (a dialogue's next turn): a backend that can decodes
-    it for all of them in one batch, into their views' caches. A guess only decides
-    speed: the caches are keyed by the exact request, so anything asked differently is
-    computed as usual."""
+    """What the first null wrote, the other nulls will write too: a backend that can
+    decodes it for all of them in one batch, into their views' caches. A prompt that
+    carries text generated before it (a dialogue's next turn) is only the same for the
+    nulls that wrote the same text so far, so only those get it. The caches are keyed
+    by the exact request: this decides speed only, anything asked otherwise is computed."""
     proxy = first.backend
     if not seeds or not written or not isinstance(backend, NullGenerationPrefetch):
         return
     if not isinstance(proxy, NullCalibrationBackendProxy):
         return
     nulls = [proxy.draw(seed) for seed in seeds]
+    agreeing = list(range(len(nulls)))  # nulls that wrote what the first did, so far
     done: set[tuple[tuple[str, ...], str]] = set()  # as the caches key them
     generated: list[str] = []  # texts written so far (under any view) in this sample
     for w in written:
@@ -503,11 +504,12 @@ def _prefetch(
         shown = [plain_text(p) for p in w.prompts]  # every turn's content, verbatim
         follows = any(t in text for t in generated for text in shown)
         generated.extend(t.strip() for t in w.texts if len(t.strip()) >= MIN_FOLLOWED_CHARS)
-        if w.view_id not in proxy.ft_view_ids or follows or (keys, repr(w.settings)) in done:
+        if w.view_id not in proxy.ft_view_ids or (keys, repr(w.settings)) in done:
             continue
         done.add((keys, repr(w.settings)))
+        ask = agreeing if follows else list(range(len(nulls)))
         try:
-            backend.prefetch_null_generations(nulls, w.prompts, w.settings)
+            got = backend.prefetch_null_generations([nulls[i] for i in ask], w.prompts, w.settings)
         except SwayError as exc:  # each null then meets (and records) the same error itself
             _log.info("null generations not batched: %s", exc)
             return
@@ -518,6 +520,12 @@ def _prefetch(
                 exc,
             )
             return
+        mine = list(w.texts)
+        agreeing = [
+            i
+            for i in agreeing
+            if got is not None and i in ask and [g.text for g in got[ask.index(i)]] == mine
+        ]
 
 
 def _sample(probe: Probe, calib: ProbeSpec, ctx: RunContext) -> tuple[float | None, str]:
