@@ -56,8 +56,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
+    if args.nulls < 2:
+        parser.error("--nulls must be at least 2 (one null has nothing to share a batch with)")
+    if not 1 <= args.tokens <= 4096 or args.rounds < 1 or args.batch_size < 1:
+        parser.error("--tokens must be in [1, 4096]; --rounds and --batch-size at least 1")
+    if not 0.0 <= args.temperature <= 2.0:
+        parser.error("--temperature must be in [0, 2]")
     settings = GenerationSettings(
         args.tokens, temperature=args.temperature, top_p=1.0, seed=0, chat=False
     )

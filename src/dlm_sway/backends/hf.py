@@ -377,7 +377,8 @@ class HFDifferentialBackend:
             return None
         if not hf_null_generate.mixable(self._plain_slots):
             return None
-        scorer, cache = self._live_scorer(), self._live_scorer().instr.cache
+        scorer = self._live_scorer()
+        cache = scorer.instr.cache
         op, keys = "generate:" + repr(settings), [prompt_cache_key(p) for p in prompts]
         named = [self._named_null(n) for n in nulls]
         todo = [

@@ -334,10 +334,12 @@ class NullAdapterProbe(Probe):
                     label = f"{spec.name}: {target.name} null {i + 1}/{spec.runs} @ {mult:g}x"
                     ctx.progress(label, step, total)
                     null_ctx = _null_context(ctx, backend, spec, seed, mult)
-                    with recording() as written:
-                        raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
-                    if i == 0:
+                    if i == 0:  # what the first null writes, the others may share
+                        with recording() as written:
+                            raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
                         _prefetch(backend, null_ctx, written, seeds[1:])
+                    else:
+                        raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
                     if raw is not None:
                         samples.append(raw)
                     elif err:
