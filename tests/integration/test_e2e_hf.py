@@ -243,7 +243,9 @@ def test_null_stats_are_cached_and_invalidated_by_new_weights(
 
     second = run_json(spec)
     assert "loaded from cache" in second["calib"]["message"]
-    assert second["topic"]["z_score"] == first["topic"]["z_score"]
+    # Within float jitter, not bit for bit: the first run scored the fine-tune in forwards
+    # shared with the nulls (hf_sweep), the second, with its nulls cached, alone.
+    assert second["topic"]["z_score"] == pytest.approx(first["topic"]["z_score"], rel=1e-6)
     assert sorted(null_cache.glob("*.json")) == entries
 
     # Retrained in place: same path, different weights → the cached nulls must not be reused.

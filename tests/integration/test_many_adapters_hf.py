@@ -102,19 +102,18 @@ def test_one_load_shared_base_and_results_equal_separate_runs(
     assert len(backends) == 2  # the 5-adapter run constructed the model once
     assert forwards["base"] == base_once  # base outputs computed once, shared by all five
     assert forwards["adapter"] > 0
-    assert [p.raw for p in one[0].suite.probes] == [p.raw for p in many[0].suite.probes]
+    assert [p.raw for p in many[0].suite.probes] == _approx([p.raw for p in one[0].suite.probes])
 
     identities = {r.suite.backend_stats["identity"] for r in many}
     assert len(identities) == len(refs)  # caches never mix two adapters
     for run in (many[1], many[4]):  # swapped in place, and swapped by rebuilding modules
         alone = run_many(loaded_spec(tiny_assets.base, run.ref.path), [run.ref], weights={})
+        # Equal within float jitter: views share forwards with whichever views still
+        # lack a result (hf_sweep), and a run with a cached base shares with fewer.
         for got, want in zip(run.suite.probes, alone[0].suite.probes, strict=True):
-            assert (got.name, got.verdict, got.raw, got.z_score) == (
-                want.name,
-                want.verdict,
-                want.raw,
-                want.z_score,
-            ), run.ref.label
+            assert (got.name, got.verdict) == (want.name, want.verdict), run.ref.label
+            assert [got.raw] == _approx([want.raw]), run.ref.label
+            assert [got.z_score] == _approx([want.z_score], abs=1e-4), run.ref.label  # in σ
     topic = [next(p for p in r.suite.probes if p.name == "topic").raw for r in many[:4]]
     assert topic == sorted(topic) and topic[0] < topic[-1]  # larger B, larger divergence
 
@@ -164,3 +163,8 @@ def test_diff_on_the_tiny_model(tiny_assets: TinyAssets, tmp_path: Path) -> None
     assert apart.z_score is not None and len(apart.null_values) == 10
     assert all(v > 0 for v in apart.null_values) and all(p.js_ab > 0 for p in apart.prompts)
     assert all(p.js_a > 0 and p.js_b > 0 for p in apart.prompts)
+
+
+def _approx(values: list[float | None], abs: float = 1e-9) -> list[Any]:  # noqa: A002
+    """Each value within float jitter (None stays None: a probe without a raw)."""
+    return [None if v is None else pytest.approx(v, rel=1e-6, abs=abs) for v in values]

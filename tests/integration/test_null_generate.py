@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from spies import hf_entry, run_spied, views_at
 
-from dlm_sway.backends import hf_null_generate
+from dlm_sway.backends import hf_mixed, hf_null_generate
 from dlm_sway.backends.hf import HFDifferentialBackend
 from dlm_sway.core.scoring import GenerationSettings, NullDraw
 from dlm_sway.suite.loader import from_dict
@@ -61,7 +61,7 @@ def test_adapters_peft_cannot_mix_are_left_to_one_null_at_a_time(
     with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b:
         assert b.prefetch_null_generations(NULLS[:1], PROMPTS, GREEDY) is None  # one null
         assert b.prefetch_null_generations(NULLS, [], GREEDY) is None
-        monkeypatch.setattr(hf_null_generate, "mixable", lambda *_: False)  # e.g. DoRA
+        monkeypatch.setattr(hf_mixed, "mixable", lambda *_: False)  # e.g. DoRA
         assert b.prefetch_null_generations(NULLS, PROMPTS, GREEDY) is None
         with views_at(b, "generate_batch") as calls:
             _texts(b, GREEDY)

@@ -36,6 +36,7 @@ from dlm_sway.core.scoring import (
     NullConstruction,
     NullDraw,
     ScoringModel,
+    SweepMember,
     TokenDist,
     prompt_cache_key,
 )
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from dlm_sway.backends.hf_lora import NullWeights
+    from dlm_sway.backends.hf_mixed import Factors, Group
+    from dlm_sway.backends.hf_sweep import Sweep
     from dlm_sway.backends.hf_views import HFScorer, HFView
     from dlm_sway.backends.hf_weights import WeightSlot
 
@@ -171,6 +174,9 @@ class HFDifferentialBackend:
             *hf_adapter_weights.saved_module_slots(model),
         ]
         self._plain_slots = hf_lora.plain_lora_slots(model)
+        self._scalings = [slot.scaling for slot in self._plain_slots]
+        self._switches = hf_lora.adapter_switches(model)
+        self._sweep: Sweep | None = None
         #: Set when a batched null generation failed on this model (then never retried).
         self._unmixable = False
         self._draw_memo: OrderedDict[str, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
@@ -269,14 +275,17 @@ class HFDifferentialBackend:
             )
         token = object()
         self._active, self._token = view_id, token
+        sweep = getattr(self, "_sweep", None)
         try:
-            yield HFView(scorer, view_id, cache_ns, lambda: self._token is token)
+            yield HFView(scorer, view_id, cache_ns, lambda: self._token is token, sweep)
         finally:
             self._active, self._token = None, None
 
     @contextmanager
     def _base_view(self) -> Iterator[ScoringModel]:
-        with self._claim("base", "base") as view, self.peft_model.disable_adapter():
+        from dlm_sway.backends import hf_lora
+
+        with self._claim("base", "base") as view, hf_lora.adapters_off(self._switches):
             yield view
 
     @contextmanager
@@ -371,11 +380,13 @@ class HFDifferentialBackend:
         decoded in one mixed batch (:mod:`.hf_null_generate`) and stored in each null
         view's cache. None (nothing done) for DoRA or ``modules_to_save`` adapters, when
         only one null lacks them, or when they would not fit the cache until asked for."""
-        from dlm_sway.backends import hf_null_generate
+        from dlm_sway.backends import hf_mixed, hf_null_generate
 
         if len(nulls) < 2 or not prompts or self._weight_slots or self._unmixable:
             return None
-        if not hf_null_generate.mixable(self._plain_slots):
+        if not hf_mixed.mixable(self._plain_slots):
+            return None
+        if hf_mixed.stack_bytes(self._plain_slots, len(nulls)) > hf_mixed.MAX_STACK_BYTES:
             return None
         scorer = self._live_scorer()
         cache = scorer.instr.cache
@@ -394,7 +405,12 @@ class HFDifferentialBackend:
             try:
                 with self._claim("null_prefetch", "null_prefetch"):
                     texts = hf_null_generate.generate_mixed(
-                        self._plain_slots, draws, scorer.generator(), prompts, settings
+                        self._plain_slots,
+                        draws,
+                        self._scalings,
+                        scorer.generator(),
+                        prompts,
+                        settings,
                     )
             except RuntimeError:
                 self._unmixable = True  # this model's LoRA inputs: not again in this run
@@ -404,6 +420,68 @@ class HFDifferentialBackend:
             scorer.instr.cached_batch(op, ns, keys, 0, functools.partial(_pick, fresh.get(i, [])))
             for i, (_, ns, _) in enumerate(named)
         ]
+
+    @contextmanager
+    def sweep(self, members: Sequence[SweepMember]) -> Iterator[None]:
+        """Members' identical requests share forwards while open (``ScoringSweep``,
+        :mod:`.hf_sweep`). Plain LoRA only; DoRA and ``modules_to_save`` views, and
+        more views than :data:`.hf_mixed.MAX_STACK_BYTES` holds, score as usual."""
+        from dlm_sway.backends import hf_mixed
+        from dlm_sway.backends.hf_sweep import Sweep
+
+        if self._active is not None:
+            raise ViewError(f"open a sweep outside views (view {self._active!r} is open)")
+        resolved = self._sweep_members(members)
+        if (
+            resolved is None
+            or self._weight_slots
+            or self._unmixable
+            or not hf_mixed.mixable(self._plain_slots)
+            or hf_mixed.stack_bytes(self._plain_slots, len(resolved[1])) > hf_mixed.MAX_STACK_BYTES
+        ):
+            yield
+            return
+        outer = self._sweep
+        self._sweep = Sweep(
+            self._live_scorer(), self._plain_slots, self._scalings, resolved[0], resolved[1]
+        )
+        try:
+            yield
+        finally:
+            self._sweep = outer
+
+    def _sweep_members(
+        self, members: Sequence[SweepMember]
+    ) -> tuple[list[tuple[str, Group]], list[Callable[[], Factors]]] | None:
+        """Each distinct member's cache namespace and LoRA group, and the factor blocks
+        (drawn when first mixed); None when fewer than two distinct views remain."""
+        from dlm_sway.backends.hf_mixed import Group
+
+        blocks: list[Callable[[], Factors]] = []
+        trained: list[int] = []  # the trained factors' block, once some member needs it
+
+        def ft_block() -> int:
+            if not trained:
+                frozen = [(s.a.detach().clone(), s.b.detach().clone()) for s in self._plain_slots]
+                blocks.append(lambda: frozen)
+                trained.append(len(blocks) - 1)
+            return trained[0]
+
+        out: dict[str, Group] = {}
+        for m in members:
+            if m.kind == "base":
+                out.setdefault("base", Group(None, 0.0))
+            elif m.kind == "finetuned":
+                out.setdefault("ft", Group(ft_block()))
+            elif m.kind == "scaled":
+                out.setdefault(f"scaled_{float(m.lam)!r}", Group(ft_block(), float(m.lam)))
+            elif m.null is not None and m.null.construction in self.null_constructions:
+                _, ns, weights = self._named_null(m.null)
+                if ns not in out:
+                    seed = m.null.seed
+                    blocks.append(functools.partial(self._null_draws, ns, seed, weights))
+                    out[ns] = Group(len(blocks) - 1)
+        return (list(out.items()), blocks) if len(out) >= 2 else None
 
     def null_view(
         self, seed: int, weights: NullWeights, *, view_id: str, cache_ns: str | None = None

@@ -81,6 +81,11 @@ class PositionHead:
         self.model = model
         self._usable: bool | None = None if self.head is not None else False
 
+    @property
+    def checked(self) -> bool:
+        """Whether :meth:`usable` has decided (it runs its check once)."""
+        return self._usable is not None
+
     def usable(self, kwargs: dict[str, Any], ids: torch.Tensor) -> bool:
         """Whether the split path equals the model's forward (checked on first use)."""
         if self._usable is None:

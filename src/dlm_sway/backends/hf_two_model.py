@@ -25,7 +25,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from dlm_sway.backends.hf import HFDifferentialBackend, require_hf_stack
 from dlm_sway.backends.instrumentation import Instrumentation
 from dlm_sway.core.errors import BackendLoadError, ViewError
-from dlm_sway.core.scoring import NullConstruction, ScoringModel
+from dlm_sway.core.scoring import NullConstruction, ScoringModel, SweepMember
 
 if TYPE_CHECKING:
     import torch
@@ -127,6 +127,11 @@ class TwoModelBackend(HFDifferentialBackend):
     def prefetch_null_generations(self, *_: Any) -> None:
         """No batched null generation: these nulls are built in weight space, one at a time."""
         return
+
+    @contextmanager
+    def sweep(self, members: Sequence[SweepMember]) -> Iterator[None]:
+        """No shared forwards: the views are two models and weight-space nulls."""
+        yield
 
     @property
     def peft_model(self) -> Any:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -26,7 +27,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dlm_sway.backends import base_cache
 from dlm_sway.backends.hf_few_rows import speed_up_few_rows
 from dlm_sway.backends.hf_generate import HFGenerator
+from dlm_sway.backends.hf_mixed import Stack
 from dlm_sway.backends.hf_positions import PositionHead
+from dlm_sway.backends.hf_sweep import Sweep
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
@@ -95,19 +98,30 @@ def full_dists_from_logits(last: torch.Tensor) -> list[TokenDist]:
     return [TokenDist(ids, _frozen(row.copy()), vocab, None) for row in rows]
 
 
-def _chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by similar length, at most ``batch_size`` and ~MAX_BATCH_TOKENS each."""
+def _chunks(
+    lengths: Sequence[int],
+    batch_size: int,
+    logits: Sequence[int] | None = None,
+    max_logits: int | None = None,
+) -> list[list[int]]:
+    """Indices grouped by similar length, at most ``batch_size`` and ~MAX_BATCH_TOKENS
+    each, and at most ``max_logits`` logit rows (``logits[i]`` per index) when given."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     chunks: list[list[int]] = []
     current: list[int] = []
+    held = 0
     for i in order:
         width = lengths[i]  # sorted ascending: this sequence sets the chunk's width
+        more = logits[i] if logits is not None else 0
         if current and (
-            len(current) >= batch_size or (len(current) + 1) * width > MAX_BATCH_TOKENS
+            len(current) >= batch_size
+            or (len(current) + 1) * width > MAX_BATCH_TOKENS
+            or (max_logits is not None and held + more > max_logits)
         ):
             chunks.append(current)
-            current = []
+            current, held = [], 0
         current.append(i)
+        held += more
     if current:
         chunks.append(current)
     return chunks
@@ -157,6 +171,44 @@ class HFScorer:
         self._position_ids = "position_ids" in forward_params
         self._head = PositionHead(model)
         speed_up_few_rows(model)  # decode steps and one-prompt forwards (fp32 on CPU)
+        #: While views share forwards (:mod:`.hf_sweep`): the stack and each item's group.
+        self._mix: tuple[Stack, list[int]] | None = None
+        self._widen = 1
+
+    @contextmanager
+    def mixing(self, stack: Stack, groups: Sequence[int], width: int) -> Iterator[None]:
+        """Item ``i`` of the next calls is a row of group ``groups[i]`` of ``stack``.
+        Chunks take ``width`` times the batch size: the same texts under ``width`` views."""
+        self._mix, self._widen = (stack, list(groups)), max(width, 1)
+        try:
+            yield
+        finally:
+            self._mix, self._widen = None, 1
+
+    @property
+    def _chunk_rows(self) -> int:
+        return self.batch_size * self._widen
+
+    def _logit_chunks(self, lengths: Sequence[int], wanted: Sequence[int]) -> list[list[int]]:
+        """Chunks for ops that keep logits at ``wanted[i]`` positions per text: a mix's
+        wider chunks never hold more logits than one view's chunk of its largest texts
+        (rolling log-probs keep a vocabulary-wide row per token)."""
+        if self._widen == 1:
+            return _chunks(lengths, self.batch_size)
+        return _chunks(lengths, self._chunk_rows, wanted, self.batch_size * max(wanted, default=1))
+
+    def _rows(self, items: Sequence[int]) -> None:
+        """Before a forward over ``items``: tell the mix whose rows they are."""
+        if self._mix is not None:
+            stack, groups = self._mix
+            stack.select([groups[i] for i in items])
+
+    def _hosts(self, encoded: Sequence[Sequence[int]]) -> list[int]:
+        """:func:`prefix_hosts`, never across a mix's groups (another view's forward)."""
+        if self._mix is None:
+            return prefix_hosts(encoded)
+        groups = self._mix[1]
+        return prefix_hosts([[-1 - groups[i], *ids] for i, ids in enumerate(encoded)])
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text)["input_ids"]
@@ -231,13 +283,26 @@ class HFScorer:
         """
         ids, kwargs = self._inputs(seqs, "right")
         with torch.inference_mode():
-            if self._head.usable(kwargs, ids):
+            if self._split_usable(kwargs, ids):
                 out = self._head.logits_at(ids, kwargs, positions)
             else:
                 full = self.model(input_ids=ids, use_cache=False, **kwargs).logits
                 out = [full[row, list(ps)] for row, ps in enumerate(positions)]
         self._record(seqs, batched)
         return out
+
+    def _split_usable(self, kwargs: dict[str, Any], ids: torch.Tensor) -> bool:
+        """:meth:`PositionHead.usable`; its one-time check runs on the batch's first two
+        rows, so a mix is told those rows for it."""
+        if self._mix is None or self._head.checked:
+            return self._head.usable(kwargs, ids)
+        stack = self._mix[0]
+        rows = stack.rows or ()
+        stack.select(rows[:2])
+        try:
+            return self._head.usable(kwargs, ids)
+        finally:
+            stack.select(rows)
 
     def _record(self, seqs: Sequence[Sequence[int]], batched: bool) -> None:
         self.instr.stats.record_forward(
@@ -275,9 +340,10 @@ class HFScorer:
                     "no BOS token: there is no position to predict from",
                 )
         results: list[TokenDist | None] = [None] * len(prompts)
-        hosts = prefix_hosts(encoded)
+        hosts = self._hosts(encoded)
         if all(h == i for i, h in enumerate(hosts)):
-            for chunk in _chunks([len(e) for e in encoded], self.batch_size):
+            for chunk in _chunks([len(e) for e in encoded], self._chunk_rows):
+                self._rows(chunk)
                 logits = self.forward(
                     [encoded[i] for i in chunk], side="left", last_only=True, batched=batched
                 )
@@ -292,8 +358,10 @@ class HFScorer:
         for i, host in enumerate(hosts):
             guests.setdefault(host, []).append(i)
         tops = list(guests)
-        for chunk in _chunks([len(encoded[h]) for h in tops], self.batch_size):
+        sizes = [len(guests[h]) for h in tops]
+        for chunk in self._logit_chunks([len(encoded[h]) for h in tops], sizes):
             members = [tops[c] for c in chunk]
+            self._rows(members)
             wanted = [[len(encoded[i]) - 1 for i in guests[h]] for h in members]
             rows = self.logits_at([encoded[h] for h in members], wanted, batched=batched)
             with torch.inference_mode():
@@ -319,7 +387,9 @@ class HFScorer:
             seqs.append(full)
             starts.append(start)
         results: list[float] = [0.0] * len(pairs)
-        for chunk in _chunks([len(s) for s in seqs], self.batch_size):
+        scored = [len(s) - start for s, start in zip(seqs, starts, strict=True)]
+        for chunk in self._logit_chunks([len(s) for s in seqs], scored):
+            self._rows(chunk)
             wanted = [range(starts[i] - 1, len(seqs[i]) - 1) for i in chunk]
             rows = self.logits_at([seqs[i] for i in chunk], wanted, batched=batched)
             with torch.inference_mode():
@@ -332,8 +402,10 @@ class HFScorer:
         encoded = [self.encode(t) for t in texts]
         results: list[RollingLogprob] = [_rolling(ids, None) for ids in encoded]
         scorable = [i for i, ids in enumerate(encoded) if len(ids) >= 2]
-        for chunk in _chunks([len(encoded[i]) for i in scorable], self.batch_size):
+        lengths = [len(encoded[i]) for i in scorable]
+        for chunk in self._logit_chunks(lengths, [n - 1 for n in lengths]):
             members = [scorable[c] for c in chunk]
+            self._rows(members)
             wanted = [range(0, len(encoded[i]) - 1) for i in members]
             rows = self.logits_at([encoded[i] for i in members], wanted, batched=batched)
             with torch.inference_mode():
@@ -381,15 +453,22 @@ class HFView:
     ``id`` is the human-readable name used in reports; ``cache_ns`` is the
     exact cache namespace (it keeps full float precision, so λ=0.1234567 and
     λ=0.1234568 never share cached results even though their ids print alike).
+    ``sweep`` is the open sweep block the view belongs to, if any (:mod:`.hf_sweep`).
     """
 
     def __init__(
-        self, scorer: HFScorer, view_id: str, cache_ns: str, is_live: Callable[[], bool]
+        self,
+        scorer: HFScorer,
+        view_id: str,
+        cache_ns: str,
+        is_live: Callable[[], bool],
+        sweep: Sweep | None = None,
     ) -> None:
         self._scorer = scorer
         self._id = view_id
         self.cache_ns = cache_ns
         self._is_live = is_live
+        self._sweep = sweep
 
     @property
     def id(self) -> str:
@@ -405,20 +484,39 @@ class HFView:
             )
         return self._scorer
 
-    def _disk(
-        self, op: str, keys: Sequence[str], top_k: int, compute: Callable[[list[int]], list[T]]
-    ) -> Callable[[list[int]], list[T]]:
-        """Base-view misses try the on-disk base cache first (see :mod:`.base_cache`)."""
-        disk = base_cache.for_scorer(self._scorer) if self.cache_ns == base_cache.BASE_NS else None
-        if disk is None:
-            return compute
-        return lambda idx: disk.fetch(
-            op, [keys[i] for i in idx], top_k, lambda sub: compute([idx[j] for j in sub])
-        )
+    def _score(
+        self,
+        instr: Instrumentation,
+        op: str,
+        keys: Sequence[str],
+        top_k: int,
+        items: Sequence[Any],
+        score: Callable[[list[Any]], list[T]],
+    ) -> list[T]:
+        """Results for ``items`` (cached under ``keys``): a miss tries the on-disk base
+        cache (base view, :mod:`.base_cache`), then ``score``, widened to the other
+        members of an open sweep."""
 
-    def _disk_one(self, op: str, key: str, top_k: int, compute: Callable[[], T]) -> Callable[[], T]:
-        batch = self._disk(op, [key], top_k, lambda _idx: [compute()])
-        return lambda: batch([0])[0]
+        def direct(idx: list[int]) -> list[T]:
+            return score([items[i] for i in idx])
+
+        compute: Callable[[list[int]], list[T]] = direct
+        if self._sweep is not None:
+            compute = self._sweep.share(
+                self.cache_ns, instr, op, keys, top_k, items, score, compute
+            )
+        disk = base_cache.for_scorer(self._scorer) if self.cache_ns == base_cache.BASE_NS else None
+        if disk is not None:
+            miss = compute
+
+            def stored(idx: list[int]) -> list[T]:
+                return disk.fetch(
+                    op, [keys[i] for i in idx], top_k, lambda sub: miss([idx[j] for j in sub])
+                )
+
+            compute = stored
+
+        return instr.cached_batch(op, self.cache_ns, keys, top_k, compute)
 
     def completion_token_count(self, prompt: str, completion: str) -> int:
         """Tokens ``completion`` adds after ``prompt`` (tokenised in context, as scored)."""
@@ -427,34 +525,25 @@ class HFView:
 
     def logprob_of(self, prompt: str, completion: str) -> float:
         scorer = self._check()
-        return scorer.instr.cached(
+        return self._score(
+            scorer.instr,
             "logprob_of",
-            self.cache_ns,
-            pair_key(prompt, completion),
+            [pair_key(prompt, completion)],
             0,
-            self._disk_one(
-                "logprob_of",
-                pair_key(prompt, completion),
-                0,
-                lambda: scorer.logprobs_of([(prompt, completion)], batched=False)[0],
-            ),
-        )
+            [(prompt, completion)],
+            lambda pairs: scorer.logprobs_of(pairs, batched=False),
+        )[0]
 
     def logprob_of_batch(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         scorer = self._check()
         pairs = list(pairs)
-        keys = [pair_key(p, c) for p, c in pairs]
-        return scorer.instr.cached_batch(
+        return self._score(
+            scorer.instr,
             "logprob_of",
-            self.cache_ns,
-            keys,
+            [pair_key(p, c) for p, c in pairs],
             0,
-            self._disk(
-                "logprob_of",
-                keys,
-                0,
-                lambda idx: scorer.logprobs_of([pairs[i] for i in idx], batched=True),
-            ),
+            pairs,
+            lambda sub: scorer.logprobs_of(sub, batched=True),
         )
 
     def token_pieces(self, text: str) -> list[str]:
@@ -463,97 +552,71 @@ class HFView:
 
     def rolling_logprob(self, text: str) -> RollingLogprob:
         scorer = self._check()
-        return scorer.instr.cached(
-            "rolling",
-            self.cache_ns,
-            text,
-            0,
-            self._disk_one("rolling", text, 0, lambda: scorer.rollings([text], batched=False)[0]),
-        )
+        return self._score(
+            scorer.instr, "rolling", [text], 0, [text], lambda t: scorer.rollings(t, batched=False)
+        )[0]
 
     def rolling_logprob_batch(self, texts: Sequence[str]) -> list[RollingLogprob]:
         scorer = self._check()
         texts = list(texts)
-        return scorer.instr.cached_batch(
-            "rolling",
-            self.cache_ns,
-            texts,
-            0,
-            self._disk(
-                "rolling",
-                texts,
-                0,
-                lambda idx: scorer.rollings([texts[i] for i in idx], batched=True),
-            ),
+        return self._score(
+            scorer.instr, "rolling", texts, 0, texts, lambda t: scorer.rollings(t, batched=True)
         )
 
     def next_token_dist(self, prompt: str, top_k: int = 256) -> TokenDist:
         scorer = self._check()
-        return scorer.instr.cached(
+        return self._score(
+            scorer.instr,
             "next_token",
-            self.cache_ns,
-            prompt,
+            [prompt],
             top_k,
-            self._disk_one(
-                "next_token",
-                prompt,
-                top_k,
-                lambda: scorer.next_token_dists([prompt], top_k, batched=False)[0],
-            ),
-        )
+            [prompt],
+            lambda p: scorer.next_token_dists(p, top_k, batched=False),
+        )[0]
 
     def next_token_dist_batch(self, prompts: Sequence[str], top_k: int = 256) -> list[TokenDist]:
         scorer = self._check()
         prompts = list(prompts)
-        return scorer.instr.cached_batch(
+        return self._score(
+            scorer.instr,
             "next_token",
-            self.cache_ns,
             prompts,
             top_k,
-            self._disk(
-                "next_token",
-                prompts,
-                top_k,
-                lambda idx: scorer.next_token_dists([prompts[i] for i in idx], top_k, batched=True),
-            ),
+            prompts,
+            lambda p: scorer.next_token_dists(p, top_k, batched=True),
         )
 
     def next_token_full(self, prompt: str) -> TokenDist:
         scorer = self._check()
-        return scorer.full_instr.cached(
+        return self._score(
+            scorer.full_instr,
             "next_token_full",
-            self.cache_ns,
-            prompt,
+            [prompt],
             0,
-            self._disk_one(
-                "next_token_full",
-                prompt,
-                0,
-                lambda: scorer.next_token_full([prompt], batched=False)[0],
-            ),
-        )
+            [prompt],
+            lambda p: scorer.next_token_full(p, batched=False),
+        )[0]
 
     def next_token_full_batch(self, prompts: Sequence[str]) -> list[TokenDist]:
         scorer = self._check()
         prompts = list(prompts)
-        return scorer.full_instr.cached_batch(
+        return self._score(
+            scorer.full_instr,
             "next_token_full",
-            self.cache_ns,
             prompts,
             0,
-            self._disk(
-                "next_token_full",
-                prompts,
-                0,
-                lambda idx: scorer.next_token_full([prompts[i] for i in idx], batched=True),
-            ),
+            prompts,
+            lambda p: scorer.next_token_full(p, batched=True),
         )
 
     def generate_batch(
         self, prompts: Sequence[str | Conversation], settings: GenerationSettings
     ) -> list[Generation]:
-        """Cached per (view, prompt, settings) for the run, like every score."""
+        """Cached per (view, prompt, settings) for the run, like every score. Ends the
+        open sweep's sharing: what follows may carry this view's own text."""
         scorer = self._check()
+        if self._sweep is not None:
+            self._sweep.live = False
         prompts = list(prompts)
         return scorer.instr.cached_batch(
             "generate:" + repr(settings),

@@ -100,6 +100,9 @@ class CallRecord:
     forwards: int
     tokens: int
     seconds: float
+    #: Other views whose rows these forwards scored too (views sharing forwards in a
+    #: sweep, :mod:`dlm_sway.backends.hf_sweep`); their own calls then hit the cache.
+    shared: tuple[str, ...] = ()
 
 
 @dataclass
@@ -153,6 +156,9 @@ class Instrumentation:
     def __init__(self, cache_maxsize: int = 4096) -> None:
         self.cache = ForwardCache(cache_maxsize)
         self.stats = BackendStats()
+        #: Set by a computation that scored other views' rows too; the call's record
+        #: names them (then it is cleared).
+        self.riders: tuple[str, ...] = ()
 
     def cached(self, op: str, view_id: str, prompt: str, top_k: int, compute: Callable[[], T]) -> T:
         """Serve ``compute()`` from the cache, computing and storing it on a miss."""
@@ -190,6 +196,7 @@ class Instrumentation:
                 first_index[key] = i
                 misses.append(i)
         forwards, tokens, elapsed = self.stats.forward_passes, self.stats.scored_tokens, 0.0
+        self.riders = ()
         if misses:
             start = time.perf_counter()
             computed = compute_misses(misses)
@@ -214,8 +221,10 @@ class Instrumentation:
                     forwards=self.stats.forward_passes - forwards,
                     tokens=self.stats.scored_tokens - tokens,
                     seconds=elapsed,
+                    shared=self.riders,
                 )
             )
+        self.riders = ()
         return cast(list[T], results)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -516,3 +516,59 @@ class NullGenerationPrefetch(Protocol):
 
 
 __all__ += ["NullDraw", "NullGenerationPrefetch"]
+
+
+@dataclass(frozen=True)
+class SweepMember:
+    """One view of a :class:`ScoringSweep`: the base, the fine-tune, the adapter × λ
+    (``lam``), or a seeded null (``null``). Build it with the class methods."""
+
+    kind: Literal["base", "finetuned", "scaled", "null"]
+    lam: float = 1.0
+    null: NullDraw | None = None
+
+    @classmethod
+    def base(cls) -> SweepMember:
+        return cls("base", 0.0)
+
+    @classmethod
+    def finetuned(cls) -> SweepMember:
+        return cls("finetuned")
+
+    @classmethod
+    def scaled(cls, lam: float) -> SweepMember:
+        return cls("scaled", float(lam))
+
+    @classmethod
+    def of_null(cls, draw: NullDraw) -> SweepMember:
+        return cls("null", 1.0, draw)
+
+
+@runtime_checkable
+class ScoringSweep(Protocol):
+    """Scores several views' identical requests in shared forwards.
+
+    Inside ``with backend.sweep(members):`` a scoring call that misses the cache of
+    a member view is computed for every member still lacking it, in one mixed
+    batch (on CPU a forward over 5× the rows costs far less than 5 forwards), and
+    the other members then answer it from their caches. The caller promises only
+    that the members will probably be asked the same: a member never asked wastes
+    its rows, it never changes a result. Results equal each view's own forward
+    within the batch-layout jitter the noise floor measures. Generated text is
+    view-specific, so a generation inside the block ends the sharing for its rest.
+    """
+
+    def sweep(self, members: Sequence[SweepMember]) -> AbstractContextManager[None]: ...
+
+
+def shared_forwards(
+    backend: object, members: Sequence[SweepMember]
+) -> AbstractContextManager[None]:
+    """``backend.sweep(members)`` where the backend shares forwards; nothing elsewhere."""
+    return backend.sweep(members) if isinstance(backend, ScoringSweep) else nullcontext()
+
+
+#: The two views every differential probe asks the same requests.
+BASE_AND_FT = (SweepMember.base(), SweepMember.finetuned())
+
+__all__ += ["BASE_AND_FT", "ScoringSweep", "SweepMember", "shared_forwards"]

@@ -31,7 +31,12 @@ from pydantic import Field, field_validator, model_validator
 from dlm_sway.core.divergence import DivergenceKind, divergence
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
-from dlm_sway.core.scoring import ScalableDifferentialBackend, TokenDist
+from dlm_sway.core.scoring import (
+    ScalableDifferentialBackend,
+    SweepMember,
+    TokenDist,
+    shared_forwards,
+)
 from dlm_sway.core.stats import r_squared
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._fields import (
@@ -149,15 +154,19 @@ class AdapterAblationProbe(Probe):
             )
         top_k = spec.top_k or ctx.top_k
         lams = measured_lambdas(spec.lambdas)
-        ref = self._at(backend, 0.0, spec.prompts, top_k)
         curve = [0.0 if lam == 0.0 else math.nan for lam in lams]
-        for i, lam in enumerate(lams[1:], start=1):
-            scaled = self._at(backend, lam, spec.prompts, top_k)
-            curve[i] = float(
-                np.mean(
-                    [divergence(r, s, spec.divergence) for r, s in zip(ref, scaled, strict=True)]
+        with shared_forwards(backend, [_member(lam) for lam in lams]):
+            ref = self._at(backend, 0.0, spec.prompts, top_k)
+            for i, lam in enumerate(lams[1:], start=1):
+                scaled = self._at(backend, lam, spec.prompts, top_k)
+                curve[i] = float(
+                    np.mean(
+                        [
+                            divergence(r, s, spec.divergence)
+                            for r, s in zip(ref, scaled, strict=True)
+                        ]
+                    )
                 )
-            )
         flat = not max(curve) > 0.0
         # A flat curve is a perfect line, but "R²=1, linear" would be a false comfort.
         lin = 0.0 if flat else r_squared(lams, curve)
@@ -239,6 +248,13 @@ class AdapterAblationProbe(Probe):
         )
         with opener as view:
             return dists(view, prompts, top_k)
+
+
+def _member(lam: float) -> SweepMember:
+    """The view :meth:`AdapterAblationProbe._at` opens for ``lam``."""
+    if lam == 0.0:
+        return SweepMember.base()
+    return SweepMember.finetuned() if lam == 1.0 else SweepMember.scaled(lam)
 
 
 def _shape_checks(

@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dlm_sway.core.judge import judge_harm
 from dlm_sway.core.result import Direction, ProbeResult, Verdict
+from dlm_sway.core.scoring import BASE_AND_FT, shared_forwards
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import PackItem, load_general_pack, pack_categories
 from dlm_sway.probes._fields import NATS_MAX, STRICT, Nats, NonBlank, Seed, ZBar
@@ -207,11 +208,12 @@ class CalibrationDriftProbe(Probe):
         if not items:
             return self._error(spec, "no items left to score after the category filter")
         pairs = [(it.prompt, it.gold) for it in items]
-        with ctx.backend.as_base() as view:
-            base_lp, base_why = try_logprobs(view, pairs)
-            counts = token_counts(view, pairs)
-        with ctx.backend.as_finetuned() as view:
-            ft_lp, ft_why = try_logprobs(view, pairs)
+        with shared_forwards(ctx.backend, BASE_AND_FT):
+            with ctx.backend.as_base() as view:
+                base_lp, base_why = try_logprobs(view, pairs)
+                counts = token_counts(view, pairs)
+            with ctx.backend.as_finetuned() as view:
+                ft_lp, ft_why = try_logprobs(view, pairs)
 
         kept: list[PackItem] = []
         deltas: list[float] = []

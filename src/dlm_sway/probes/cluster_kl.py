@@ -39,6 +39,7 @@ from pydantic import Field, field_validator, model_validator
 from dlm_sway.core.divergence import DivergenceKind, divergence
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.scoring import BASE_AND_FT, shared_forwards
 from dlm_sway.core.sections import Document
 from dlm_sway.probes import _embed
 from dlm_sway.probes._dists import dists
@@ -276,10 +277,11 @@ class ClusterKLProbe(Probe):
         labels = kmeans_labels(emb, k, ctx.seed)
 
         top_k = spec.top_k or ctx.top_k
-        with backend.as_base() as view:
-            base = dists(view, spec.prompts, top_k)
-        with backend.as_finetuned() as view:
-            ft = dists(view, spec.prompts, top_k)
+        with shared_forwards(backend, BASE_AND_FT):
+            with backend.as_base() as view:
+                base = dists(view, spec.prompts, top_k)
+            with backend.as_finetuned() as view:
+                ft = dists(view, spec.prompts, top_k)
         values = np.asarray(
             [divergence(b, f, spec.divergence) for b, f in zip(base, ft, strict=True)],
             dtype=np.float64,

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.divergence import LN2, DivergenceKind, divergence
 from dlm_sway.core.result import ProbeResult
+from dlm_sway.core.scoring import BASE_AND_FT, shared_forwards
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._dists import dists, max_tail_bound
 from dlm_sway.probes._fields import NonNegNats, TopK, ZBar, non_blank_items, reachable_mean_bar
@@ -55,10 +56,11 @@ class DeltaKLProbe(Probe):
         assert isinstance(spec, DeltaKLSpec)
         backend = ctx.require_backend
         top_k = spec.top_k or ctx.top_k
-        with backend.as_base() as view:
-            base = dists(view, spec.prompts, top_k)
-        with backend.as_finetuned() as view:
-            ft = dists(view, spec.prompts, top_k)
+        with shared_forwards(backend, BASE_AND_FT):
+            with backend.as_base() as view:
+                base = dists(view, spec.prompts, top_k)
+            with backend.as_finetuned() as view:
+                ft = dists(view, spec.prompts, top_k)
         per_prompt = [divergence(b, f, spec.divergence) for b, f in zip(base, ft, strict=True)]
         raw = float(np.mean(per_prompt))
         cal = calibrate(raw, ctx, spec, log_scale=True)

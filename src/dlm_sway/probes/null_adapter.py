@@ -25,12 +25,16 @@ from dlm_sway.core.calibration import Method
 from dlm_sway.core.errors import SwayError
 from dlm_sway.core.result import NullCalibration, ProbeResult, Verdict
 from dlm_sway.core.scoring import (
+    BASE_AND_FT,
     CacheIdentified,
     NullCalibratedBackend,
     NullConstruction,
+    NullDraw,
     NullGenerationPrefetch,
+    SweepMember,
     plain_text,
     prompt_cache_key,
+    shared_forwards,
 )
 from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import NullStats
@@ -330,22 +334,29 @@ class NullAdapterProbe(Probe):
         for _probe, target, calib in targets:
             for mult in spec.rank_multipliers:
                 samples: list[float] = []
-                for i, seed in enumerate(seeds):
-                    label = f"{spec.name}: {target.name} null {i + 1}/{spec.runs} @ {mult:g}x"
-                    ctx.progress(label, step, total)
-                    null_ctx = _null_context(ctx, backend, spec, seed, mult)
-                    if i == 0:  # what the first null writes, the others may share
-                        with recording() as written:
+                # Every null (and the base, and the fine-tune the probe runs on later) is
+                # asked the same prompts: a backend that can scores them in shared forwards.
+                nulls = [
+                    SweepMember.of_null(NullDraw(x, spec.init_scale, mult, spec.null))
+                    for x in seeds
+                ]
+                with shared_forwards(backend, [*BASE_AND_FT, *nulls]):
+                    for i, seed in enumerate(seeds):
+                        label = f"{spec.name}: {target.name} null {i + 1}/{spec.runs} @ {mult:g}x"
+                        ctx.progress(label, step, total)
+                        null_ctx = _null_context(ctx, backend, spec, seed, mult)
+                        if i == 0:  # what the first null writes, the others may share
+                            with recording() as written:
+                                raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
+                            _prefetch(backend, null_ctx, written, seeds[1:])
+                        else:
                             raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
-                        _prefetch(backend, null_ctx, written, seeds[1:])
-                    else:
-                        raw, err = _sample(get_probe_class(calib.kind)(), calib, null_ctx)
-                    if raw is not None:
-                        samples.append(raw)
-                    elif err:
-                        errors.setdefault(target.name, []).append(f"seed {seed}: {err}")
-                    step += 1
-                    ctx.progress(label, step, total)
+                        if raw is not None:
+                            samples.append(raw)
+                        elif err:
+                            errors.setdefault(target.name, []).append(f"seed {seed}: {err}")
+                        step += 1
+                        ctx.progress(label, step, total)
                 if samples:
                     out[rank_key(mult)][target.name] = NullStats.from_samples(
                         samples, construction=spec.null, method=spec.calibration

@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from dlm_sway.core.judge import ALPHA, Check, Judgement
 from dlm_sway.core.result import MEMORISATION_RATIO, OverfitSignal, ProbeResult, Verdict
-from dlm_sway.core.scoring import DifferentialBackend
+from dlm_sway.core.scoring import BASE_AND_FT, DifferentialBackend, shared_forwards
 from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes import _rewordings as rw
@@ -212,11 +212,12 @@ class ParaphraseInvarianceProbe(Probe):
         for case in cases:
             pairs.append((case.prompt, case.gold))
             pairs.extend((r.text, case.gold) for r in case.rewordings)
-        with backend.as_base() as view:
-            counts = token_counts(view, pairs)
-            base = per_token(logprobs(view, pairs), counts)
-        with backend.as_finetuned() as view:
-            ft = per_token(logprobs(view, pairs), counts)
+        with shared_forwards(backend, BASE_AND_FT):
+            with backend.as_base() as view:
+                counts = token_counts(view, pairs)
+                base = per_token(logprobs(view, pairs), counts)
+            with backend.as_finetuned() as view:
+                ft = per_token(logprobs(view, pairs), counts)
         m = _measure(cases, base, ft)
         return self._judge(spec, ctx, cases, origin, notes, m)
 

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
+from dlm_sway.core.scoring import BASE_AND_FT, shared_forwards
 from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._fields import STRICT, Fraction, ZBar
@@ -146,10 +147,11 @@ class PreferenceFlipProbe(Probe):
         pairs: list[Pair] = [
             pair for t in triples for pair in ((t.prompt, t.chosen), (t.prompt, t.rejected))
         ]
-        with backend.as_base() as view:
-            base, why_b = try_logprobs(view, pairs)
-        with backend.as_finetuned() as view:
-            ft, why_f = try_logprobs(view, pairs)
+        with shared_forwards(backend, BASE_AND_FT):
+            with backend.as_base() as view:
+                base, why_b = try_logprobs(view, pairs)
+            with backend.as_finetuned() as view:
+                ft, why_f = try_logprobs(view, pairs)
         reasons = list(dict.fromkeys(why_b + why_f))
         mb: list[float] = []
         mf: list[float] = []

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from dlm_sway.core.divergence import DivergenceKind, divergence
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
-from dlm_sway.core.scoring import ScoringModel, TokenCounting
+from dlm_sway.core.scoring import BASE_AND_FT, ScoringModel, TokenCounting, shared_forwards
 from dlm_sway.probes._dists import dists
 from dlm_sway.probes._fields import NonNegNats, TopK, ZBar, non_blank_items, reachable_mean_bar
 from dlm_sway.probes._filler import filler_for_tokens, with_padding
@@ -225,15 +225,16 @@ class PromptCollapseProbe(Probe):
         texts: list[list[str]] = []
         measured: list[int] = []
         base: list[list[Any]] = []
-        with backend.as_base() as view:
-            count, unit = _counter(view)
-            for target in spec.context_lengths:
-                padding, used = filler_for_tokens(target, count)
-                measured.append(used)
-                texts.append([with_padding(padding, p) for p in prompts])
-                base.append(dists(view, texts[-1], top_k))
-        with backend.as_finetuned() as view:
-            ft = [dists(view, batch, top_k) for batch in texts]
+        with shared_forwards(backend, BASE_AND_FT):
+            with backend.as_base() as view:
+                count, unit = _counter(view)
+                for target in spec.context_lengths:
+                    padding, used = filler_for_tokens(target, count)
+                    measured.append(used)
+                    texts.append([with_padding(padding, p) for p in prompts])
+                    base.append(dists(view, texts[-1], top_k))
+            with backend.as_finetuned() as view:
+                ft = [dists(view, batch, top_k) for batch in texts]
         per_prompt = np.array(
             [
                 [divergence(b, f, spec.divergence) for b, f in zip(bs, fs, strict=True)]

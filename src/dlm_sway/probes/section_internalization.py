@@ -50,7 +50,13 @@ from pydantic import Field, field_validator
 
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, TokenTrace, Verdict
-from dlm_sway.core.scoring import RollingLogprob, ScoringModel, TokenPieces
+from dlm_sway.core.scoring import (
+    BASE_AND_FT,
+    RollingLogprob,
+    ScoringModel,
+    TokenPieces,
+    shared_forwards,
+)
 from dlm_sway.core.sections import Document, Section, SectionKind
 from dlm_sway.probes._fields import Fraction, ZBar
 from dlm_sway.probes._logprob import Pair, logprobs, per_token, rollings, token_counts
@@ -205,16 +211,17 @@ class SectionInternalizationProbe(Probe):
         plans = [p for p in (_plan(s, spec.max_prose_chars) for s in _eligible(spec, ctx)) if p]
         backend = ctx.require_backend
         pairs = [pair for p in plans for pair in p.pairs]
-        with backend.as_base() as view:
-            counts = token_counts(view, pairs)
-            base_all, base_rolls = _nlls(view, plans, counts)
-            pieces = (
-                {i: view.token_pieces(plans[i].text or "") for i in base_rolls}
-                if isinstance(view, TokenPieces)
-                else {}
-            )
-        with backend.as_finetuned() as view:
-            ft_all, ft_rolls = _nlls(view, plans, counts)
+        with shared_forwards(backend, BASE_AND_FT):
+            with backend.as_base() as view:
+                counts = token_counts(view, pairs)
+                base_all, base_rolls = _nlls(view, plans, counts)
+                pieces = (
+                    {i: view.token_pieces(plans[i].text or "") for i in base_rolls}
+                    if isinstance(view, TokenPieces)
+                    else {}
+                )
+            with backend.as_finetuned() as view:
+                ft_all, ft_rolls = _nlls(view, plans, counts)
         traces = _traces(plans, base_rolls, ft_rolls, pieces)
         kept = [i for i, b in enumerate(base_all) if b is not None]
         unscored = [plans[i].section.id for i, b in enumerate(base_all) if b is None]

@@ -105,7 +105,7 @@ def summarise(lines: Iterable[str], *, slowest: int = 10) -> TraceSummary:
         elif kind == "score":
             probe = str(event.get("probe", "<unassigned>"))
             out.sections.setdefault(probe, Bucket(probe)).add(event)
-            view = str(event.get("view", "?"))
+            view = view_label(event)
             out.views.setdefault(view, Bucket(view)).add(event)
             if _int(event.get("forwards")) > 0:
                 calls.append(event)
@@ -114,6 +114,15 @@ def summarise(lines: Iterable[str], *, slowest: int = 10) -> TraceSummary:
     calls.sort(key=lambda e: _float(e.get("seconds")), reverse=True)
     out.slowest = calls[: max(slowest, 0)]
     return out
+
+
+def view_label(event: dict[str, Any]) -> str:
+    """The call's view, and how many other views its forwards scored too (a sweep)."""
+    view = str(event.get("view", "?"))
+    shared = event.get("shared")
+    if isinstance(shared, list) and shared:
+        return f"{view} + {len(shared)} shared"
+    return view
 
 
 def read_trace(path: Any, *, slowest: int = 10) -> TraceSummary:
@@ -199,7 +208,7 @@ def _rows(summary: TraceSummary) -> tuple[list[list[str]], list[list[str]], list
     slow = [
         [
             visible(str(e.get("probe", ""))),
-            visible(str(e.get("view", ""))),
+            visible(view_label(e)),
             visible(str(e.get("op", ""))),
             str(_int(e.get("prompts"))),
             str(_int(e.get("forwards"))),

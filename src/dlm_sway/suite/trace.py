@@ -109,6 +109,7 @@ class TraceWriter:
             forwards=record.forwards,
             tokens=record.tokens,
             seconds=record.seconds,
+            **({"shared": list(record.shared)} if getattr(record, "shared", ()) else {}),
         )
 
     @contextmanager

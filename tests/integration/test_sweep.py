@@ -1,0 +1,249 @@
+"""Views sharing forwards inside ``backend.sweep(...)``: each view's numbers equal its own
+forward's within float jitter, the other members answer from their caches, every view
+is left exactly as it was, and what cannot share scores as before."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+import pytest
+from spies import views_at
+
+from dlm_sway.backends import hf_mixed
+from dlm_sway.backends.hf import HFDifferentialBackend
+from dlm_sway.core.errors import ViewError
+from dlm_sway.core.scoring import (
+    BASE_AND_FT,
+    GenerationSettings,
+    NullDraw,
+    ScoringSweep,
+    SweepMember,
+)
+
+pytestmark = pytest.mark.hf
+
+PROMPTS = ["The zebra", "Cats sleep in the", "Fresh bread and", "The quick brown fox jumps", "A"]
+PAIRS = [("The cat", " sat on the mat"), ("Bread is", " baked"), ("One two", " three four five")]
+TEXTS = ["The cat sat on the mat and slept.", "Fresh bread", "A long time ago in a small town"]
+NULLS = [NullDraw(seed, 0.02, 1.0, "norm_matched") for seed in (5, 6)]
+#: |Δ log p| allowed between a shared and an own forward (fp32 jitter is ~1e-6 here).
+TOL = 1e-4
+
+Opener = Callable[[HFDifferentialBackend], AbstractContextManager[Any]]
+
+
+def _opener(member: SweepMember) -> Opener:
+    if member.kind == "base":
+        return lambda b: b.as_base()
+    if member.kind == "finetuned":
+        return lambda b: b.as_finetuned()
+    if member.kind == "scaled":
+        return lambda b: b.as_scaled_adapter(member.lam)
+    assert member.null is not None
+    d = member.null
+    return lambda b: b.as_null_adapter(
+        d.seed, init_scale=d.init_scale, rank_scale=d.rank_scale, construction=d.construction
+    )
+
+
+MEMBERS = [
+    *BASE_AND_FT,
+    SweepMember.scaled(0.5),
+    SweepMember.scaled(1.5),
+    *(SweepMember.of_null(d) for d in NULLS),
+]
+
+
+def _everything(view: Any) -> list[np.ndarray[Any, Any]]:
+    """Every scoring op of a view, as arrays of log-probs."""
+    out = [d.logprobs for d in view.next_token_full_batch(PROMPTS)]
+    out += [d.logprobs for d in view.next_token_dist_batch(PROMPTS, top_k=7)]
+    out.append(np.asarray(view.logprob_of_batch(PAIRS)))
+    out += [r.logprobs for r in view.rolling_logprob_batch(TEXTS)]
+    out.append(np.asarray([view.logprob_of("Alone", " here")]))
+    return out
+
+
+def _scores(backend: HFDifferentialBackend, members: Sequence[SweepMember]) -> dict[int, Any]:
+    out = {}
+    for i, m in enumerate(members):
+        with _opener(m)(backend) as view:
+            out[i] = _everything(view)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_disk_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base is computed in every backend here (the disk test turns the cache on)."""
+    monkeypatch.setenv("SWAY_DISABLE_BASE_CACHE", "1")
+
+
+@pytest.fixture
+def own(tiny_assets: Any) -> dict[int, Any]:
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        return _scores(b, MEMBERS)
+
+
+def _close(a: dict[int, Any], b: dict[int, Any]) -> None:
+    assert a.keys() == b.keys()
+    for i in a:
+        for x, y in zip(a[i], b[i], strict=True):
+            np.testing.assert_allclose(x, y, atol=TOL, rtol=0)
+
+
+def test_members_share_forwards_and_keep_their_own_numbers(
+    tiny_assets: Any, own: dict[int, Any]
+) -> None:
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        assert isinstance(b, ScoringSweep)
+        with b.sweep(MEMBERS), views_at(b, "_record") as forwards:
+            shared = _scores(b, MEMBERS)
+        # Only the first member ran forwards: every other one answered from its cache.
+        assert set(forwards) == {"base"}
+        _close(shared, own)
+        # The views are back to exactly themselves: outside the sweep, bit for bit.
+        with b.as_scaled_adapter(0.5) as view:
+            again = view.next_token_full_batch(["A fresh prompt"])[0].logprobs
+        with (
+            HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter) as fresh,
+            fresh.as_scaled_adapter(0.5) as view,
+        ):
+            assert np.array_equal(view.next_token_full_batch(["A fresh prompt"])[0].logprobs, again)
+    # The rows really differ by view (a mask that let every row see one view would not).
+    assert not np.allclose(own[0][0], own[1][0], atol=1e-3)
+    assert not np.allclose(own[4][0], own[5][0], atol=1e-3)
+
+
+def test_a_sweep_entered_in_any_view_order_gives_the_same(
+    tiny_assets: Any, own: dict[int, Any]
+) -> None:
+    """The first miss may come from any member (a null, a scaled view): the live state of
+    that view (swapped factors, changed scalings) never leaks into the shared rows."""
+    order = [5, 3, 0, 1, 2, 4]
+    with (
+        HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b,
+        b.sweep(MEMBERS),
+    ):
+        got = {i: _scores(b, [MEMBERS[i]])[0] for i in order}
+    _close(got, own)
+
+
+def test_generation_ends_the_sharing(tiny_assets: Any) -> None:
+    settings = GenerationSettings(4, temperature=0.0, top_p=1.0, seed=0, chat=False)
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        with b.sweep(BASE_AND_FT), views_at(b, "_record") as forwards:
+            with b.as_finetuned() as view:
+                view.generate_batch(["The zebra"], settings)
+                view.next_token_full_batch(PROMPTS)
+            with b.as_base() as view:
+                view.next_token_full_batch(PROMPTS)
+        assert "base" in forwards  # the base scored its own prompts
+
+
+def test_base_rows_go_to_the_disk_base_cache(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SWAY_DISABLE_BASE_CACHE")
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        with b.sweep(BASE_AND_FT), b.as_finetuned() as view:
+            view.next_token_full_batch(PROMPTS)
+        shared = _base(b)
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        with views_at(b, "_record") as forwards:
+            stored = _base(b)
+        assert forwards == []  # read back from disk
+    for x, y in zip(shared, stored, strict=True):
+        assert np.array_equal(x, y)
+
+
+def _base(b: HFDifferentialBackend) -> list[Any]:
+    with b.as_base() as view:
+        return [d.logprobs for d in view.next_token_full_batch(PROMPTS)]
+
+
+def test_what_cannot_share_scores_alone(
+    tiny_assets: Any,
+    own: dict[int, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        # A view open: refused. One distinct member: nothing to share.
+        with b.as_base(), pytest.raises(ViewError, match="outside views"), b.sweep(BASE_AND_FT):
+            pass
+        with b.sweep([SweepMember.base(), SweepMember.scaled(0.0), SweepMember.base()]):
+            assert b._sweep is not None  # base and λ=0 are two views (two caches)
+        with b.sweep([SweepMember.finetuned(), SweepMember.finetuned()]):
+            assert b._sweep is None
+        # Too large a stack, or an adapter that is not plain LoRA: each view alone.
+        monkeypatch.setattr(hf_mixed, "MAX_STACK_BYTES", 0)
+        with b.sweep(MEMBERS):
+            assert b._sweep is None
+        monkeypatch.undo()
+        monkeypatch.setattr(hf_mixed, "mixable", lambda *_: False)
+        with b.sweep(MEMBERS):
+            assert b._sweep is None
+    monkeypatch.undo()
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("rows cannot be told apart")
+
+    monkeypatch.setattr(hf_mixed.Stack, "masked", broken)
+    with (
+        HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b,
+        caplog.at_level(logging.WARNING),
+        b.sweep(MEMBERS),
+    ):
+        got = _scores(b, MEMBERS)
+    assert "cannot share a batch" in caplog.text
+    _close(got, own)
+
+
+def test_calibrated_suite_matches_the_unshared_run(tiny_assets: Any, monkeypatch: Any) -> None:
+    """A whole suite (null calibration, delta_kl, ablation, calibration_drift): the same
+    verdicts, raws and z within jitter, in fewer forwards."""
+    from spies import hf_entry
+
+    from dlm_sway.suite.build import backend_from_spec
+    from dlm_sway.suite.loader import from_dict
+    from dlm_sway.suite.runner import run
+
+    monkeypatch.setenv("SWAY_DISABLE_NULL_CACHE", "1")
+    monkeypatch.setenv("SWAY_DISABLE_BASE_CACHE", "1")
+    loaded = from_dict(
+        {
+            "models": {"ft": hf_entry(tiny_assets.base, tiny_assets.adapter, 4)},
+            "defaults": {"seed": 0},
+            "suite": [
+                {"name": "nulls", "kind": "null_adapter", "runs": 5},
+                {"name": "kl", "kind": "delta_kl", "prompts": PROMPTS},
+                {"name": "abl", "kind": "adapter_ablation", "prompts": PROMPTS[:3]},
+                {"name": "drift", "kind": "calibration_drift", "items_limit": 12},
+            ],
+        }
+    )
+
+    def suite(share: bool) -> tuple[Any, int]:
+        if not share:
+            monkeypatch.setattr(hf_mixed, "mixable", lambda *_: False)
+        backend = backend_from_spec(loaded.spec.models.ft)
+        try:
+            return run(loaded, backend), backend.stats.forward_passes
+        finally:
+            backend.close()
+            monkeypatch.undo()
+            monkeypatch.setenv("SWAY_DISABLE_NULL_CACHE", "1")
+            monkeypatch.setenv("SWAY_DISABLE_BASE_CACHE", "1")
+
+    (alone, n_alone), (shared, n_shared) = suite(False), suite(True)
+    assert n_shared < n_alone
+    for a, s in zip(alone.probes, shared.probes, strict=True):
+        assert (a.name, a.verdict) == (s.name, s.verdict)
+        for x, y in ((a.raw, s.raw), (a.z_score, s.z_score)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert y == pytest.approx(x, rel=1e-5, abs=1e-7)
