@@ -247,3 +247,19 @@ def test_calibrated_suite_matches_the_unshared_run(tiny_assets: Any, monkeypatch
             assert (x is None) == (y is None)
             if x is not None:
                 assert y == pytest.approx(x, rel=1e-5, abs=1e-7)
+
+
+def test_shared_chunks_are_wider_but_bounded() -> None:
+    from dlm_sway.backends.hf_views import MIX_CHUNK_TOKENS, _chunks
+
+    def sizes(chunks: list[list[int]]) -> list[int]:
+        return [len(c) for c in chunks]
+
+    assert sizes(_chunks([10] * 20, 4)) == [4] * 5  # one view: the batch size
+    assert sizes(_chunks([10] * 20, 4, widen=5)) == [20]  # five views: five times the rows
+    # Past the batch size only up to MIX_CHUNK_TOKENS padded tokens, never below it.
+    long = MIX_CHUNK_TOKENS // 2
+    assert sizes(_chunks([long] * 12, 4, widen=3)) == [4, 4, 4]
+    # Logit rows (rolling log-probs keep one per token) stay within the cap given.
+    assert sizes(_chunks([8] * 12, 4, widen=3, logits=[7] * 12, max_logits=28)) == [4, 4, 4]
+    assert sorted(i for c in _chunks([3, 9, 1, 7] * 5, 2, widen=4) for i in c) == list(range(20))

@@ -79,6 +79,8 @@ class Stack:
             for f in blocks
         ]
         self.groups = list(groups)
+        #: A NaN or inf in any block would reach every row (0 × inf is NaN): never mixed.
+        self.finite = all(bool(torch.isfinite(t).all()) for f in self.blocks for p in f for t in p)
         self.rows: tuple[int, ...] | None = None
         self._masks: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
         self._stacked = [
@@ -104,8 +106,9 @@ class Stack:
             self.rows = None
 
     def masked(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """Forward pre-hook of each B: each row keeps its view's share of A·x. Its input
-        is [rows, tokens, n·r] in every decoder LoRA."""
+        """Forward pre-hook of each B: each row keeps its view's share of A·x, the other
+        blocks exactly 0 even where they overflowed. Its input is [rows, tokens, n·r] in
+        every decoder LoRA."""
         if self.rows is None:
             return None
         h, n = args[0], len(self.blocks)
@@ -123,7 +126,8 @@ class Stack:
                 if group.block is not None:
                     mask[row, 0, group.block * rank : (group.block + 1) * rank] = group.weight
             self._masks[sig] = mask
-        return (h * self._masks[sig], *args[1:])
+        weights = self._masks[sig]
+        return (torch.where(weights != 0, h * weights, torch.zeros_like(h)), *args[1:])
 
 
 def _set(linear: Any, weight: torch.Tensor) -> None:

@@ -60,7 +60,10 @@ def generate_mixed(
     on SmolLM2 against 0.54× at the plain batch size.
     """
     groups = [Group(k) for k in range(len(draws))]
-    with installed(Stack(slots, draws, groups), scalings) as stack:
+    stack = Stack(slots, draws, groups)
+    if not stack.finite:
+        raise RuntimeError("a null's LoRA factors hold NaN or inf")
+    with installed(stack, scalings):
         mixed = _MixedGenerator(generator, stack)
         mixed.batch_size = 2 * generator.batch_size
         flat = mixed.generate(

@@ -115,6 +115,8 @@ class Sweep:
     ) -> list[T]:
         if self._stack is None:
             self._stack = Stack(self._slots, [draw() for draw in self._blocks], self._groups)
+        if not self._stack.finite:
+            raise RuntimeError("a member's LoRA factors hold NaN or inf")
         width = len({g for g, _ in rows})
         groups = [g for g, _ in rows]
         with (

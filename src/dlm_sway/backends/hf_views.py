@@ -46,6 +46,12 @@ T = TypeVar("T")
 
 #: Padded tokens per forward chunk: bounds the B×T×V logits tensor on long texts.
 MAX_BATCH_TOKENS = 8192
+#: Padded tokens a chunk of several views' rows may grow to past the batch size: more
+#: rows per matmul run faster, but each layer's activations grow with them (measured on
+#: SmolLM2: 85 rows of 22 tokens add 75 MB to the peak; 1024 tokens keep most of the gain).
+MIX_CHUNK_TOKENS = 1024
+#: Rows turned into full dists at a time (their float64 log-softmax is 8·V bytes a row).
+_DIST_ROWS = 16
 #: A tail below this mass is reported as 0.0 ("exists but underflowed").
 TAIL_FLOOR = 1e-12
 #: Memory for cached full-vocabulary dists (float32, 4·V bytes each: 192 KiB for SmolLM2).
@@ -92,20 +98,28 @@ def full_dists_from_logits(last: torch.Tensor) -> list[TokenDist]:
     float32: a float32 log-softmax alone is off by ~3e-6 nats of KL on SmolLM2.
     Each row is copied out, so an evicted dist never pins the whole batch.
     """
-    rows = last.detach().to("cpu", torch.float64).log_softmax(dim=-1).float().numpy()
-    vocab = int(rows.shape[-1])
+    vocab = int(last.shape[-1])
     ids = _vocab_ids(vocab)
-    return [TokenDist(ids, _frozen(row.copy()), vocab, None) for row in rows]
+    out: list[TokenDist] = []
+    for start in range(0, int(last.shape[0]), _DIST_ROWS):  # bounds the float64 copies
+        block = last[start : start + _DIST_ROWS].detach().to("cpu", torch.float64)
+        rows = block.log_softmax(dim=-1).float().numpy()
+        out += [TokenDist(ids, _frozen(row.copy()), vocab, None) for row in rows]
+    return out
 
 
 def _chunks(
     lengths: Sequence[int],
     batch_size: int,
+    *,
+    widen: int = 1,
     logits: Sequence[int] | None = None,
     max_logits: int | None = None,
 ) -> list[list[int]]:
     """Indices grouped by similar length, at most ``batch_size`` and ~MAX_BATCH_TOKENS
-    each, and at most ``max_logits`` logit rows (``logits[i]`` per index) when given."""
+    each. Views sharing forwards (``widen`` of them) may fill up to ``widen`` times the
+    rows, past ``batch_size`` only up to MIX_CHUNK_TOKENS, and to ``max_logits`` logit
+    rows (``logits[i]`` per index) when given."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     chunks: list[list[int]] = []
     current: list[int] = []
@@ -113,9 +127,11 @@ def _chunks(
     for i in order:
         width = lengths[i]  # sorted ascending: this sequence sets the chunk's width
         more = logits[i] if logits is not None else 0
+        n = len(current)
         if current and (
-            len(current) >= batch_size
-            or (len(current) + 1) * width > MAX_BATCH_TOKENS
+            n >= batch_size * widen
+            or (n + 1) * width > MAX_BATCH_TOKENS
+            or (n >= batch_size and (n + 1) * width > MIX_CHUNK_TOKENS)
             or (max_logits is not None and held + more > max_logits)
         ):
             chunks.append(current)
@@ -185,9 +201,9 @@ class HFScorer:
         finally:
             self._mix, self._widen = None, 1
 
-    @property
-    def _chunk_rows(self) -> int:
-        return self.batch_size * self._widen
+    def _row_chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Chunks of one forward each (wider while views share forwards)."""
+        return _chunks(lengths, self.batch_size, widen=self._widen)
 
     def _logit_chunks(self, lengths: Sequence[int], wanted: Sequence[int]) -> list[list[int]]:
         """Chunks for ops that keep logits at ``wanted[i]`` positions per text: a mix's
@@ -195,7 +211,8 @@ class HFScorer:
         (rolling log-probs keep a vocabulary-wide row per token)."""
         if self._widen == 1:
             return _chunks(lengths, self.batch_size)
-        return _chunks(lengths, self._chunk_rows, wanted, self.batch_size * max(wanted, default=1))
+        most = self.batch_size * max(wanted, default=1)
+        return _chunks(lengths, self.batch_size, widen=self._widen, logits=wanted, max_logits=most)
 
     def _rows(self, items: Sequence[int]) -> None:
         """Before a forward over ``items``: tell the mix whose rows they are."""
@@ -342,7 +359,7 @@ class HFScorer:
         results: list[TokenDist | None] = [None] * len(prompts)
         hosts = self._hosts(encoded)
         if all(h == i for i, h in enumerate(hosts)):
-            for chunk in _chunks([len(e) for e in encoded], self._chunk_rows):
+            for chunk in self._row_chunks([len(e) for e in encoded]):
                 self._rows(chunk)
                 logits = self.forward(
                     [encoded[i] for i in chunk], side="left", last_only=True, batched=batched
