@@ -179,6 +179,8 @@ def test_what_cannot_share_scores_alone(
             assert b._sweep is not None  # base and λ=0 are two views (two caches)
         with b.sweep([SweepMember.finetuned(), SweepMember.finetuned()]):
             assert b._sweep is None
+        with b.sweep(MEMBERS), pytest.raises(ViewError, match="inside a sweep"):
+            b.swap_adapter(tiny_assets.adapter)
         # Too large a stack, or an adapter that is not plain LoRA: each view alone.
         monkeypatch.setattr(hf_mixed, "MAX_STACK_BYTES", 0)
         with b.sweep(MEMBERS):
@@ -260,6 +262,39 @@ def test_shared_chunks_are_wider_but_bounded() -> None:
     # Past the batch size only up to MIX_CHUNK_TOKENS padded tokens, never below it.
     long = MIX_CHUNK_TOKENS // 2
     assert sizes(_chunks([long] * 12, 4, widen=3)) == [4, 4, 4]
+    # ... and past one view's own chunk of these texts (here 1 text a view) likewise.
+    third = MIX_CHUNK_TOKENS // 3
+    assert sizes(_chunks([third] * 12, 4, widen=12, own_rows=1)) == [3, 3, 3, 3]
     # Logit rows (rolling log-probs keep one per token) stay within the cap given.
     assert sizes(_chunks([8] * 12, 4, widen=3, logits=[7] * 12, max_logits=28)) == [4, 4, 4]
     assert sorted(i for c in _chunks([3, 9, 1, 7] * 5, 2, widen=4) for i in c) == list(range(20))
+
+
+def test_long_texts_under_many_views_never_hold_all_their_logits(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rolling log-probs need one log-prob per token, not a vocabulary-wide row per token
+    of every view at once: the head runs a bounded slice of positions at a time, and the
+    numbers are those of the unsliced head."""
+    from dlm_sway.backends import hf_positions
+
+    texts = [" ".join(["word"] * 40) + f" {i}" for i in range(3)]
+    nulls = (SweepMember.of_null(NullDraw(s, 0.02, 1.0, "init_scale")) for s in range(6))
+    members = [*BASE_AND_FT, *nulls]
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=4) as b:
+        with b.as_finetuned() as view:
+            whole = [r.logprobs for r in view.rolling_logprob_batch(texts)]
+        b.instrumentation.cache.clear()
+        monkeypatch.setattr(hf_positions, "TARGET_SLICE", 16)
+        head = b.peft_model.get_base_model().get_output_embeddings()
+        seen: list[int] = []
+        hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+        try:
+            with b.sweep(members), b.as_finetuned() as view:
+                sliced = [r.logprobs for r in view.rolling_logprob_batch(texts)]
+        finally:
+            hook.remove()
+    assert seen and max(seen) <= 16
+    assert sum(seen) == sum(len(w) for w in whole) * len(members)  # every view's tokens
+    for a, c in zip(whole, sliced, strict=True):
+        np.testing.assert_allclose(a, c, atol=TOL, rtol=0)

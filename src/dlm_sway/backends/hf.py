@@ -202,6 +202,8 @@ class HFDifferentialBackend:
 
         if self._active is not None:
             raise ViewError(f"cannot swap the adapter while view {self._active!r} is open")
+        if getattr(self, "_sweep", None) is not None:
+            raise ViewError("cannot swap the adapter inside a sweep (it shares the old one's rows)")
         info, problem = hf_swap.swap(
             self.peft_model, self._adapter_info, path, allow_partial=self._allow_partial
         )

@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+#: Positions whose logits exist at once when only each position's target log-prob is
+#: kept (a vocabulary-wide float32 row each: 48 MB for SmolLM2).
+TARGET_SLICE = 256
 #: |Δ logit| allowed between the split and the full forward (same kernels, same order:
 #: in practice 0; anything visible means the model does something after the head).
 PARITY_TOL = 1e-4
@@ -121,5 +124,28 @@ class PositionHead:
         logits = self.head(hidden[rows, cols])
         return list(torch.split(logits, [len(ps) for ps in positions]))
 
+    def target_logprobs(
+        self,
+        ids: torch.Tensor,
+        kwargs: dict[str, Any],
+        positions: Sequence[Sequence[int]],
+        targets: Sequence[Sequence[int]],
+    ) -> list[torch.Tensor]:
+        """Per row, the float32 log-prob of ``targets[row][j]`` at ``positions[row][j]``:
+        the head runs :data:`TARGET_SLICE` positions at a time and keeps one number of
+        each, so a long text never holds its whole vocabulary × length of logits."""
+        hidden = self.body(input_ids=ids, use_cache=False, **kwargs).last_hidden_state
+        index = [(row, p) for row, ps in enumerate(positions) for p in ps]
+        rows = torch.tensor([r for r, _ in index], dtype=torch.long, device=hidden.device)
+        cols = torch.tensor([p for _, p in index], dtype=torch.long, device=hidden.device)
+        flat = [t for ts in targets for t in ts]
+        wanted = torch.tensor(flat, dtype=torch.long, device=hidden.device).unsqueeze(-1)
+        out = torch.empty(len(index), dtype=torch.float32, device=hidden.device)
+        for s in range(0, len(index), TARGET_SLICE):
+            part = slice(s, s + TARGET_SLICE)
+            lp = self.head(hidden[rows[part], cols[part]]).float().log_softmax(dim=-1)
+            out[part] = lp.gather(-1, wanted[part]).squeeze(-1)
+        return list(torch.split(out, [len(ps) for ps in positions]))
 
-__all__ = ["PARITY_TOL", "PositionHead", "fold_head_input", "row_major_strides"]
+
+__all__ = ["PARITY_TOL", "TARGET_SLICE", "PositionHead", "fold_head_input", "row_major_strides"]

@@ -48,8 +48,8 @@ T = TypeVar("T")
 MAX_BATCH_TOKENS = 8192
 #: Padded tokens a chunk of several views' rows may grow to past the batch size: more
 #: rows per matmul run faster, and this bounds what each layer's activations then take
-#: (SmolLM2's MLP: 25 MB a tensor at 4096 tokens; 17 prompts under 5 views need 1870).
-MIX_CHUNK_TOKENS = 4096
+#: (SmolLM2's MLP: 12 MB a tensor at 2048 tokens; 17 prompts under 5 views need 1870).
+MIX_CHUNK_TOKENS = 2048
 #: Rows turned into full dists at a time (their float64 log-softmax is 8·V bytes a row).
 _DIST_ROWS = 16
 #: A tail below this mass is reported as 0.0 ("exists but underflowed").
@@ -113,13 +113,15 @@ def _chunks(
     batch_size: int,
     *,
     widen: int = 1,
+    own_rows: int | None = None,
     logits: Sequence[int] | None = None,
     max_logits: int | None = None,
 ) -> list[list[int]]:
     """Indices grouped by similar length, at most ``batch_size`` and ~MAX_BATCH_TOKENS
     each. Views sharing forwards (``widen`` of them) may fill up to ``widen`` times the
-    rows, past ``batch_size`` only up to MIX_CHUNK_TOKENS, and to ``max_logits`` logit
-    rows (``logits[i]`` per index) when given."""
+    rows, past ``own_rows`` (one view's chunk; default ``batch_size``) only up to
+    MIX_CHUNK_TOKENS, and to ``max_logits`` logit rows (``logits[i]`` each) when given."""
+    own = batch_size if own_rows is None else own_rows
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     chunks: list[list[int]] = []
     current: list[int] = []
@@ -131,7 +133,7 @@ def _chunks(
         if current and (
             n >= batch_size * widen
             or (n + 1) * width > MAX_BATCH_TOKENS
-            or (n >= batch_size and (n + 1) * width > MIX_CHUNK_TOKENS)
+            or (n >= own and (n + 1) * width > MIX_CHUNK_TOKENS)
             or (max_logits is not None and held + more > max_logits)
         ):
             chunks.append(current)
@@ -202,16 +204,21 @@ class HFScorer:
             self._mix, self._widen = None, 1
 
     def _row_chunks(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Chunks of one forward each (wider while views share forwards)."""
-        return _chunks(lengths, self.batch_size, widen=self._widen)
+        """Chunks of one forward each: wider while views share forwards, but past what
+        one view's chunk of these texts would hold only up to MIX_CHUNK_TOKENS (long
+        texts' activations grow with every row)."""
+        own = min(self.batch_size, -(-len(lengths) // self._widen))
+        return _chunks(lengths, self.batch_size, widen=self._widen, own_rows=own)
 
     def _logit_chunks(self, lengths: Sequence[int], wanted: Sequence[int]) -> list[list[int]]:
         """Chunks for ops that keep logits at ``wanted[i]`` positions per text: a mix's
-        wider chunks never hold more logits than one view's chunk of its largest texts
-        (rolling log-probs keep a vocabulary-wide row per token)."""
+        wider chunks never hold more logits than one view's largest chunk of the same
+        texts would (rolling log-probs keep a vocabulary-wide row per token: 12 views'
+        rows of 500-token texts in one chunk would hold 1.6 GB of logits)."""
         if self._widen == 1:
             return _chunks(lengths, self.batch_size)
-        most = self.batch_size * max(wanted, default=1)
+        per_view = -(-len(lengths) // self._widen)
+        most = min(self.batch_size, per_view) * max(wanted, default=1)
         return _chunks(lengths, self.batch_size, widen=self._widen, logits=wanted, max_logits=most)
 
     def _rows(self, items: Sequence[int]) -> None:
@@ -305,6 +312,30 @@ class HFScorer:
             else:
                 full = self.model(input_ids=ids, use_cache=False, **kwargs).logits
                 out = [full[row, list(ps)] for row, ps in enumerate(positions)]
+        self._record(seqs, batched)
+        return out
+
+    def target_logprobs_at(
+        self,
+        seqs: Sequence[Sequence[int]],
+        positions: Sequence[Sequence[int]],
+        *,
+        batched: bool,
+    ) -> list[torch.Tensor]:
+        """Per (right-padded) row, the float32 log-prob of the token after each of
+        ``positions[row]``: :meth:`logits_at` reduced as it goes, so only a slice of
+        positions' logits exists at a time (:meth:`PositionHead.target_logprobs`)."""
+        targets = [[seq[p + 1] for p in ps] for seq, ps in zip(seqs, positions, strict=True)]
+        ids, kwargs = self._inputs(seqs, "right")
+        with torch.inference_mode():
+            if self._split_usable(kwargs, ids):
+                out = self._head.target_logprobs(ids, kwargs, positions, targets)
+            else:
+                full = self.model(input_ids=ids, use_cache=False, **kwargs).logits
+                out = [
+                    _target_logprobs(full[row, list(ps)], tg)
+                    for row, (ps, tg) in enumerate(zip(positions, targets, strict=True))
+                ]
         self._record(seqs, batched)
         return out
 
@@ -404,30 +435,25 @@ class HFScorer:
             seqs.append(full)
             starts.append(start)
         results: list[float] = [0.0] * len(pairs)
-        scored = [len(s) - start for s, start in zip(seqs, starts, strict=True)]
-        for chunk in self._logit_chunks([len(s) for s in seqs], scored):
+        for chunk in self._row_chunks([len(s) for s in seqs]):
             self._rows(chunk)
             wanted = [range(starts[i] - 1, len(seqs[i]) - 1) for i in chunk]
-            rows = self.logits_at([seqs[i] for i in chunk], wanted, batched=batched)
-            with torch.inference_mode():
-                for logits, i in zip(rows, chunk, strict=True):
-                    per_token = _target_logprobs(logits, seqs[i][starts[i] :])
-                    results[i] = float(per_token.double().sum())
+            rows = self.target_logprobs_at([seqs[i] for i in chunk], wanted, batched=batched)
+            for per_token, i in zip(rows, chunk, strict=True):
+                results[i] = float(per_token.double().sum())
         return results
 
     def rollings(self, texts: Sequence[str], *, batched: bool) -> list[RollingLogprob]:
         encoded = [self.encode(t) for t in texts]
         results: list[RollingLogprob] = [_rolling(ids, None) for ids in encoded]
         scorable = [i for i, ids in enumerate(encoded) if len(ids) >= 2]
-        lengths = [len(encoded[i]) for i in scorable]
-        for chunk in self._logit_chunks(lengths, [n - 1 for n in lengths]):
+        for chunk in self._row_chunks([len(encoded[i]) for i in scorable]):
             members = [scorable[c] for c in chunk]
             self._rows(members)
             wanted = [range(0, len(encoded[i]) - 1) for i in members]
-            rows = self.logits_at([encoded[i] for i in members], wanted, batched=batched)
-            with torch.inference_mode():
-                for logits, i in zip(rows, members, strict=True):
-                    results[i] = _rolling(encoded[i], _target_logprobs(logits, encoded[i][1:]))
+            rows = self.target_logprobs_at([encoded[i] for i in members], wanted, batched=batched)
+            for per_token, i in zip(rows, members, strict=True):
+                results[i] = _rolling(encoded[i], per_token)
         return results
 
     def generate_batch(
