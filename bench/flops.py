@@ -132,8 +132,10 @@ class PhaseMeter:
         return None
 
     def wrap(self, scorer: Any) -> None:
-        """Meter both forward paths: last-position dists and logits at chosen positions."""
+        """Meter every forward path: last-position dists, logits at chosen positions, and
+        the log-probs of the tokens after chosen positions."""
         forward, logits_at = scorer.forward, scorer.logits_at
+        target_logprobs_at = scorer.target_logprobs_at
 
         def metered_forward(seqs: Sequence[Sequence[int]], **kwargs: Any) -> Any:
             kept = len(seqs) if kwargs.get("last_only") else sum(len(s) for s in seqs)
@@ -145,8 +147,15 @@ class PhaseMeter:
             kept = sum(len(ps) for ps in positions)
             return self._meter(seqs, kept, lambda: logits_at(seqs, positions, **kwargs))
 
+        def metered_targets(
+            seqs: Sequence[Sequence[int]], positions: Sequence[range], **kwargs: Any
+        ) -> Any:
+            kept = sum(len(ps) for ps in positions)
+            return self._meter(seqs, kept, lambda: target_logprobs_at(seqs, positions, **kwargs))
+
         scorer.forward = metered_forward
         scorer.logits_at = metered_logits_at
+        scorer.target_logprobs_at = metered_targets
 
     def _meter(self, seqs: Sequence[Sequence[int]], kept: int, call: Callable[[], Any]) -> Any:
         t = time.perf_counter()

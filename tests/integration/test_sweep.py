@@ -132,12 +132,43 @@ def test_a_sweep_entered_in_any_view_order_gives_the_same(
     _close(got, own)
 
 
-def test_generation_ends_the_sharing(tiny_assets: Any) -> None:
-    settings = GenerationSettings(4, temperature=0.0, top_p=1.0, seed=0, chat=False)
+GREEDY = GenerationSettings(10, temperature=0.0, top_p=1.0, seed=0, chat=False)
+SAMPLED = GenerationSettings(10, temperature=0.9, top_p=1.0, seed=4, chat=False)
+
+
+def _written(b: HFDifferentialBackend, settings: GenerationSettings) -> dict[int, list[str]]:
+    out = {}
+    for i, m in enumerate(MEMBERS):
+        with _opener(m)(b) as view:
+            out[i] = [g.text for g in view.generate_batch(PROMPTS[:3], settings)]
+    return out
+
+
+@pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_the_first_generation_is_written_for_every_member_as_its_own(
+    tiny_assets: Any, settings: GenerationSettings
+) -> None:
     with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        alone = _written(b, settings)
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        with b.sweep(MEMBERS), views_at(b, "generate_batch") as calls:
+            shared = _written(b, settings)
+        assert calls == []  # one mixed batch wrote them all, outside the views' own path
+    assert shared == alone
+    assert len({tuple(t) for t in alone.values()}) > 2  # the views really write differently
+
+
+def test_generation_ends_the_sharing(tiny_assets: Any) -> None:
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        with b.sweep(BASE_AND_FT), views_at(b, "generate_batch") as calls:
+            for opener in (b.as_finetuned, b.as_base):
+                with opener() as view:
+                    view.generate_batch(["The zebra"], GREEDY)
+                    view.generate_batch(["Bread"], GREEDY)  # the second: each view alone
+        assert calls == ["ft", "base"]
         with b.sweep(BASE_AND_FT), views_at(b, "_record") as forwards:
             with b.as_finetuned() as view:
-                view.generate_batch(["The zebra"], settings)
+                view.generate_batch(["The zebra"], GREEDY)
                 view.next_token_full_batch(PROMPTS)
             with b.as_base() as view:
                 view.next_token_full_batch(PROMPTS)

@@ -433,14 +433,11 @@ class HFDifferentialBackend:
 
         if self._active is not None:
             raise ViewError(f"open a sweep outside views (view {self._active!r} is open)")
-        resolved = self._sweep_members(members)
-        if (
-            resolved is None
-            or self._weight_slots
-            or self._unmixable
-            or not hf_mixed.mixable(self._plain_slots)
-            or hf_mixed.stack_bytes(self._plain_slots, len(resolved[1])) > hf_mixed.MAX_STACK_BYTES
-        ):
+        slots = self._plain_slots
+        plain = not (self._weight_slots or self._unmixable) and hf_mixed.mixable(slots)
+        fits = hf_mixed.stack_bytes(slots, len(members)) <= hf_mixed.MAX_STACK_BYTES
+        resolved = self._sweep_members(members) if plain and fits else None
+        if resolved is None:
             yield
             return
         outer = self._sweep

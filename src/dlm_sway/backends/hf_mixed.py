@@ -79,6 +79,8 @@ class Stack:
             for f in blocks
         ]
         self.groups = list(groups)
+        #: The trained scalings while installed (:func:`installed`).
+        self.scalings: list[float] = []
         #: A NaN or inf in any block would reach every row (0 × inf is NaN): never mixed.
         self.finite = all(bool(torch.isfinite(t).all()) for f in self.blocks for p in f for t in p)
         self.rows: tuple[int, ...] | None = None
@@ -96,14 +98,12 @@ class Stack:
         self.rows = tuple(rows)
         self._masks.clear()
 
-    def use(self, block: int | None) -> None:
-        """Stacked factors (``None``), or one block's own, in every slot (then unmasked)."""
+    def stack_in(self) -> None:
+        """The stacked factors in every slot."""
         for j, slot in enumerate(self.slots):
-            a, b = self._stacked[j] if block is None else self.blocks[block][j]
+            a, b = self._stacked[j]
             _set(slot.layer.lora_A[slot.adapter], a)
             _set(slot.layer.lora_B[slot.adapter], b)
-        if block is not None:
-            self.rows = None
 
     def masked(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """Forward pre-hook of each B: each row keeps its view's share of A·x, the other
@@ -129,6 +129,31 @@ class Stack:
         weights = self._masks[sig]
         return (torch.where(weights != 0, h * weights, torch.zeros_like(h)), *args[1:])
 
+    @contextmanager
+    def own(self, group: int) -> Iterator[None]:
+        """Group ``group``'s own view while open, unmasked: bit for bit that view's
+        forward (its factors at scaling × weight, or the LoRA terms off for the base)."""
+        spec = self.groups[group]
+        off = spec.block is None
+        for j, slot in enumerate(self.slots):
+            if off:
+                slot.layer._disable_adapters = True
+            else:
+                a, b = self.blocks[spec.block][j]  # type: ignore[index]
+                _set(slot.layer.lora_A[slot.adapter], a)
+                _set(slot.layer.lora_B[slot.adapter], b)
+                # As the scaled view computes it: the trained scaling times λ.
+                slot.layer.scaling[slot.adapter] = self.scalings[j] * spec.weight
+        rows, self.rows = self.rows, None
+        try:
+            yield
+        finally:
+            for j, slot in enumerate(self.slots):
+                slot.layer._disable_adapters = False
+                slot.layer.scaling[slot.adapter] = self.scalings[j]
+            self.stack_in()
+            self.rows = rows
+
 
 def _set(linear: Any, weight: torch.Tensor) -> None:
     linear.weight = torch.nn.Parameter(weight, requires_grad=False)
@@ -151,12 +176,13 @@ def installed(stack: Stack, scalings: Sequence[float]) -> Iterator[Stack]:
         for slot in slots
     ]
     hooks: list[Any] = []
+    stack.scalings = list(scalings)
     try:
         for slot, scaling in zip(slots, scalings, strict=True):
             slot.layer.scaling[slot.adapter] = scaling
             slot.layer._disable_adapters = False
             hooks.append(slot.layer.lora_B[slot.adapter].register_forward_pre_hook(stack.masked))
-        stack.use(None)
+        stack.stack_in()
         yield stack
     finally:
         stack.rows = None

@@ -1,16 +1,16 @@
-"""Generate under several null adapters in one batch.
+"""Generate under several views in one batch: K nulls, or a sweep's members.
 
-Calibrating a generation probe decodes the same prompts under each of K nulls, a
-few rows at a time: on CPU a decode step over 3 rows costs nearly what one over 16
-does, so K separate passes mostly read the weights K times. Here the K nulls'
-rows decode together, each null's LoRA factors one block of a stack
-(:mod:`.hf_mixed`).
+Calibrating a generation probe decodes the same prompts under the base, the
+fine-tune and each of K nulls, a few rows at a time: on CPU a decode step over 3
+rows costs nearly what one over 16 does, so separate passes mostly read the
+weights again and again. Here the views' rows decode together, each view's LoRA
+factors one block of a stack (:mod:`.hf_mixed`).
 
-A row's text is the one its null writes alone. Every decision that leads by
-less than the generator's tie margin is re-made on the canonical forward, run
-with that null's own r-wide factors — bit for bit the forward of its null view —
-and every other decision leads by far more than the float jitter that the wider
-matmul and the batch layout bring (:mod:`.hf_generate`).
+A row's text is the one its view writes alone. Every decision that leads by less
+than the generator's tie margin is re-made on the canonical forward, run with that
+view's own state (its r-wide factors and scaling, or no LoRA term for the base) —
+bit for bit its own forward — and every other decision leads by far more than the
+float jitter that the wider matmul and the batch layout bring (:mod:`.hf_generate`).
 """
 
 from __future__ import annotations
@@ -38,11 +38,28 @@ class _MixedGenerator(HFGenerator):
         return self.model(**inputs)
 
     def _canonical(self, row: Row) -> torch.Tensor:
-        self.stack.use(row.group)  # exactly the null view's forward of this row
-        try:
+        with self.stack.own(row.group):  # exactly the row's view's own forward
             return super()._canonical(row)
-        finally:
-            self.stack.use(None)
+
+
+def generate_rows(
+    stack: Stack,
+    scalings: Sequence[float],
+    generator: HFGenerator,
+    prompts: Sequence[str | Conversation],
+    groups: Sequence[int],
+    settings: GenerationSettings,
+) -> list[Generation]:
+    """Prompt ``i`` written by the view of ``stack``'s group ``groups[i]``, every row in
+    the batches of its own text. Batches hold up to twice ``generator``'s batch size (so
+    twice its KV cache): 9 nulls × 3 prompts then decode as one batch, 0.36× the time of
+    one null at a time on SmolLM2 against 0.54× at the plain batch size."""
+    if not stack.finite:
+        raise RuntimeError("a view's LoRA factors hold NaN or inf")
+    with installed(stack, scalings):
+        mixed = _MixedGenerator(generator, stack)
+        mixed.batch_size = 2 * generator.batch_size
+        return mixed.generate(prompts, settings, groups=groups)
 
 
 def generate_mixed(
@@ -53,26 +70,18 @@ def generate_mixed(
     prompts: Sequence[str | Conversation],
     settings: GenerationSettings,
 ) -> list[list[Generation]]:
-    """Per null (one (A, B) per slot, in ``slots`` order), its generations of ``prompts``.
-
-    Batches hold up to twice ``generator``'s batch size (so twice its KV cache): 9
-    nulls × 3 prompts then decode as one batch, 0.36× the time of one null at a time
-    on SmolLM2 against 0.54× at the plain batch size.
-    """
-    groups = [Group(k) for k in range(len(draws))]
-    stack = Stack(slots, draws, groups)
-    if not stack.finite:
-        raise RuntimeError("a null's LoRA factors hold NaN or inf")
-    with installed(stack, scalings):
-        mixed = _MixedGenerator(generator, stack)
-        mixed.batch_size = 2 * generator.batch_size
-        flat = mixed.generate(
-            [p for _ in draws for p in prompts],
-            settings,
-            groups=[k for k in range(len(draws)) for _ in prompts],
-        )
+    """Per null (one (A, B) per slot, in ``slots`` order), its generations of ``prompts``."""
+    stack = Stack(slots, draws, [Group(k) for k in range(len(draws))])
+    flat = generate_rows(
+        stack,
+        scalings,
+        generator,
+        [p for _ in draws for p in prompts],
+        [k for k in range(len(draws)) for _ in prompts],
+        settings,
+    )
     n = len(prompts)
     return [flat[k * n : (k + 1) * n] for k in range(len(draws))]
 
 
-__all__ = ["generate_mixed"]
+__all__ = ["generate_mixed", "generate_rows"]

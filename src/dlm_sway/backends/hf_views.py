@@ -29,7 +29,7 @@ from dlm_sway.backends.hf_few_rows import speed_up_few_rows
 from dlm_sway.backends.hf_generate import HFGenerator
 from dlm_sway.backends.hf_mixed import Stack
 from dlm_sway.backends.hf_positions import PositionHead
-from dlm_sway.backends.hf_sweep import Sweep
+from dlm_sway.backends.hf_sweep import Request, Sweep
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
@@ -545,9 +545,8 @@ class HFView:
 
         compute: Callable[[list[int]], list[T]] = direct
         if self._sweep is not None:
-            compute = self._sweep.share(
-                self.cache_ns, instr, op, keys, top_k, items, score, compute
-            )
+            req = Request(instr, op, keys, top_k, items, score)
+            compute = self._sweep.share(self.cache_ns, req, compute)
         disk = base_cache.for_scorer(self._scorer) if self.cache_ns == base_cache.BASE_NS else None
         if disk is not None:
             miss = compute
@@ -655,19 +654,28 @@ class HFView:
     def generate_batch(
         self, prompts: Sequence[str | Conversation], settings: GenerationSettings
     ) -> list[Generation]:
-        """Cached per (view, prompt, settings) for the run, like every score. Ends the
-        open sweep's sharing: what follows may carry this view's own text."""
+        """Cached per (view, prompt, settings) for the run, like every score. An open
+        sweep's first generation is written for all its members at once; it ends the
+        sweep's sharing (what follows may carry this view's own text)."""
         scorer = self._check()
-        if self._sweep is not None:
-            self._sweep.live = False
         prompts = list(prompts)
-        return scorer.instr.cached_batch(
-            "generate:" + repr(settings),
-            self.cache_ns,
-            [prompt_cache_key(p) for p in prompts],
-            0,
-            lambda idx: scorer.generate_batch([prompts[i] for i in idx], settings),
-        )
+        op, keys = "generate:" + repr(settings), [prompt_cache_key(p) for p in prompts]
+
+        def write(items: list[str | Conversation]) -> list[Generation]:
+            return scorer.generate_batch(items, settings)
+
+        def direct(idx: list[int]) -> list[Generation]:
+            return write([prompts[i] for i in idx])
+
+        compute: Callable[[list[int]], list[Generation]] = direct
+        if self._sweep is not None:
+            req = Request(scorer.instr, op, keys, 0, prompts, write, settings)
+            compute = self._sweep.share(self.cache_ns, req, compute)
+        try:
+            return scorer.instr.cached_batch(op, self.cache_ns, keys, 0, compute)
+        finally:
+            if self._sweep is not None:
+                self._sweep.live = False
 
     def generate(
         self,

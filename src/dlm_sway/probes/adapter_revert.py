@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import GeneratedSample, ProbeResult, Verdict
-from dlm_sway.core.scoring import GenerationSettings
+from dlm_sway.core.scoring import BASE_AND_FT, GenerationSettings, shared_forwards
 from dlm_sway.core.sections import Document
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes import _embed
@@ -191,10 +191,11 @@ class AdapterRevertProbe(Probe):
             ]
             asks = [r for _, _, rs in cases for r in rs]
             own = [p for p, g, _ in cases if not g.strip()]  # targets the fine-tune writes
-            with backend.as_base() as view:
-                base_out = write(view, asks, settings, probe=self.kind)
-            with backend.as_finetuned() as view:
-                ft_out = write(view, asks + own, settings, probe=self.kind)
+            with shared_forwards(backend, BASE_AND_FT):
+                with backend.as_base() as view:
+                    base_out = write(view, asks, settings, probe=self.kind)
+                with backend.as_finetuned() as view:
+                    ft_out = write(view, asks + own, settings, probe=self.kind)
         except CannotGenerateError as exc:
             return bare_result(spec, Verdict.SKIP, str(exc))
         except _embed.EmbedderUnavailableError as exc:

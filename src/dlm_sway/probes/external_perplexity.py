@@ -33,6 +33,7 @@ from pydantic import Field
 
 from dlm_sway.core.judge import judge_harm
 from dlm_sway.core.result import Direction, ProbeResult, Verdict
+from dlm_sway.core.scoring import BASE_AND_FT, shared_forwards
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.data import MIN_CHUNK_CHARS, load_general_corpus_chunks
 from dlm_sway.probes._fields import Nats, ZBar
@@ -70,10 +71,11 @@ class ExternalPerplexityProbe(Probe):
         texts = load_general_corpus_chunks(spec.chunks, spec.chunk_chars)
         if not texts:
             return self._error(spec, "the packaged corpus gave no chunks")
-        with ctx.backend.as_base() as view:
-            base = rollings(view, texts)
-        with ctx.backend.as_finetuned() as view:
-            ft = rollings(view, texts)
+        with shared_forwards(ctx.backend, BASE_AND_FT):
+            with ctx.backend.as_base() as view:
+                base = rollings(view, texts)
+            with ctx.backend.as_finetuned() as view:
+                ft = rollings(view, texts)
 
         per_chunk: list[float] = []
         tokens: list[int] = []

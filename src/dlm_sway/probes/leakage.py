@@ -48,7 +48,7 @@ from dlm_sway.core.result import (
     ProbeResult,
     Verdict,
 )
-from dlm_sway.core.scoring import GenerationSettings
+from dlm_sway.core.scoring import BASE_AND_FT, GenerationSettings, shared_forwards
 from dlm_sway.core.sections import Document, SectionKind
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._fields import Fraction, ZBar
@@ -189,10 +189,11 @@ class LeakageProbe(Probe):
         settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, chat=False)
         backend = ctx.require_backend
         try:
-            with backend.as_base() as view:
-                base_text = write(view, prompts, settings, probe=self.kind)
-            with backend.as_finetuned() as view:
-                ft_text = write(view, prompts, settings, probe=self.kind)
+            with shared_forwards(backend, BASE_AND_FT):
+                with backend.as_base() as view:
+                    base_text = write(view, prompts, settings, probe=self.kind)
+                with backend.as_finetuned() as view:
+                    ft_text = write(view, prompts, settings, probe=self.kind)
         except CannotGenerateError as exc:
             return bare_result(spec, Verdict.SKIP, str(exc))
         base = [

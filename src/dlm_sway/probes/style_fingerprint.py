@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import GeneratedSample, ProbeResult, Verdict
-from dlm_sway.core.scoring import GenerationSettings
+from dlm_sway.core.scoring import BASE_AND_FT, GenerationSettings, shared_forwards
 from dlm_sway.core.sections import Document
 from dlm_sway.probes import _stylometry as sty
 from dlm_sway.probes._fields import Fraction, ZBar
@@ -152,10 +152,11 @@ class StyleFingerprintProbe(Probe):
         ]
         backend = ctx.require_backend
         try:
-            with backend.as_base() as view:
-                base = [t for s in settings for t in write(view, prompts, s, probe=self.kind)]
-            with backend.as_finetuned() as view:
-                ft = [t for s in settings for t in write(view, prompts, s, probe=self.kind)]
+            with shared_forwards(backend, BASE_AND_FT):
+                with backend.as_base() as view:
+                    base = [t for s in settings for t in write(view, prompts, s, probe=self.kind)]
+                with backend.as_finetuned() as view:
+                    ft = [t for s in settings for t in write(view, prompts, s, probe=self.kind)]
         except CannotGenerateError as exc:
             return bare_result(spec, Verdict.SKIP, str(exc))
         return self._judge(spec, ctx, prompts, base, ft, _reference(spec, ctx))

@@ -37,7 +37,13 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from dlm_sway.core.judge import Judgement, judge_harm
 from dlm_sway.core.result import Direction, GeneratedSample, ProbeResult, Verdict
-from dlm_sway.core.scoring import ChatTurn, Conversation, GenerationSettings
+from dlm_sway.core.scoring import (
+    BASE_AND_FT,
+    ChatTurn,
+    Conversation,
+    GenerationSettings,
+    shared_forwards,
+)
 from dlm_sway.core.stats import bootstrap_ci
 from dlm_sway.probes._fields import STRICT, NonBlank, ZBar
 from dlm_sway.probes._textgen import CannotGenerateError, write
@@ -197,10 +203,11 @@ class ToolUseFidelityProbe(Probe):
         prompts = [c.prompt_turns() for c in spec.cases]
         settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, chat=spec.chat)
         try:
-            with backend.as_base() as view:
-                base_text = write(view, prompts, settings, probe=self.kind)
-            with backend.as_finetuned() as view:
-                ft_text = write(view, prompts, settings, probe=self.kind)
+            with shared_forwards(backend, BASE_AND_FT):
+                with backend.as_base() as view:
+                    base_text = write(view, prompts, settings, probe=self.kind)
+                with backend.as_finetuned() as view:
+                    ft_text = write(view, prompts, settings, probe=self.kind)
         except CannotGenerateError as exc:
             return bare_result(spec, Verdict.SKIP, str(exc))
         base = [check_answer(t, c.schema_dict) for t, c in zip(base_text, spec.cases, strict=True)]
