@@ -38,11 +38,11 @@ def _backend(args: argparse.Namespace) -> Any:
 
 
 def _texts(backend: Any, nulls: list[Any], settings: Any) -> dict[int, list[str]]:
+    from dlm_sway.core.scoring import open_null
+
     out = {}
     for d in nulls:
-        with backend.as_null_adapter(
-            d.seed, init_scale=d.init_scale, rank_scale=d.rank_scale, construction=d.construction
-        ) as view:
+        with open_null(backend, d) as view:
             out[d.seed] = [g.text for g in view.generate_batch(PROMPTS, settings)]
     return out
 

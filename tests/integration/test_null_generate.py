@@ -13,7 +13,7 @@ from spies import hf_entry, run_spied, views_at
 
 from dlm_sway.backends import hf_mixed, hf_null_generate
 from dlm_sway.backends.hf import HFDifferentialBackend
-from dlm_sway.core.scoring import GenerationSettings, NullDraw
+from dlm_sway.core.scoring import GenerationSettings, NullDraw, open_null
 from dlm_sway.suite.loader import from_dict
 
 pytestmark = pytest.mark.hf
@@ -27,9 +27,7 @@ SAMPLED = GenerationSettings(12, temperature=0.8, top_p=0.9, seed=3, chat=False)
 def _texts(backend: HFDifferentialBackend, settings: GenerationSettings) -> dict[int, list[str]]:
     out = {}
     for d in NULLS:
-        with backend.as_null_adapter(
-            d.seed, init_scale=d.init_scale, rank_scale=d.rank_scale, construction=d.construction
-        ) as view:
+        with open_null(backend, d) as view:
             out[d.seed] = [g.text for g in view.generate_batch(PROMPTS, settings)]
     return out
 

@@ -5,8 +5,7 @@ is left exactly as it was, and what cannot share scores as before."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from dlm_sway.core.scoring import (
     NullDraw,
     ScoringSweep,
     SweepMember,
+    open_view,
 )
 
 pytestmark = pytest.mark.hf
@@ -32,23 +32,6 @@ TEXTS = ["The cat sat on the mat and slept.", "Fresh bread", "A long time ago in
 NULLS = [NullDraw(seed, 0.02, 1.0, "norm_matched") for seed in (5, 6)]
 #: |Δ log p| allowed between a shared and an own forward (fp32 jitter is ~1e-6 here).
 TOL = 1e-4
-
-Opener = Callable[[HFDifferentialBackend], AbstractContextManager[Any]]
-
-
-def _opener(member: SweepMember) -> Opener:
-    if member.kind == "base":
-        return lambda b: b.as_base()
-    if member.kind == "finetuned":
-        return lambda b: b.as_finetuned()
-    if member.kind == "scaled":
-        return lambda b: b.as_scaled_adapter(member.lam)
-    assert member.null is not None
-    d = member.null
-    return lambda b: b.as_null_adapter(
-        d.seed, init_scale=d.init_scale, rank_scale=d.rank_scale, construction=d.construction
-    )
-
 
 MEMBERS = [
     *BASE_AND_FT,
@@ -71,7 +54,7 @@ def _everything(view: Any) -> list[np.ndarray[Any, Any]]:
 def _scores(backend: HFDifferentialBackend, members: Sequence[SweepMember]) -> dict[int, Any]:
     out = {}
     for i, m in enumerate(members):
-        with _opener(m)(backend) as view:
+        with open_view(backend, m) as view:
             out[i] = _everything(view)
     return out
 
@@ -139,7 +122,7 @@ SAMPLED = GenerationSettings(10, temperature=0.9, top_p=1.0, seed=4, chat=False)
 def _written(b: HFDifferentialBackend, settings: GenerationSettings) -> dict[int, list[str]]:
     out = {}
     for i, m in enumerate(MEMBERS):
-        with _opener(m)(b) as view:
+        with open_view(b, m) as view:
             out[i] = [g.text for g in view.generate_batch(PROMPTS[:3], settings)]
     return out
 

@@ -561,6 +561,38 @@ class ScoringSweep(Protocol):
     def sweep(self, members: Sequence[SweepMember]) -> AbstractContextManager[None]: ...
 
 
+def open_null(
+    backend: NullCalibratedBackend, draw: NullDraw
+) -> AbstractContextManager[ScoringModel]:
+    """The null view ``draw`` names; ``construction=`` only to a backend that declares it
+    (:class:`ConstructedNullBackend`), seed-contract backends are called as the seed does."""
+    if isinstance(backend, ConstructedNullBackend):
+        return backend.as_null_adapter(
+            draw.seed,
+            init_scale=draw.init_scale,
+            rank_scale=draw.rank_scale,
+            construction=draw.construction,
+        )
+    return backend.as_null_adapter(
+        draw.seed, init_scale=draw.init_scale, rank_scale=draw.rank_scale
+    )
+
+
+def open_view(
+    backend: DifferentialBackend, member: SweepMember
+) -> AbstractContextManager[ScoringModel]:
+    """The view ``member`` names on ``backend``; TypeError if the backend has no such view."""
+    if member.kind == "base":
+        return backend.as_base()
+    if member.kind == "finetuned":
+        return backend.as_finetuned()
+    if member.kind == "scaled" and isinstance(backend, ScalableDifferentialBackend):
+        return backend.as_scaled_adapter(member.lam)
+    if member.null is not None and isinstance(backend, NullCalibratedBackend):
+        return open_null(backend, member.null)
+    raise TypeError(f"{type(backend).__name__} has no {member.kind} view")
+
+
 def shared_forwards(
     backend: object, members: Sequence[SweepMember]
 ) -> AbstractContextManager[None]:
@@ -571,4 +603,11 @@ def shared_forwards(
 #: The two views every differential probe asks the same requests.
 BASE_AND_FT = (SweepMember.base(), SweepMember.finetuned())
 
-__all__ += ["BASE_AND_FT", "ScoringSweep", "SweepMember", "shared_forwards"]
+__all__ += [
+    "BASE_AND_FT",
+    "ScoringSweep",
+    "SweepMember",
+    "open_null",
+    "open_view",
+    "shared_forwards",
+]

@@ -25,6 +25,7 @@ from dlm_sway.core.scoring import (
     NullConstruction,
     NullDraw,
     ScoringModel,
+    open_null,
 )
 
 #: The construction every seed-contract backend draws (fixed-std LoRA init noise).
@@ -81,19 +82,7 @@ class NullCalibrationBackendProxy:
 
     @contextmanager
     def as_finetuned(self) -> Iterator[ScoringModel]:
-        inner = self._inner
-        if isinstance(inner, ConstructedNullBackend):
-            opened = inner.as_null_adapter(
-                self._seed,
-                init_scale=self._init_scale,
-                rank_scale=self._rank_scale,
-                construction=self._construction,
-            )
-        else:  # the seed contract: no construction keyword
-            opened = inner.as_null_adapter(
-                self._seed, init_scale=self._init_scale, rank_scale=self._rank_scale
-            )
-        with opened as view:
+        with open_null(self._inner, self.draw(self._seed)) as view:
             self.ft_view_ids.add(view.id)
             yield view
 

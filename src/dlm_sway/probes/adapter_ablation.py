@@ -35,6 +35,7 @@ from dlm_sway.core.scoring import (
     ScalableDifferentialBackend,
     SweepMember,
     TokenDist,
+    open_view,
     shared_forwards,
 )
 from dlm_sway.core.stats import r_squared
@@ -239,14 +240,7 @@ class AdapterAblationProbe(Probe):
         backend: ScalableDifferentialBackend, lam: float, prompts: list[str], top_k: int
     ) -> list[TokenDist]:
         """λ=0 and λ=1 reuse the base / fine-tuned views (identical by construction, cached)."""
-        opener = (
-            backend.as_base()
-            if lam == 0.0
-            else backend.as_finetuned()
-            if lam == 1.0
-            else backend.as_scaled_adapter(lam)
-        )
-        with opener as view:
+        with open_view(backend, _member(lam)) as view:
             return dists(view, prompts, top_k)
 
 
