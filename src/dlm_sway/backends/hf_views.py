@@ -30,6 +30,7 @@ from dlm_sway.backends.hf_generate import HFGenerator
 from dlm_sway.backends.hf_mixed import Stack
 from dlm_sway.backends.hf_positions import PositionHead
 from dlm_sway.backends.hf_sweep import Request, Sweep
+from dlm_sway.backends.hf_trunks import Trunk, TrunkUnsupportedError, find_trunks, last_logits
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
@@ -187,6 +188,10 @@ class HFScorer:
         self._logits_to_keep = "logits_to_keep" in forward_params
         # Left padding needs explicit positions; a model that takes none gets the default.
         self._position_ids = "position_ids" in forward_params
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name still warns).
+        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
+        #: Whether shared leading runs may be computed once (:mod:`.hf_trunks`).
+        self._trunks_ok = self._logits_to_keep and self._position_ids
         self._head = PositionHead(model)
         speed_up_few_rows(model)  # decode steps and one-prompt forwards (fp32 on CPU)
         #: While views share forwards (:mod:`.hf_sweep`): the stack and each item's group.
@@ -388,24 +393,27 @@ class HFScorer:
                     "no BOS token: there is no position to predict from",
                 )
         results: list[TokenDist | None] = [None] * len(prompts)
-        hosts = self._hosts(encoded)
-        if all(h == i for i, h in enumerate(hosts)):
-            for chunk in self._row_chunks([len(e) for e in encoded]):
-                self._rows(chunk)
-                logits = self.forward(
-                    [encoded[i] for i in chunk], side="left", last_only=True, batched=batched
-                )
-                with torch.inference_mode():
-                    for i, dist in zip(chunk, to_dists(logits[:, -1, :]), strict=True):
-                        results[i] = dist
-            return [r for r in results if r is not None]
         # Some prompts are token prefixes of others (a dialogue scored turn by turn): a
         # causal LM's logits at a prefix's last position are that prefix's next-token
         # logits, so one forward per longest text serves all of them.
         guests: dict[int, list[int]] = {}
-        for i, host in enumerate(hosts):
+        for i, host in enumerate(self._hosts(encoded)):
             guests.setdefault(host, []).append(i)
-        tops = list(guests)
+        # Texts that only open alike (padding before each prompt) share that opening.
+        alone = [h for h, g in guests.items() if g == [h]]
+        done = self._trunk_rows(encoded, alone, to_dists, results, batched)
+        tops = [h for h in guests if h not in done]
+        if all(guests[h] == [h] for h in tops):
+            for chunk in self._row_chunks([len(encoded[h]) for h in tops]):
+                items = [tops[c] for c in chunk]
+                self._rows(items)
+                logits = self.forward(
+                    [encoded[i] for i in items], side="left", last_only=True, batched=batched
+                )
+                with torch.inference_mode():
+                    for i, dist in zip(items, to_dists(logits[:, -1, :]), strict=True):
+                        results[i] = dist
+            return [r for r in results if r is not None]
         sizes = [len(guests[h]) for h in tops]
         for chunk in self._logit_chunks([len(encoded[h]) for h in tops], sizes):
             members = [tops[c] for c in chunk]
@@ -418,6 +426,45 @@ class HFScorer:
             for i, dist in zip(flat, dists, strict=True):
                 results[i] = dist
         return [r for r in results if r is not None]
+
+    def _trunk_rows(
+        self,
+        encoded: Sequence[Sequence[int]],
+        items: Sequence[int],
+        to_dists: Callable[[torch.Tensor], list[TokenDist]],
+        results: list[TokenDist | None],
+        batched: bool,
+    ) -> set[int]:
+        """Fill ``results`` for those of ``items`` that open with a long run shared with
+        others (the run is computed once, :mod:`.hf_trunks`); returns the ones filled."""
+        done: set[int] = set()
+        if not self._trunks_ok or len(items) < 2:
+            return done
+        groups = self._mix[1] if self._mix is not None else None
+        trunks = find_trunks(
+            [encoded[i] for i in items], None if groups is None else [groups[i] for i in items]
+        )
+        if not trunks:
+            return done
+        trunks = [Trunk(t.length, tuple(items[m] for m in t.members)) for t in trunks]
+        try:
+            with torch.inference_mode():
+                for rows, logits in last_logits(
+                    self.model,
+                    encoded,
+                    trunks,
+                    pad_id=self.pad_id,
+                    device=self.device,
+                    cache_kw=self._cache_kw,
+                    rows=self._rows,
+                    record=lambda seqs: self._record(seqs, batched),
+                ):
+                    for i, dist in zip(rows, to_dists(logits), strict=True):
+                        results[i] = dist
+                        done.add(i)
+        except TrunkUnsupportedError:
+            self._trunks_ok = False  # this model scores whole texts from now on
+        return done
 
     def logprobs_of(self, pairs: Sequence[tuple[str, str]], *, batched: bool) -> list[float]:
         seqs: list[list[int]] = []
