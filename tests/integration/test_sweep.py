@@ -17,12 +17,15 @@ from dlm_sway.backends.hf import HFDifferentialBackend
 from dlm_sway.core.errors import ViewError
 from dlm_sway.core.scoring import (
     BASE_AND_FT,
+    BASE_ONLY,
     GenerationSettings,
     NullDraw,
     ScoringSweep,
     SweepMember,
     open_view,
+    shared_forwards,
 )
+from dlm_sway.probes._null_proxy import NullCalibrationBackendProxy
 
 pytestmark = pytest.mark.hf
 
@@ -156,6 +159,37 @@ def test_generation_ends_the_sharing(tiny_assets: Any) -> None:
             with b.as_base() as view:
                 view.next_token_full_batch(PROMPTS)
         assert "base" in forwards  # the base scored its own prompts
+
+
+def test_a_block_only_the_base_asks_in_pauses_the_sweep(tiny_assets: Any) -> None:
+    """Rewordings only the base writes are decoded for the base alone, and the sweep's
+    shared generation is still there for what every member asks afterwards."""
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        with b.sweep(MEMBERS), views_at(b, "generate_batch") as calls:
+            with shared_forwards(b, BASE_ONLY), b.as_base() as view:
+                view.generate_batch(["Bread"], GREEDY)
+            for m in MEMBERS:  # the first shared generation: one mixed batch for all
+                with open_view(b, m) as view:
+                    view.generate_batch(["The zebra"], GREEDY)
+            with b.as_finetuned() as view:
+                view.generate_batch(["Bread"], GREEDY)  # never decoded for it: its own now
+        assert calls == ["base", "ft"]
+
+
+def test_a_calibrating_probes_own_sweeps_keep_or_pause_the_null_adapters(
+    tiny_assets: Any,
+) -> None:
+    """Under the null proxy a probe's base-and-fine-tune block keeps the enclosing sweep
+    (it holds every null); a base-only block pauses it."""
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        proxy = NullCalibrationBackendProxy(b, seed=5, construction="norm_matched")
+        with b.sweep(MEMBERS):
+            outer = b._sweep
+            with shared_forwards(proxy, BASE_AND_FT):
+                assert b._sweep is outer
+            with shared_forwards(proxy, BASE_ONLY):
+                assert b._sweep is None
+            assert b._sweep is outer
 
 
 def test_base_rows_go_to_the_disk_base_cache(

@@ -427,7 +427,9 @@ class HFDifferentialBackend:
     def sweep(self, members: Sequence[SweepMember]) -> Iterator[None]:
         """Members' identical requests share forwards while open (``ScoringSweep``,
         :mod:`.hf_sweep`). Plain LoRA only; DoRA and ``modules_to_save`` views, and
-        more views than :data:`.hf_mixed.MAX_STACK_BYTES` holds, score as usual."""
+        more views than :data:`.hf_mixed.MAX_STACK_BYTES` holds, score as usual. The
+        innermost block names who asks: one with fewer than two views pauses any
+        enclosing sweep (rewordings only the base writes are not decoded for K nulls)."""
         from dlm_sway.backends import hf_mixed
         from dlm_sway.backends.hf_sweep import Sweep
 
@@ -437,10 +439,14 @@ class HFDifferentialBackend:
         plain = not (self._weight_slots or self._unmixable) and hf_mixed.mixable(slots)
         fits = hf_mixed.stack_bytes(slots, len(members)) <= hf_mixed.MAX_STACK_BYTES
         resolved = self._sweep_members(members) if plain and fits else None
-        if resolved is None:
-            yield
-            return
         outer = self._sweep
+        if resolved is None:
+            self._sweep = None
+            try:
+                yield
+            finally:
+                self._sweep = outer
+            return
         self._sweep = Sweep(
             self._live_scorer(), self._plain_slots, self._scalings, resolved[0], resolved[1]
         )

@@ -556,6 +556,8 @@ class ScoringSweep(Protocol):
     its rows, it never changes a result. Results equal each view's own forward
     within the batch-layout jitter the noise floor measures. Generated text is
     view-specific, so a generation inside the block ends the sharing for its rest.
+    The innermost block names who asks: one naming a single view (:data:`BASE_ONLY`)
+    pauses an enclosing sweep, so work only that view needs is not done for all.
     """
 
     def sweep(self, members: Sequence[SweepMember]) -> AbstractContextManager[None]: ...
@@ -602,9 +604,12 @@ def shared_forwards(
 
 #: The two views every differential probe asks the same requests.
 BASE_AND_FT = (SweepMember.base(), SweepMember.finetuned())
+#: A block only the base asks in (it writes rewordings): an enclosing sweep pauses.
+BASE_ONLY = (SweepMember.base(),)
 
 __all__ += [
     "BASE_AND_FT",
+    "BASE_ONLY",
     "ScoringSweep",
     "SweepMember",
     "open_null",

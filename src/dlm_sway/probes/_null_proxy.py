@@ -5,8 +5,9 @@ would this probe report if the fine-tune were structural noise?" — the
 denominator of every z-score. ``as_base()`` is the real base; ``as_finetuned()``
 is the inner backend's null view at one fixed seed, so re-entering it yields
 the same null. The proxy deliberately implements only
-:class:`~dlm_sway.core.scoring.DifferentialBackend`: no scaling (ablation on a
-null is meaningless) and no null views (calibration must not recurse).
+:class:`~dlm_sway.core.scoring.DifferentialBackend` and ``sweep``: no scaling
+(ablation on a null is meaningless) and no null views (calibration must not
+recurse).
 
 Backends written to the seed contract (``as_null_adapter(seed, *, init_scale,
 rank_scale)``) are called exactly that way; ``construction=`` goes only to a
@@ -15,8 +16,8 @@ rank_scale)``) are called exactly that way; ``construction=`` goes only to a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from dlm_sway.core.errors import SwayError
 from dlm_sway.core.scoring import (
@@ -25,7 +26,9 @@ from dlm_sway.core.scoring import (
     NullConstruction,
     NullDraw,
     ScoringModel,
+    SweepMember,
     open_null,
+    shared_forwards,
 )
 
 #: The construction every seed-contract backend draws (fixed-std LoRA init noise).
@@ -85,6 +88,14 @@ class NullCalibrationBackendProxy:
         with open_null(self._inner, self.draw(self._seed)) as view:
             self.ft_view_ids.add(view.id)
             yield view
+
+    def sweep(self, members: Sequence[SweepMember]) -> AbstractContextManager[None]:
+        """A probe's own sweep, seen from inside calibration: the null_adapter's sweep
+        already holds the base, the fine-tune and every null, so a block of two views
+        keeps it; a block only one view asks in pauses it (:data:`BASE_ONLY`)."""
+        if len({m.kind for m in members}) > 1:
+            return nullcontext()
+        return shared_forwards(self._inner, members)
 
 
 def _unsupported(

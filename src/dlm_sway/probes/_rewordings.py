@@ -28,7 +28,14 @@ from typing import Literal
 
 import numpy as np
 
-from dlm_sway.core.scoring import ChatTurn, DifferentialBackend, GenerationSettings, ScoringModel
+from dlm_sway.core.scoring import (
+    BASE_ONLY,
+    ChatTurn,
+    DifferentialBackend,
+    GenerationSettings,
+    ScoringModel,
+    shared_forwards,
+)
 from dlm_sway.core.sections import Section
 from dlm_sway.probes import _embed
 from dlm_sway.probes._textgen import CannotGenerateError, write
@@ -218,7 +225,7 @@ def gather(
                 continue
             asked = list(dict.fromkeys(prompts[i] for i in need))
             try:
-                with backend.as_base() as view:
+                with shared_forwards(backend, BASE_ONLY), backend.as_base() as view:
                     made = from_base_model(
                         view,
                         asked,
