@@ -323,9 +323,18 @@ def _cache_of(out: Any) -> Any:
 
 
 def _length_chunks(rows: list[Row], batch_size: int) -> list[list[Row]]:
-    """Rows sorted by prompt length (little padding), at most ``batch_size`` per chunk."""
+    """Rows sorted by prompt length (little padding), about ``batch_size`` per chunk.
+
+    A last chunk under half the batch size is spread over the others instead (each
+    then holds at most 1.5× the batch size): a decode step costs nearly as much at 4
+    rows as at 16 on CPU, so 36 rows run faster as one chunk than as 32 + 4.
+    """
     ordered = sorted(rows, key=lambda r: len(r.prompt_ids))
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    count = -(-len(ordered) // batch_size)
+    if count > 1 and len(ordered) - (count - 1) * batch_size < batch_size / 2:
+        count -= 1
+    size = max(1, -(-len(ordered) // max(count, 1)))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 __all__ = [

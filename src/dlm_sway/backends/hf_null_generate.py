@@ -51,9 +51,10 @@ def generate_rows(
     settings: GenerationSettings,
 ) -> list[Generation]:
     """Prompt ``i`` written by the view of ``stack``'s group ``groups[i]``, every row in
-    the batches of its own text. Batches hold up to twice ``generator``'s batch size (so
-    twice its KV cache): 9 nulls × 3 prompts then decode as one batch, 0.36× the time of
-    one null at a time on SmolLM2 against 0.54× at the plain batch size."""
+    the batches of its own text. Batches hold about twice ``generator``'s batch size (at
+    most three times, and so its KV cache): 9 nulls × 3 prompts then decode as one
+    batch, 0.36× the time of one null at a time on SmolLM2 against 0.54× at the plain
+    batch size."""
     if not stack.finite:
         raise RuntimeError("a view's LoRA factors hold NaN or inf")
     with installed(stack, scalings):
