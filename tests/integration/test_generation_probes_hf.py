@@ -87,6 +87,28 @@ def test_multi_turn_rollout_on_plain_text_is_deterministic(hf_backend: Any) -> N
     assert a.evidence["rendering"] == "plain text"  # the tiny tokenizer has no chat template
 
 
+def test_multi_turn_scores_the_dialogue_under_both_views_in_shared_forwards(
+    fresh_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fine-tune writes the dialogue alone; its contexts are then scored for the base
+    and the fine-tune in the same forwards (the base's rows ride along)."""
+    from spies import views_at
+
+    monkeypatch.setenv("SWAY_DISABLE_BASE_CACHE", "1")
+    entry = {
+        "name": "mt",
+        "kind": "multi_turn_coherence_decay",
+        "prompts": PROMPTS,
+        "max_turns": 2,
+        "max_new_tokens": 6,
+        "assert_mean_gte": 0.0,
+    }
+    with views_at(fresh_backend, "_record") as forwards:
+        r = MultiTurnCoherenceDecayProbe().run(_spec(entry), RunContext(backend=fresh_backend))
+    assert r.verdict in (Verdict.PASS, Verdict.FAIL), r.message
+    assert forwards and set(forwards) == {"ft"}
+
+
 def test_paraphrase_rewordings_on_the_real_backend(hf_backend: Any) -> None:
     framed = [
         {"prompt": p, "gold": " sings quietly", "paraphrases": ["Please continue: " + p]}

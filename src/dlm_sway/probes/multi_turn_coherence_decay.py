@@ -49,11 +49,13 @@ from dlm_sway.core.divergence import DivergenceKind, divergence
 from dlm_sway.core.judge import Check
 from dlm_sway.core.result import ProbeResult, Verdict
 from dlm_sway.core.scoring import (
+    BASE_AND_FT,
     ChatTurn,
     Conversation,
     GenerationSettings,
     ScoringModel,
     plain_text,
+    shared_forwards,
 )
 from dlm_sway.core.sections import Document
 from dlm_sway.probes._dists import dists
@@ -265,12 +267,15 @@ class MultiTurnCoherenceDecayProbe(Probe):
         try:
             with backend.as_finetuned() as view:
                 roll = rollout(view, spec, prompts, ctx.seed)
-                flat = [c for per in roll.contexts for turn in per for c in turn]
-                ft = dists(view, flat, top_k)
         except CannotGenerateError as exc:
             return bare_result(spec, Verdict.SKIP, str(exc))
-        with backend.as_base() as view:
-            base = dists(view, flat, top_k)
+        flat = [c for per in roll.contexts for turn in per for c in turn]
+        # Written first: a sweep's generation would end its sharing before the scores.
+        with shared_forwards(backend, BASE_AND_FT):
+            with backend.as_finetuned() as view:
+                ft = dists(view, flat, top_k)
+            with backend.as_base() as view:
+                base = dists(view, flat, top_k)
         values = iter(divergence(b, f, spec.divergence) for b, f in zip(base, ft, strict=True))
         per_prompt = np.array(
             [
