@@ -94,3 +94,32 @@ def test_phase_meter_times_each_phase_apart() -> None:
     assert [p.name for p in meter.phases] == ["load", "preflight", "probe"]
     assert meter.phases[0].wall_s == 1.5  # the load was timed by the caller
     assert all(0.0 <= p.wall_s < 1.0 for p in meter.phases[1:])
+
+
+def test_the_old_autogen_suite_loses_only_what_the_new_code_refuses(tmp_path: Path) -> None:
+    """An old-style suite with a preference_flip entry the document cannot feed (2 triples,
+    3 needed): that entry and its calibration go, everything else stays, paths resolve."""
+    old = tmp_path / "old"
+    old.mkdir()
+    spec = {
+        "version": 1,
+        "dlm_source": str(race.DOCUMENT),
+        "models": {"ft": {"kind": "hf", "base": race.BASE, "adapter": str(race.ADAPTER)}},
+        "suite": [
+            {
+                "name": "null_baseline",
+                "kind": "null_adapter",
+                "runs": 10,
+                "calibrate_kinds": ["delta_kl", "preference_flip"],
+            },
+            {"name": "topic_shift", "kind": "delta_kl", "prompts": ["The Guild dates from the"]},
+            {"name": "preferences", "kind": "preference_flip"},
+        ],
+    }
+    (old / "autogen.yaml").write_text(race.yaml.safe_dump(spec), encoding="utf-8")
+    out, dropped = race.shared_autogen_spec(old / "autogen.yaml", race.ROOT, old)
+    kept = race.yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert [e["name"] for e in kept["suite"]] == ["null_baseline", "topic_shift"]
+    assert kept["suite"][0]["calibrate_kinds"] == ["delta_kl"]
+    assert len(dropped) == 1 and dropped[0].startswith("preferences (preference_flip): ")
+    assert "min_triples_for_decision" in dropped[0]
