@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from spies import views_at
 
-from dlm_sway.backends import hf_trunks
+from dlm_sway.backends import hf_views
 from dlm_sway.backends.hf import HFDifferentialBackend
-from dlm_sway.backends.hf_trunks import MIN_TRUNK, Trunk, find_trunks
+from dlm_sway.backends.hf_trunks import MAX_PACKED_TOKENS, MIN_TRUNK, Trunk, find_trunks, pack
 from dlm_sway.core.scoring import BASE_AND_FT, NullDraw, SweepMember, open_view
 
 pytestmark = pytest.mark.hf
@@ -100,6 +101,7 @@ def test_shared_openings_keep_each_texts_own_dist(tiny_assets: Any) -> None:
             for x, y in zip(got, own[m], strict=True):
                 np.testing.assert_allclose(x, y, atol=TOL, rtol=0)
             # Each padding went through the model once, not once per prompt.
+            assert scorer._packing is True
             assert pushed < sum(lengths) - 2 * 3 * MIN_TRUNK
     # The views really differ (a trunk computed under the wrong view would not show it).
     assert not np.allclose(own[MEMBERS[0]][-2], own[MEMBERS[1]][-2], atol=1e-3)
@@ -120,20 +122,41 @@ def test_trunks_inside_a_sweep_stay_with_their_view(tiny_assets: Any) -> None:
             np.testing.assert_allclose(x, y, atol=TOL, rtol=0)
 
 
-def test_a_cache_that_cannot_be_handed_on_scores_texts_whole(
+def test_a_model_that_ignores_the_packed_mask_scores_texts_whole(
     tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(out: Any) -> Any:
-        raise hf_trunks.TrunkUnsupportedError("a sliding-window cache")
+    """The one-time check compares a packed row with the whole text whose tail comes last:
+    a model that saw past the 4D mask (here: a plain causal one) fails it, and every text
+    is then scored whole."""
+    real = hf_views.packed_inputs
+
+    def plain_causal(rows: Any, pad_id: int, dtype: Any, device: Any) -> Any:
+        ids, kwargs = real(rows, pad_id, dtype, device)
+        width = ids.shape[1]
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        mask = torch.zeros((len(rows), 1, width, width), dtype=dtype)
+        kwargs["attention_mask"] = mask.masked_fill_(~causal, torch.finfo(dtype).min)
+        return ids, kwargs
 
     with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b:
         own = _own(b, MEMBERS[1])
-    monkeypatch.setattr(hf_trunks, "_layers", refuse)
+    monkeypatch.setattr(hf_views, "packed_inputs", plain_causal)
     with (
         HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=3) as b,
         b.as_finetuned() as view,
     ):
         got = [d.logprobs for d in view.next_token_full_batch(TEXTS)]
-        assert b._live_scorer()._trunks_ok is False
+        assert b._live_scorer()._packing is False
     for x, y in zip(got, own, strict=True):
         np.testing.assert_allclose(x, y, atol=TOL, rtol=0)
+
+
+def test_a_run_of_many_long_tails_packs_into_bounded_rows() -> None:
+    trunk = Trunk(40, (0, 1, 2))
+    seqs = [[7] * 40 + [k] * (MAX_PACKED_TOKENS // 2) for k in range(3)]
+    rows = pack(seqs, trunk)
+    assert [r.members for r in rows] == [(0,), (1,), (2,)]
+    assert all(len(r.ids) <= MAX_PACKED_TOKENS and r.ids[:40] == (7,) * 40 for r in rows)
+    short = pack([[7] * 40 + [k] for k in range(3)], trunk)
+    assert len(short) == 1 and short[0].ends == (40, 41, 42) and short[0].starts == (40, 41, 42)
+    assert short[0].positions == (*range(40), 40, 40, 40)

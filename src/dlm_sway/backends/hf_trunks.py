@@ -3,10 +3,15 @@
 ``prompt_collapse`` puts the same 128–512 tokens of padding before each of its
 prompts, and one forward per text recomputes the padding for every prompt. A
 causal LM's keys and values at a position depend only on the tokens up to it, so
-the shared run (the *trunk*) goes through the model once and its KV cache serves
-every text that continues it: each text's own tokens (its *tail*) then attend to
-the trunk's cached keys. The numbers equal the full forward's within float
-jitter (another matmul layout), the jitter the noise floor measures.
+the shared run (the *trunk*) goes through the model once for all the texts that
+continue it: the trunk and every text's own tokens (its *tail*) share one row,
+and a 4D attention mask lets each tail see the trunk and itself, never another
+tail, at the positions it has in its own text. The numbers equal the full
+forward's within float jitter (another matmul layout), the jitter the noise
+floor measures. A row is the trunk once plus the tails, so memory stays what
+one forward of that many tokens takes (no key/value cache is copied per text).
+Whether a model honours the mask is checked once against a whole text
+(``HFScorer._packing_usable``); one that does not scores its texts whole.
 
 Which texts share a trunk is chosen to forward the fewest tokens: texts sorted
 by their tokens put those with the longest common prefixes side by side, and a
@@ -17,12 +22,11 @@ member's last position is in its own tail).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 #: Shortest trunk worth its own forward (tokens).
 MIN_TRUNK = 32
@@ -30,9 +34,9 @@ MIN_TRUNK = 32
 RUN_COST = 32
 #: Sorted neighbours a run may span (bounds the programme at n × this).
 MAX_RUN = 64
-#: Rows × (trunk + tail) positions a tail forward may hold: each row carries its own
-#: copy of the trunk's keys and values (46 KB a position on SmolLM2: 141 MB here).
-MAX_SLOTS = 3072
+#: Tokens a packed row, and a chunk of them (rows × longest row), holds: a row's mask is
+#: its length squared.
+MAX_PACKED_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -89,167 +93,98 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class TrunkUnsupportedError(RuntimeError):
-    """The model's cache is not one plain key/value tensor per layer (sliding windows,
-    linear attention): trunks cannot be handed to tails; score the texts whole."""
+@dataclass(frozen=True)
+class Packed:
+    """A trunk and its members' tails in one row: ``ends[j]`` is the row position of
+    member ``j``'s last token, whose logits are its next-token logits."""
+
+    members: tuple[int, ...]
+    ids: tuple[int, ...]
+    positions: tuple[int, ...]
+    starts: tuple[int, ...]
+    ends: tuple[int, ...]
+    trunk: int
 
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def last_logits(
-    model: Callable[..., Any],
-    seqs: Sequence[Sequence[int]],
-    trunks: Sequence[Trunk],
-    *,
-    pad_id: int,
-    device: torch.device,
-    cache_kw: str,
-    rows: Callable[[Sequence[int]], None],
-    record: Callable[[Sequence[Sequence[int]]], None],
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Per chunk of members, their texts' last-position logits (rows in member order).
-
-    ``rows(items)`` is told whose rows the next forward holds (a mix's views; each
-    trunk forward row stands for its first member), ``record(seqs)`` what it pushed.
-    """
-    owner = {m: c for c, t in enumerate(trunks) for m in t.members}
-    by_length = sorted(range(len(trunks)), key=lambda c: trunks[c].length)
-    for picked in _chunks([trunks[c].length for c in by_length]):
-        chunk = [by_length[p] for p in picked]
-        kv = _trunk_forward(model, seqs, [trunks[c] for c in chunk], pad_id, device, rows)
-        record([seqs[trunks[c].members[0]][: trunks[c].length] for c in chunk])
-        members = sorted(
-            (m for c in chunk for m in trunks[c].members),
-            key=lambda m: (trunks[owner[m]].length, len(seqs[m])),
+def pack(seqs: Sequence[Sequence[int]], trunk: Trunk) -> list[Packed]:
+    """``trunk``'s run once, then each member's own tokens, each tail's positions
+    continuing from the trunk's length (as in the member's own text); a new row (the
+    trunk again) whenever one would pass :data:`MAX_PACKED_TOKENS`."""
+    n = trunk.length
+    out: list[Packed] = []
+    groups: list[list[int]] = [[]]
+    size = n
+    for m in trunk.members:
+        extra = len(seqs[m]) - n
+        if groups[-1] and size + extra > MAX_PACKED_TOKENS:
+            groups.append([])
+            size = n
+        groups[-1].append(m)
+        size += extra
+    for members in groups:
+        ids = list(seqs[members[0]][:n])
+        positions = list(range(n))
+        starts, ends = [], []
+        for m in members:
+            tail = list(seqs[m][n:])
+            starts.append(len(ids))
+            ids += tail
+            positions += range(n, n + len(tail))
+            ends.append(len(ids) - 1)
+        out.append(
+            Packed(tuple(members), tuple(ids), tuple(positions), tuple(starts), tuple(ends), n)
         )
-        tails = [len(seqs[m]) - trunks[owner[m]].length for m in members]
-        depth = [trunks[owner[m]].length for m in members]
-        for part in _chunks(tails, depth):
-            items = [members[i] for i in part]
-            rows(items)
-            logits = _tail_forward(
-                model,
-                seqs,
-                items,
-                [trunks[owner[m]].length for m in items],
-                [kv[chunk.index(owner[m])] for m in items],
-                pad_id,
-                device,
-                cache_kw,
-            )
-            record([seqs[m][trunks[owner[m]].length :] for m in items])
-            yield items, logits
+    return out
 
 
-def _trunk_forward(
-    model: Callable[..., Any],
-    seqs: Sequence[Sequence[int]],
-    trunks: Sequence[Trunk],
-    pad_id: int,
-    device: torch.device,
-    rows: Callable[[Sequence[int]], None],
-) -> list[KV]:
-    """Each trunk's keys and values (right-padded batch; a row stands for its first member)."""
-    width = max(t.length for t in trunks)
-    ids = torch.full((len(trunks), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(trunks), width), dtype=torch.long)
-    for r, t in enumerate(trunks):
-        ids[r, : t.length] = torch.tensor(list(seqs[t.members[0]][: t.length]))
-        mask[r, : t.length] = 1
-    rows([t.members[0] for t in trunks])
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=torch.arange(width).expand(len(trunks), width).to(device),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    layers = _layers(out)
-    return [
-        [(k[r : r + 1, :, : t.length], v[r : r + 1, :, : t.length]) for k, v in layers]
-        for r, t in enumerate(trunks)
-    ]
+def packed_inputs(
+    rows: Sequence[Packed], pad_id: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Right-padded ids, explicit positions and a 4D additive attention mask per row:
+    the trunk is causal, each tail sees the trunk and its own earlier tokens (never
+    another tail), and a padding position sees only itself (a fully masked row would
+    turn into NaN and reach real rows through its values)."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    allowed = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for r, row in enumerate(rows):
+        ids[r, : len(row.ids)] = torch.tensor(row.ids)
+        positions[r, : len(row.ids)] = torch.tensor(row.positions)
+        t = row.trunk
+        allowed[r, 0, :t, :t] = causal[:t, :t]
+        for s, e in zip(row.starts, row.ends, strict=True):
+            allowed[r, 0, s : e + 1, :t] = True
+            allowed[r, 0, s : e + 1, s : e + 1] = causal[: e + 1 - s, : e + 1 - s]
+        pad = torch.arange(len(row.ids), width)
+        allowed[r, 0, pad, pad] = True
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return ids.to(device), {"attention_mask": mask.to(device), "position_ids": positions.to(device)}
 
 
-def _tail_forward(
-    model: Callable[..., Any],
-    seqs: Sequence[Sequence[int]],
-    items: list[int],
-    depths: list[int],
-    pasts: list[KV],
-    pad_id: int,
-    device: torch.device,
-    cache_kw: str,
-) -> torch.Tensor:
-    """One forward of ``items``' tails (left-padded) behind their trunks' cached keys
-    (right-padded): the padding between a short trunk and its tail is masked out, and
-    each tail's positions continue from its own trunk's length (``depths``)."""
-    past = max(depths)
-    width = max(len(seqs[m]) - n for m, n in zip(items, depths, strict=True))
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), past + width), dtype=torch.long)
-    positions = torch.zeros((len(items), width), dtype=torch.long)
-    for r, (m, n) in enumerate(zip(items, depths, strict=True)):
-        tail = list(seqs[m][n:])
-        ids[r, width - len(tail) :] = torch.tensor(tail)
-        mask[r, :n] = 1
-        mask[r, past + width - len(tail) :] = 1
-        positions[r, width - len(tail) :] = torch.arange(n, n + len(tail))
-    cache = DynamicCache(
-        ddp_cache_data=[
-            (
-                torch.cat([_pad(kv[layer][0], past) for kv in pasts]),
-                torch.cat([_pad(kv[layer][1], past) for kv in pasts]),
-            )
-            for layer in range(len(pasts[0]))
-        ]
-    )
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        use_cache=True,
-        logits_to_keep=1,
-        **{cache_kw: cache},
-    )
-    logits: torch.Tensor = out.logits[:, -1, :]
-    return logits
-
-
-def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    """A [1, heads, n, dim] cache tensor zero-padded to ``length`` positions (masked)."""
-    extra = length - t.shape[-2]
-    if not extra:
-        return t
-    return torch.cat([t, t.new_zeros((*t.shape[:-2], extra, t.shape[-1]))], dim=-2)
-
-
-def _layers(out: Any) -> KV:
-    cache = getattr(out, "cache", None)
-    cache = cache if cache is not None else getattr(out, "past_key_values", None)
-    layers = getattr(cache, "layers", None)
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        raise TrunkUnsupportedError("the model's KV cache is not plain per-layer keys and values")
-    return [(layer.keys, layer.values) for layer in layers]
-
-
-def _chunks(lengths: Sequence[int], past: Sequence[int] | None = None) -> list[list[int]]:
-    """Consecutive indices, each chunk's rows × (deepest past + longest length) within
-    :data:`MAX_SLOTS` (a single row may exceed it)."""
+def packed_chunks(rows: Sequence[Packed]) -> list[list[int]]:
+    """Row indices by length, each chunk's rows × longest row within
+    :data:`MAX_PACKED_TOKENS` (a single row may exceed it)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
     out: list[list[int]] = []
     chunk: list[int] = []
-    longest = deepest = 0
-    for i, n in enumerate(lengths):
-        p = past[i] if past is not None else 0
-        if chunk and (len(chunk) + 1) * (max(longest, n) + max(deepest, p)) > MAX_SLOTS:
+    for i in order:
+        if chunk and (len(chunk) + 1) * len(rows[i].ids) > MAX_PACKED_TOKENS:
             out.append(chunk)
-            chunk, longest, deepest = [], 0, 0
+            chunk = []
         chunk.append(i)
-        longest, deepest = max(longest, n), max(deepest, p)
     if chunk:
         out.append(chunk)
     return out
 
 
-__all__ = ["MIN_TRUNK", "Trunk", "TrunkUnsupportedError", "find_trunks", "last_logits"]
+__all__ = [
+    "MIN_TRUNK",
+    "Packed",
+    "Trunk",
+    "find_trunks",
+    "pack",
+    "packed_chunks",
+    "packed_inputs",
+]

@@ -26,11 +26,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dlm_sway.backends import base_cache
 from dlm_sway.backends.hf_few_rows import speed_up_few_rows
-from dlm_sway.backends.hf_generate import HFGenerator
+from dlm_sway.backends.hf_generate import HFGenerator, tie_margin
 from dlm_sway.backends.hf_mixed import Stack
 from dlm_sway.backends.hf_positions import PositionHead
 from dlm_sway.backends.hf_sweep import Request, Sweep
-from dlm_sway.backends.hf_trunks import Trunk, TrunkUnsupportedError, find_trunks, last_logits
+from dlm_sway.backends.hf_trunks import (
+    Packed,
+    Trunk,
+    find_trunks,
+    pack,
+    packed_chunks,
+    packed_inputs,
+)
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
@@ -188,10 +195,11 @@ class HFScorer:
         self._logits_to_keep = "logits_to_keep" in forward_params
         # Left padding needs explicit positions; a model that takes none gets the default.
         self._position_ids = "position_ids" in forward_params
-        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name still warns).
-        self._cache_kw = "cache" if "cache" in forward_params else "past_key_values"
-        #: Whether shared leading runs may be computed once (:mod:`.hf_trunks`).
-        self._trunks_ok = self._logits_to_keep and self._position_ids
+        #: Whether shared leading runs may be computed once (:mod:`.hf_trunks`), and
+        #: whether packed rows proved equal to whole texts (None: not checked yet).
+        self._trunks_ok = self._position_ids
+        self._packing: bool | None = None
+        self._dtype = next(model.parameters()).dtype
         self._head = PositionHead(model)
         speed_up_few_rows(model)  # decode steps and one-prompt forwards (fp32 on CPU)
         #: While views share forwards (:mod:`.hf_sweep`): the stack and each item's group.
@@ -441,30 +449,50 @@ class HFScorer:
         if not self._trunks_ok or len(items) < 2:
             return done
         groups = self._mix[1] if self._mix is not None else None
-        trunks = find_trunks(
+        found = find_trunks(
             [encoded[i] for i in items], None if groups is None else [groups[i] for i in items]
         )
-        if not trunks:
+        packed = [
+            row
+            for t in found
+            for row in pack(encoded, Trunk(t.length, tuple(items[m] for m in t.members)))
+        ]
+        if not packed or not self._packing_usable(packed[0], encoded):
             return done
-        trunks = [Trunk(t.length, tuple(items[m] for m in t.members)) for t in trunks]
-        try:
+        for chunk in packed_chunks(packed):
+            rows = [packed[c] for c in chunk]
+            ids, kwargs = packed_inputs(rows, self.pad_id, self._dtype, self.device)
+            self._rows([r.members[0] for r in rows])
             with torch.inference_mode():
-                for rows, logits in last_logits(
-                    self.model,
-                    encoded,
-                    trunks,
-                    pad_id=self.pad_id,
-                    device=self.device,
-                    cache_kw=self._cache_kw,
-                    rows=self._rows,
-                    record=lambda seqs: self._record(seqs, batched),
-                ):
-                    for i, dist in zip(rows, to_dists(logits), strict=True):
-                        results[i] = dist
-                        done.add(i)
-        except TrunkUnsupportedError:
-            self._trunks_ok = False  # this model scores whole texts from now on
+                logits = torch.cat(self._head.logits_at(ids, kwargs, [r.ends for r in rows]))
+                dists = to_dists(logits)
+            self._record([r.ids for r in rows], batched)
+            for i, dist in zip([m for r in rows for m in r.members], dists, strict=True):
+                results[i] = dist
+                done.add(i)
         return done
+
+    def _packing_usable(self, row: Packed, encoded: Sequence[Sequence[int]]) -> bool:
+        """Whether a packed row reproduces its texts' own forwards, checked once per model
+        on ``row``'s last text (the one whose tail follows the others': a model that
+        ignored the 4D mask would let it see them). Needs the body/head split too."""
+        if self._packing is None:
+            last = row.members[-1]
+            self._rows([last])
+            ids, kwargs = self._inputs([encoded[last]], "left")
+            self._packing = False
+            if self._split_usable(kwargs, ids):
+                try:
+                    whole = self.forward([encoded[last]], side="left", last_only=True, batched=True)
+                    p_ids, p_kwargs = packed_inputs([row], self.pad_id, self._dtype, self.device)
+                    self._rows([row.members[0]])
+                    with torch.inference_mode():
+                        packed = self._head.logits_at(p_ids, p_kwargs, [row.ends[-1:]])[0]
+                    gap = float((packed[0].float() - whole[0, -1].float()).abs().max())
+                    self._packing = gap <= tie_margin(self._dtype)
+                except (TypeError, ValueError, RuntimeError):  # a model without 4D masks
+                    self._packing = False
+        return self._packing
 
     def logprobs_of(self, pairs: Sequence[tuple[str, str]], *, batched: bool) -> list[float]:
         seqs: list[list[int]] = []
