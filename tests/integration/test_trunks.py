@@ -81,6 +81,16 @@ def test_runs_never_cross_keys_and_leave_every_member_a_token() -> None:
     assert find_trunks([]) == [] and find_trunks([[1] * 80]) == []
 
 
+def test_long_tails_on_a_short_trunk_are_not_packed() -> None:
+    """A packed row computes attention over all its token pairs: ten 200-token tails on a
+    32-token trunk would cost more packed than whole."""
+    head = list(range(100, 100 + MIN_TRUNK))
+    seqs = [[*head, *([k] * 200)] for k in range(10)]
+    assert find_trunks(seqs) == []
+    seqs = [[*head, *([k] * 3)] for k in range(10)]  # short tails: one run
+    assert [t.members for t in find_trunks(seqs)] == [tuple(range(10))]
+
+
 def _own(b: HFDifferentialBackend, member: SweepMember) -> list[np.ndarray[Any, Any]]:
     """Each text alone, one forward per text: no trunk can form."""
     with open_view(b, member) as view:

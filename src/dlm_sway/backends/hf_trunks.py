@@ -32,6 +32,10 @@ import torch
 MIN_TRUNK = 32
 #: What one more forward costs, in tokens forwarded (the programme's per-run charge).
 RUN_COST = 32
+#: Row length at which a row's attention costs what its linear layers do (about 6 × the
+#: hidden size for a Llama-shaped model: 3456 for SmolLM2; larger models are cheaper): a
+#: packed row computes every pair of its tokens, so long tails on a short trunk do not pay.
+ATTENTION_TOKENS = 3072
 #: Sorted neighbours a run may span (bounds the programme at n × this).
 MAX_RUN = 64
 #: Tokens a packed row, and a chunk of them (rows × longest row), holds: a row's mask is
@@ -49,8 +53,8 @@ class Trunk:
 
 def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None) -> list[Trunk]:
     """Runs of at least two texts sharing at least :data:`MIN_TRUNK` leading tokens,
-    never across different ``keys`` (a mix's views), chosen to forward the fewest
-    tokens; texts in no run are left out."""
+    never across different ``keys`` (a mix's views), chosen to cost the least
+    (:func:`_cost`); texts in no run are left out."""
     n = len(seqs)
     key = list(keys) if keys is not None else [0] * n
     order = sorted(range(n), key=lambda i: (key[i], tuple(seqs[i])))
@@ -62,7 +66,7 @@ def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None
     start = list(range(n + 1))  # start[j]: the run ending at sorted j-1 begins there
     trunk = [0] * (n + 1)
     for j in range(1, n + 1):
-        best[j] = best[j - 1] + len(seqs[order[j - 1]])
+        best[j] = best[j - 1] + _cost(len(seqs[order[j - 1]]))
         start[j], trunk[j] = j - 1, 0
         shared, shortest, total = 1 << 30, len(seqs[order[j - 1]]), len(seqs[order[j - 1]])
         for i in range(j - 2, max(-1, j - 1 - MAX_RUN), -1):
@@ -72,7 +76,7 @@ def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None
             t = min(shared, shortest - 1)
             if t < MIN_TRUNK:
                 break
-            cost = best[i] + total - (j - i - 1) * t + RUN_COST
+            cost = best[i] + _cost(total - (j - i - 1) * t) + RUN_COST
             if cost < best[j]:
                 best[j], start[j], trunk[j] = cost, i, t
     out: list[Trunk] = []
@@ -83,6 +87,12 @@ def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None
             out.append(Trunk(trunk[j], tuple(sorted(order[i:j]))))
         j = i
     return out[::-1]
+
+
+def _cost(tokens: int) -> float:
+    """What a row of ``tokens`` costs, in tokens: its linear layers plus its attention,
+    which the packed row's mask does not skip (all pairs are computed)."""
+    return tokens + tokens * tokens / ATTENTION_TOKENS
 
 
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
