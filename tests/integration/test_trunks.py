@@ -89,6 +89,10 @@ def test_long_tails_on_a_short_trunk_are_not_packed() -> None:
     assert find_trunks(seqs) == []
     seqs = [[*head, *([k] * 3)] for k in range(10)]  # short tails: one run
     assert [t.members for t in find_trunks(seqs)] == [tuple(range(10))]
+    # A text longer than a packed row never joins one (its mask would be its length squared).
+    long = [*head, *([7] * MAX_PACKED_TOKENS)]
+    assert [t.members for t in find_trunks([*seqs, long])] == [tuple(range(10))]
+    assert find_trunks([long, [*long, 1]]) == []
 
 
 def _own(b: HFDifferentialBackend, member: SweepMember) -> list[np.ndarray[Any, Any]]:

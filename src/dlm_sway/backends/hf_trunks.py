@@ -13,11 +13,13 @@ one forward of that many tokens takes (no key/value cache is copied per text).
 Whether a model honours the mask is checked once against a whole text
 (``HFScorer._packing_usable``); one that does not scores its texts whole.
 
-Which texts share a trunk is chosen to forward the fewest tokens: texts sorted
-by their tokens put those with the longest common prefixes side by side, and a
-dynamic programme over that order cuts it into runs (a run's trunk is its
-members' common prefix, kept one token short of the shortest member so every
-member's last position is in its own tail).
+Which texts share a trunk is chosen to cost the least, attention included (a
+packed row computes all its token pairs): texts sorted by their tokens put those
+with the longest common prefixes side by side, and a dynamic programme over that
+order cuts it into runs (a run's trunk is its members' common prefix, kept one
+token short of the shortest member so every member's last position is in its own
+tail). A text longer than a packed row (:data:`MAX_PACKED_TOKENS`) is never
+packed, so no row's mask outgrows that length squared.
 """
 
 from __future__ import annotations
@@ -55,9 +57,13 @@ def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None
     """Runs of at least two texts sharing at least :data:`MIN_TRUNK` leading tokens,
     never across different ``keys`` (a mix's views), chosen to cost the least
     (:func:`_cost`); texts in no run are left out."""
-    n = len(seqs)
-    key = list(keys) if keys is not None else [0] * n
-    order = sorted(range(n), key=lambda i: (key[i], tuple(seqs[i])))
+    key = list(keys) if keys is not None else [0] * len(seqs)
+    # A text longer than a packed row is always scored whole.
+    order = sorted(
+        (i for i in range(len(seqs)) if len(seqs[i]) <= MAX_PACKED_TOKENS),
+        key=lambda i: (key[i], tuple(seqs[i])),
+    )
+    n = len(order)
     common = [
         _common(seqs[a], seqs[b]) if key[a] == key[b] else 0
         for a, b in zip(order, order[1:], strict=False)

@@ -93,7 +93,7 @@ class NullCalibrationBackendProxy:
         """A probe's own sweep, seen from inside calibration: the null_adapter's sweep
         already holds the base, the fine-tune and every null, so a block of two views
         keeps it; a block only one view asks in pauses it (:data:`BASE_ONLY`)."""
-        if len({m.kind for m in members}) > 1:
+        if len(set(members)) > 1:
             return nullcontext()
         return shared_forwards(self._inner, members)
 
