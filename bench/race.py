@@ -80,8 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--new-dtype",
         choices=("fp32", "bf16"),
         default="fp32",
-        help="dtype of the new tree's race spec (bf16: the CPU half-precision lever; the old "
-        "side stays fp32, so the ratio is the whole gain and the verdicts are compared)",
+        help="dtype of the new tree's specs, every suite (bf16: the CPU half-precision lever; "
+        "the old side stays fp32, so the ratio is the whole gain and the verdicts are compared)",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -182,15 +182,7 @@ def shared_autogen_spec(old_spec: Path, new_tree: Path, folder: Path) -> tuple[P
     """The old side's autogen suite as both sides run it: its paths made absolute, and
     without the entries the new code refuses (``sway run --dry-run`` names them as
     ``suite[i]``); returns the spec and a line per dropped entry."""
-    data = yaml.safe_load(old_spec.read_text(encoding="utf-8"))
-    here = old_spec.parent
-    if isinstance(data.get("dlm_source"), str):
-        data["dlm_source"] = str((here / data["dlm_source"]).resolve())
-    for model in (data.get("models") or {}).values():
-        for key in ("adapter", "base"):
-            value = model.get(key)
-            if isinstance(value, str) and ":" not in value:
-                model[key] = str((here / value).resolve())
+    data = load_absolute(old_spec)
     out = folder / "autogen-old.yaml"
     dropped: list[str] = []
     for _ in range(len(data["suite"]) + 1):
@@ -210,6 +202,30 @@ def shared_autogen_spec(old_spec: Path, new_tree: Path, folder: Path) -> tuple[P
             if entry.get("kind") == "null_adapter" and entry.get("calibrate_kinds"):
                 entry["calibrate_kinds"] = [k for k in entry["calibrate_kinds"] if k in kinds]
     raise SystemExit("the new tree kept refusing the old autogen suite")
+
+
+def with_dtype(spec: Path, dtype: str, out: Path) -> Path:
+    """``spec`` with every model's ``dtype`` set, written to ``out``."""
+    data = load_absolute(spec)
+    for model in (data.get("models") or {}).values():
+        model["dtype"] = dtype
+    out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def load_absolute(spec: Path) -> dict:  # type: ignore[type-arg]
+    """``spec``'s YAML with its document and model paths made absolute (it may then be
+    written to any folder)."""
+    data = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    here = spec.parent
+    if isinstance(data.get("dlm_source"), str):
+        data["dlm_source"] = str((here / data["dlm_source"]).resolve())
+    for model in (data.get("models") or {}).values():
+        for key in ("adapter", "base"):
+            value = model.get(key)
+            if isinstance(value, str) and ":" not in value:
+                model[key] = str((here / value).resolve())
+    return data  # type: ignore[no-any-return]
 
 
 def one_run(tree: Path, spec: Path, out_json: Path) -> tuple[float, float, dict[str, object]]:
@@ -269,6 +285,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             specs[("autogen-old", "old")] = specs[("autogen-old", "new")] = shared
             for line in dropped:
                 print(f"autogen-old: dropped {line}", flush=True)
+        if args.new_dtype != "fp32":
+            for suite in ("autogen", "autogen-old"):
+                if (suite, "new") in specs:
+                    specs[(suite, "new")] = with_dtype(
+                        specs[(suite, "new")], args.new_dtype, work / "new" / f"{suite}-dtype.yaml"
+                    )
         print(f"old = {args.rev} at {trees['old']}; new = working tree {ROOT}", flush=True)
         for r in range(args.rounds):
             for suite in args.suite:

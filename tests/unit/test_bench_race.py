@@ -123,3 +123,20 @@ def test_the_old_autogen_suite_loses_only_what_the_new_code_refuses(tmp_path: Pa
     assert kept["suite"][0]["calibrate_kinds"] == ["delta_kl"]
     assert len(dropped) == 1 and dropped[0].startswith("preferences (preference_flip): ")
     assert "min_triples_for_decision" in dropped[0]
+
+
+def test_a_new_dtype_rewrites_every_model_and_keeps_paths_working(tmp_path: Path) -> None:
+    spec = tmp_path / "a" / "autogen.yaml"
+    spec.parent.mkdir()
+    (tmp_path / "a" / "doc.md").write_text("x", encoding="utf-8")
+    data = {
+        "dlm_source": "doc.md",
+        "models": {"ft": {"kind": "hf", "base": race.BASE, "adapter": "../adapter"}},
+        "suite": [],
+    }
+    spec.write_text(race.yaml.safe_dump(data), encoding="utf-8")
+    out = race.with_dtype(spec, "bf16", tmp_path / "b.yaml")
+    got = race.yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert got["models"]["ft"]["dtype"] == "bf16" and got["models"]["ft"]["base"] == race.BASE
+    assert got["models"]["ft"]["adapter"] == str((tmp_path / "adapter").resolve())
+    assert got["dlm_source"] == str((tmp_path / "a" / "doc.md").resolve())
