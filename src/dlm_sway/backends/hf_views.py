@@ -195,10 +195,9 @@ class HFScorer:
         self._logits_to_keep = "logits_to_keep" in forward_params
         # Left padding needs explicit positions; a model that takes none gets the default.
         self._position_ids = "position_ids" in forward_params
-        #: Whether shared leading runs may be computed once (:mod:`.hf_trunks`), and
-        #: whether packed rows proved equal to whole texts (None: not checked yet).
-        self._trunks_ok = self._position_ids
-        self._packing: bool | None = None
+        #: Whether texts sharing a long opening may be packed into one row (:mod:`.hf_trunks`):
+        #: None until checked against a whole text (it needs explicit positions).
+        self._packing: bool | None = None if self._position_ids else False
         self._dtype = next(model.parameters()).dtype
         self._head = PositionHead(model)
         speed_up_few_rows(model)  # decode steps and one-prompt forwards (fp32 on CPU)
@@ -446,7 +445,7 @@ class HFScorer:
         """Fill ``results`` for those of ``items`` that open with a long run shared with
         others (the run is computed once, :mod:`.hf_trunks`); returns the ones filled."""
         done: set[int] = set()
-        if not self._trunks_ok or len(items) < 2:
+        if self._packing is False or len(items) < 2:
             return done
         groups = self._mix[1] if self._mix is not None else None
         found = find_trunks(
@@ -610,19 +609,21 @@ class HFView:
         top_k: int,
         items: Sequence[Any],
         score: Callable[[list[Any]], list[T]],
+        settings: GenerationSettings | None = None,
     ) -> list[T]:
         """Results for ``items`` (cached under ``keys``): a miss tries the on-disk base
-        cache (base view, :mod:`.base_cache`), then ``score``, widened to the other
-        members of an open sweep."""
+        cache (base view, :mod:`.base_cache`; scores only, not ``settings``' writing),
+        then ``score``, widened to the other members of an open sweep."""
 
         def direct(idx: list[int]) -> list[T]:
             return score([items[i] for i in idx])
 
         compute: Callable[[list[int]], list[T]] = direct
         if self._sweep is not None:
-            req = Request(instr, op, keys, top_k, items, score)
+            req = Request(instr, op, keys, top_k, items, score, settings)
             compute = self._sweep.share(self.cache_ns, req, compute)
-        disk = base_cache.for_scorer(self._scorer) if self.cache_ns == base_cache.BASE_NS else None
+        base = self.cache_ns == base_cache.BASE_NS and settings is None
+        disk = base_cache.for_scorer(self._scorer) if base else None
         if disk is not None:
             miss = compute
 
@@ -734,20 +735,15 @@ class HFView:
         sweep's sharing (what follows may carry this view's own text)."""
         scorer = self._check()
         prompts = list(prompts)
-        op, keys = "generate:" + repr(settings), [prompt_cache_key(p) for p in prompts]
 
         def write(items: list[str | Conversation]) -> list[Generation]:
             return scorer.generate_batch(items, settings)
 
-        def direct(idx: list[int]) -> list[Generation]:
-            return write([prompts[i] for i in idx])
-
-        compute: Callable[[list[int]], list[Generation]] = direct
-        if self._sweep is not None:
-            req = Request(scorer.instr, op, keys, 0, prompts, write, settings)
-            compute = self._sweep.share(self.cache_ns, req, compute)
+        keys = [prompt_cache_key(p) for p in prompts]
         try:
-            return scorer.instr.cached_batch(op, self.cache_ns, keys, 0, compute)
+            return self._score(
+                scorer.instr, "generate:" + repr(settings), keys, 0, prompts, write, settings
+            )
         finally:
             if self._sweep is not None:
                 self._sweep.live = False
