@@ -88,8 +88,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.old_tree is not None and not (args.old_tree / "src" / "dlm_sway").is_dir():
         parser.error(f"--old-tree {args.old_tree} has no src/dlm_sway: not a sway checkout")
+    if args.old_tree is None and not is_commit(args.rev):
+        parser.error(f"{args.rev!r} names no commit of {ROOT} (a hash, tag or branch)")
     args.suite = tuple(dict.fromkeys(args.suite or SUITES))
     return args
+
+
+def is_commit(rev: str) -> bool:
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        check=False,
+    )
+    return found.returncode == 0
 
 
 def order(round_index: int) -> tuple[str, str]:

@@ -24,7 +24,13 @@ def test_defaults_and_flags(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["x", "--rounds", "0"], ["x", "--suite", "nope"], ["x", "--old-tree", "/nonexistent"]],
+    [
+        [],
+        ["x", "--rounds", "0"],
+        ["x", "--suite", "nope"],
+        ["x", "--old-tree", "/nonexistent"],
+        ["no-such-revision"],
+    ],
 )
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
