@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -352,23 +353,70 @@ def load_model(
 
 @dataclass(frozen=True)
 class DtypeFloor:
-    """How far a half-precision base moves next-token distributions from fp32.
+    """How far a half-precision base moves next-token distributions from fp32, and how
+    fast its matmuls run next to fp32's on this CPU.
 
     Measured at load on :data:`FLOOR_PROMPTS` (one batched forward in each dtype):
-    divergences below ``js_max`` may be rounding, not the adapter.
+    divergences below ``js_max`` may be rounding, not the adapter. ``speed`` is the
+    half matmul's throughput over fp32's (:func:`half_speed`): a CPU without native
+    half instructions emulates them, several times slower than fp32.
     """
 
     dtype: str
     js_max: float
     js_mean: float
     prompts: int
+    speed: float | None = None
+
+    @property
+    def slower(self) -> bool:
+        """Whether the half dtype costs this run time instead of saving it."""
+        return self.speed is not None and self.speed < SLOW_HALF
 
     def describe(self) -> str:
-        return (
+        text = (
             f"base model runs in {self.dtype} on CPU: vs fp32 it moves next-token "
             f"distributions by JS ≤ {self.js_max:.2e} (mean {self.js_mean:.2e}, "
             f"{self.prompts} prompts); effects of that size are rounding, not the adapter"
         )
+        speed = self.speed
+        if speed is not None and speed < SLOW_HALF:
+            return (
+                f"{text}; and its matmuls run {1 / speed:.1f}× slower than fp32's on "
+                f"this CPU (no native {self.dtype} instructions), so the run is slower, not "
+                "faster"
+            )
+        if speed is not None:
+            return f"{text}; its matmuls run {speed:.1f}× as fast as fp32's here"
+        return text
+
+
+#: Timed alternations of :func:`half_speed`.
+SPEED_ROUNDS = 6
+#: Below this throughput ratio (half / fp32) a half run is flagged as slower: well
+#: outside timing noise (a CPU without bf16 instructions measured 0.15).
+SLOW_HALF = 0.67
+
+
+def half_speed(dtype: torch.dtype, hidden: int = 576, inner: int = 1536, rows: int = 64) -> float:
+    """Throughput of an MLP-shaped matmul (``rows × hidden`` by ``hidden × inner``) in
+    ``dtype`` over fp32's: both warmed up, then timed in alternation and each taken at
+    its best, so a busy moment or a first call's kernel setup cannot decide it (~0.1 s
+    where halves are emulated; the ratio depends on the shape, so it takes the model's)."""
+    gen = torch.Generator().manual_seed(0)
+    pairs = []
+    for dt in (torch.float32, dtype):
+        x = torch.randn(rows, hidden, generator=gen).to(dt)
+        pairs.append((x, torch.randn(inner, hidden, generator=gen).to(dt)))
+    best = [float("inf"), float("inf")]
+    with torch.inference_mode():
+        for k in range(-2, SPEED_ROUNDS):
+            for side, (x, w) in enumerate(pairs):
+                t = time.perf_counter()
+                torch.nn.functional.linear(x, w)
+                if k >= 0:  # two warm-up rounds: kernel selection, JIT, thread start
+                    best[side] = min(best[side], time.perf_counter() - t)
+    return best[0] / max(best[1], 1e-9)
 
 
 #: Short, varied prompts for the dtype floor (the floor is a property of the numerics).
@@ -399,6 +447,15 @@ def floor_health(floor: DtypeFloor | None) -> tuple[HealthCheck, ...]:
     """The floor as a health line: in every report, never silent."""
     if floor is None:
         return ()
+    if floor.slower:
+        return (
+            HealthCheck(
+                "warn",
+                "dtype_floor",
+                floor.describe(),
+                "use dtype: fp32 on this CPU: it is faster here and exact",
+            ),
+        )
     return (
         HealthCheck(
             "info",
@@ -426,9 +483,25 @@ def half_on_cpu(
     m = 0.5 * (reference.exp() + half.exp())
     js = 0.5 * (reference.exp() * (reference - m.log())).sum(-1)
     js = js + 0.5 * (half.exp() * (half - m.log())).sum(-1)
-    floor = DtypeFloor(dtype_name(dtype), float(js.max()), float(js.mean()), len(FLOOR_PROMPTS))
+    floor = DtypeFloor(
+        dtype_name(dtype),
+        float(js.max()),
+        float(js.mean()),
+        len(FLOOR_PROMPTS),
+        speed=half_speed(dtype, *_mlp_shape(model)),
+    )
     _log.warning("%s", floor.describe())
     return floor
+
+
+def _mlp_shape(model: Any) -> tuple[int, int]:
+    """(hidden, intermediate) from the model's config; SmolLM2's where it names none."""
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None)
+    inner = getattr(config, "intermediate_size", None)
+    if isinstance(hidden, int) and isinstance(inner, int) and 0 < hidden * inner <= 2**26:
+        return hidden, inner
+    return 576, 1536
 
 
 def floor_tokenizer(base: BaseLocation) -> PreTrainedTokenizerBase | None:
