@@ -56,7 +56,7 @@ class Trunk:
 def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None) -> list[Trunk]:
     """Runs of at least two texts sharing at least :data:`MIN_TRUNK` leading tokens,
     never across different ``keys`` (a mix's views), chosen to cost the least
-    (:func:`_cost`); texts in no run are left out."""
+    (:func:`row_cost`); texts in no run are left out."""
     key = list(keys) if keys is not None else [0] * len(seqs)
     # A text longer than a packed row is always scored whole.
     order = sorted(
@@ -72,7 +72,7 @@ def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None
     start = list(range(n + 1))  # start[j]: the run ending at sorted j-1 begins there
     trunk = [0] * (n + 1)
     for j in range(1, n + 1):
-        best[j] = best[j - 1] + _cost(len(seqs[order[j - 1]]))
+        best[j] = best[j - 1] + row_cost(len(seqs[order[j - 1]]))
         start[j], trunk[j] = j - 1, 0
         shared, shortest, total = 1 << 30, len(seqs[order[j - 1]]), len(seqs[order[j - 1]])
         for i in range(j - 2, max(-1, j - 1 - MAX_RUN), -1):
@@ -82,7 +82,7 @@ def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None
             t = min(shared, shortest - 1)
             if t < MIN_TRUNK:
                 break
-            cost = best[i] + _cost(total - (j - i - 1) * t) + RUN_COST
+            cost = best[i] + row_cost(total - (j - i - 1) * t) + RUN_COST
             if cost < best[j]:
                 best[j], start[j], trunk[j] = cost, i, t
     out: list[Trunk] = []
@@ -95,9 +95,9 @@ def find_trunks(seqs: Sequence[Sequence[int]], keys: Sequence[int] | None = None
     return out[::-1]
 
 
-def _cost(tokens: int) -> float:
+def row_cost(tokens: int) -> float:
     """What a row of ``tokens`` costs, in tokens: its linear layers plus its attention,
-    which the packed row's mask does not skip (all pairs are computed)."""
+    which a mask does not skip (all pairs are computed, padding and other tails too)."""
     return tokens + tokens * tokens / ATTENTION_TOKENS
 
 
@@ -203,4 +203,5 @@ __all__ = [
     "pack",
     "packed_chunks",
     "packed_inputs",
+    "row_cost",
 ]

@@ -31,12 +31,14 @@ from dlm_sway.backends.hf_mixed import Stack
 from dlm_sway.backends.hf_positions import PositionHead
 from dlm_sway.backends.hf_sweep import Request, Sweep
 from dlm_sway.backends.hf_trunks import (
+    RUN_COST,
     Packed,
     Trunk,
     find_trunks,
     pack,
     packed_chunks,
     packed_inputs,
+    row_cost,
 )
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.core.errors import ProbeError, ViewError
@@ -58,6 +60,10 @@ MAX_BATCH_TOKENS = 8192
 #: rows per matmul run faster, and this bounds what each layer's activations then take
 #: (SmolLM2's MLP: 12 MB a tensor at 2048 tokens; 17 prompts under 5 views need 1870).
 MIX_CHUNK_TOKENS = 2048
+#: Tokens a forward costs however few it holds (it reads every weight): on SmolLM2 in
+#: fp32 a forward of t tokens took max(t, 48) + 20 token-times, here charged with the
+#: trunks' RUN_COST as max(t, 48) + 32.
+MIN_FORWARD_TOKENS = 48
 #: Rows turned into full dists at a time (their float64 log-softmax is 8·V bytes a row).
 _DIST_ROWS = 16
 #: A tail below this mass is reported as 0.0 ("exists but underflowed").
@@ -125,32 +131,42 @@ def _chunks(
     logits: Sequence[int] | None = None,
     max_logits: int | None = None,
 ) -> list[list[int]]:
-    """Indices grouped by similar length, at most ``batch_size`` and ~MAX_BATCH_TOKENS
-    each. Views sharing forwards (``widen`` of them) may fill up to ``widen`` times the
-    rows, past ``own_rows`` (one view's chunk; default ``batch_size``) only up to
-    MIX_CHUNK_TOKENS, and to ``max_logits`` logit rows (``logits[i]`` each) when given."""
+    """Indices cut into forwards of similar length that cost the least in all: each
+    chunk pays its padded rows (:func:`row_cost` of its longest) and one ``RUN_COST``,
+    so a few long texts do not pad a run of short ones, nor does every length get a
+    forward of its own. A chunk holds at most ``batch_size`` rows and ~MAX_BATCH_TOKENS;
+    views sharing forwards (``widen`` of them) may fill up to ``widen`` times the rows,
+    past ``own_rows`` (one view's chunk; default ``batch_size``) only up to
+    MIX_CHUNK_TOKENS, and to ``max_logits`` logit rows (``logits[i]`` each) when given.
+    A dynamic programme over the texts in length order; every limit only tightens as a
+    chunk reaches further back, so each end scans back until one fails."""
     own = batch_size if own_rows is None else own_rows
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0.0] * (len(order) + 1)
+    start = [0] * (len(order) + 1)  # start[j]: the chunk ending at sorted j-1 begins there
+    for j in range(1, len(order) + 1):
+        width = lengths[order[j - 1]]  # sorted ascending: the chunk's last sets its width
+        per_row = row_cost(width)
+        best[j], held = float("inf"), 0
+        for i in range(j - 1, -1, -1):
+            rows = j - i
+            held += logits[order[i]] if logits is not None else 0
+            if rows > 1 and (
+                rows > batch_size * widen
+                or rows * width > MAX_BATCH_TOKENS
+                or (rows > own and rows * width > MIX_CHUNK_TOKENS)
+                or (max_logits is not None and held > max_logits)
+            ):
+                break
+            cost = best[i] + max(rows * per_row, MIN_FORWARD_TOKENS) + RUN_COST
+            if cost <= best[j]:  # ties: the longer chunk, one forward fewer
+                best[j], start[j] = cost, i
     chunks: list[list[int]] = []
-    current: list[int] = []
-    held = 0
-    for i in order:
-        width = lengths[i]  # sorted ascending: this sequence sets the chunk's width
-        more = logits[i] if logits is not None else 0
-        n = len(current)
-        if current and (
-            n >= batch_size * widen
-            or (n + 1) * width > MAX_BATCH_TOKENS
-            or (n >= own and (n + 1) * width > MIX_CHUNK_TOKENS)
-            or (max_logits is not None and held + more > max_logits)
-        ):
-            chunks.append(current)
-            current, held = [], 0
-        current.append(i)
-        held += more
-    if current:
-        chunks.append(current)
-    return chunks
+    j = len(order)
+    while j > 0:
+        chunks.append(order[start[j] : j])
+        j = start[j]
+    return chunks[::-1]
 
 
 def prefix_hosts(seqs: Sequence[Sequence[int]]) -> list[int]:
