@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -138,10 +139,13 @@ def _chunks(
     views sharing forwards (``widen`` of them) may fill up to ``widen`` times the rows,
     past ``own_rows`` (one view's chunk; default ``batch_size``) only up to
     MIX_CHUNK_TOKENS, and to ``max_logits`` logit rows (``logits[i]`` each) when given.
-    A dynamic programme over the texts in length order; every limit only tightens as a
-    chunk reaches further back, so each end scans back until one fails."""
+    A dynamic programme over the texts in length order. Each end scans back until a
+    limit fails (they only tighten further back) or no earlier start can win: a cut's
+    cost is at least its texts' own tokens, so ``real[i]`` (the tokens before ``i``)
+    plus the chunk's rows bounds every start at or before ``i`` from below."""
     own = batch_size if own_rows is None else own_rows
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    real = [0, *itertools.accumulate(lengths[i] for i in order)]
     best = [0.0] * (len(order) + 1)
     start = [0] * (len(order) + 1)  # start[j]: the chunk ending at sorted j-1 begins there
     for j in range(1, len(order) + 1):
@@ -157,6 +161,8 @@ def _chunks(
                 or (rows > own and rows * width > MIX_CHUNK_TOKENS)
                 or (max_logits is not None and held > max_logits)
             ):
+                break
+            if real[i] + rows * per_row + RUN_COST > best[j]:
                 break
             cost = best[i] + max(rows * per_row, MIN_FORWARD_TOKENS) + RUN_COST
             if cost <= best[j]:  # ties: the longer chunk, one forward fewer
