@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -164,10 +165,16 @@ def run_cli(tree: Path, args: Sequence[str], *, cwd: Path) -> tuple[float, float
         stderr=subprocess.PIPE,
     )
     assert proc.stderr is not None
-    err = proc.stderr.read().decode("utf-8", "replace")
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        err = proc.stderr.read().decode("utf-8", "replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    except BaseException:  # SIGTERM (see main) or Ctrl-C: the run goes too
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        raise
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     return wall, usage.ru_maxrss / 1024.0, proc.returncode, err[-2000:]
 
 
@@ -275,8 +282,14 @@ def old_checkout(rev: str, into: Path) -> Path:
     return target
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the worktree and temp folder are removed."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     work = Path(tempfile.mkdtemp(prefix="sway-race-"))
     made_worktree = args.old_tree is None
     trees = {"old": args.old_tree or old_checkout(args.rev, work), "new": ROOT}

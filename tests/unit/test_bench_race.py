@@ -146,3 +146,56 @@ def test_a_new_dtype_rewrites_every_model_and_keeps_paths_working(tmp_path: Path
     assert got["models"]["ft"]["dtype"] == "bf16" and got["models"]["ft"]["base"] == race.BASE
     assert got["models"]["ft"]["adapter"] == str((tmp_path / "adapter").resolve())
     assert got["dlm_source"] == str((tmp_path / "a" / "doc.md").resolve())
+
+
+def test_sigterm_removes_the_worktree_and_the_temp_folder() -> None:
+    """A race stopped by SIGTERM (a CI timeout, ``kill``) unwinds like Ctrl-C: its
+    running sway process, the old revision's worktree and its temp folder all go."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(race.__file__).resolve().parents[1]
+
+    def worktrees() -> list[str]:
+        out = subprocess.run(
+            ["git", "-C", str(root), "worktree", "list", "--porcelain"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [ln.split(" ", 1)[1] for ln in out.splitlines() if "sway-race-" in ln]
+
+    before = worktrees()
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "bench" / "race.py"), "HEAD", "--suite", "race"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        made: list[str] = []
+        while not made and time.monotonic() < deadline and proc.poll() is None:
+            made = [w for w in worktrees() if w not in before]
+            time.sleep(0.1)
+        assert made, "race.py never made its worktree"
+        time.sleep(0.5)  # into its first run
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert worktrees() == before
+    work = Path(made[0]).parent
+    assert not work.exists()
+    # …and no sway run of it is left behind (its command line names the temp folder).
+    running = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            running.append(cmdline.read_bytes().decode("utf-8", "replace"))
+        except OSError:
+            continue
+    assert not [c for c in running if str(work) in c]
