@@ -383,7 +383,7 @@ class DtypeFloor:
         if speed is not None and speed < SLOW_HALF:
             return (
                 f"{text}; and its matmuls run {1 / speed:.1f}× slower than fp32's on "
-                f"this CPU (no native {self.dtype} instructions), so the run is slower, not "
+                f"this CPU (no fast {self.dtype} matmuls here), so the run is slower, not "
                 "faster"
             )
         if speed is not None:
