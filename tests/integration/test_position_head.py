@@ -42,6 +42,30 @@ def test_split_head_equals_full_forward_in_every_view(tiny_assets: Any) -> None:
                 assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
+@pytest.mark.parametrize(("positions", "lse_rows"), [(3, 2), (4, 64), (256, 5), (7, 7)])
+def test_target_logprobs_equal_the_full_softmax_at_any_slicing(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch, positions: int, lse_rows: int
+) -> None:
+    """The head's slices of positions and the logsumexp's blocks of rows inside them may
+    end anywhere (a slice shorter than a block, a block cut by the slice's end): every
+    position still gets logit − logsumexp of its own row."""
+    from dlm_sway.backends import hf_positions
+
+    with (
+        HFDifferentialBackend(
+            str(tiny_assets.base), tiny_assets.adapter, dtype="fp32", device="cpu"
+        ) as backend,
+        backend.as_finetuned(),
+    ):
+        full_lp, full_roll = _scores(backend, split=False)
+        monkeypatch.setattr(hf_positions, "TARGET_SLICE", positions)
+        monkeypatch.setattr(hf_positions, "LSE_ROWS", lse_rows)
+        fast_lp, fast_roll = _scores(backend, split=True)
+    assert fast_lp == pytest.approx(full_lp, abs=1e-5)
+    for a, b in zip(fast_roll, full_roll, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
 def test_model_that_changes_logits_after_the_head_falls_back(tiny_assets: Any) -> None:
     """A soft-capping model (Gemma-2 style) is not head(body(x)): the split must refuse."""
     from transformers import AutoModelForCausalLM

@@ -26,6 +26,8 @@ import torch
 #: Positions whose logits exist at once when only each position's target log-prob is
 #: kept (a vocabulary-wide float32 row each: 48 MB for SmolLM2).
 TARGET_SLICE = 256
+#: Rows of a slice whose logsumexp is taken at once (its temporary is that many rows).
+LSE_ROWS = 64
 #: |Δ logit| allowed between the split and the full forward (same kernels, same order:
 #: in practice 0; anything visible means the model does something after the head).
 PARITY_TOL = 1e-4
@@ -143,8 +145,14 @@ class PositionHead:
         out = torch.empty(len(index), dtype=torch.float32, device=hidden.device)
         for s in range(0, len(index), TARGET_SLICE):
             part = slice(s, s + TARGET_SLICE)
-            lp = self.head(hidden[rows[part], cols[part]]).float().log_softmax(dim=-1)
-            out[part] = lp.gather(-1, wanted[part]).squeeze(-1)
+            logits = self.head(hidden[rows[part], cols[part]]).float()
+            out[part] = logits.gather(-1, wanted[part]).squeeze(-1)
+            # log p = logit − logsumexp, the latter a few rows at a time: a whole-slice
+            # log_softmax would be a second vocabulary-wide copy of the slice (50 MB).
+            n = logits.shape[0]
+            for r in range(0, n, LSE_ROWS):
+                e = min(r + LSE_ROWS, n)
+                out[s + r : s + e] -= torch.logsumexp(logits[r:e], dim=-1)
         return list(torch.split(out, [len(ps) for ps in positions]))
 
 
