@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -146,6 +147,9 @@ def open_page(url: str, *, chromium: str, timeout: float = DEADLINE_S) -> Iterat
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Chromium's own scratch folders (org.chromium.Chromium.*) go in the profile,
+        # which is removed below, not in /tmp where every test run left one.
+        env={**os.environ, "TMPDIR": str(profile)},
     )
     ws = None
     try:

@@ -139,3 +139,18 @@ def test_report_opens_offline_without_errors_and_draws_every_panel(
     assert footer == "none"
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1200
+
+
+def test_a_browser_session_leaves_nothing_in_the_temp_folder(
+    chromium: str, saved_page: Path
+) -> None:
+    """Chromium's profile and its own scratch folders (``org.chromium.Chromium.*``, the
+    singleton socket) all live in one folder that goes when the page closes."""
+    import tempfile
+
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.iterdir())
+    with open_page(saved_page.as_uri(), chromium=chromium) as page:
+        assert page.evaluate("document.readyState") == "complete"
+    left = [p.name for p in set(scratch.iterdir()) - before]
+    assert not [n for n in left if "chromium" in n.lower()], left
