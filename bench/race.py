@@ -44,6 +44,8 @@ DOCUMENT = ROOT / "examples" / "guild-notes.md"
 ADAPTER = ROOT / "src" / "dlm_sway" / "demo" / "adapters" / "strong"
 BASE = "builtin:smollm2-135m-instruct"
 SUITES = ("race", "autogen", "autogen-old")
+#: The old revision's worktree, inside the race's temp folder.
+OLD_TREE = "old-tree"
 SIDES = ("old", "new")
 CLI = "from dlm_sway.cli.app import main; main()"
 ENV = {
@@ -273,13 +275,17 @@ def sample_from(suite: str, side: str, r: int, wall: float, rss: float, data: di
 
 def old_checkout(rev: str, into: Path) -> Path:
     """``git worktree add --detach`` of REV (the only git write this script makes)."""
-    target = into / "old-tree"
+    target = into / OLD_TREE
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(target), rev],
         check=True,
         capture_output=True,
     )
     return target
+
+
+def _git(*args: str) -> None:
+    subprocess.run(["git", "-C", str(ROOT), *args], check=False, capture_output=True)
 
 
 def _terminated(signum: int, _frame: object) -> None:
@@ -292,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     work = Path(tempfile.mkdtemp(prefix="sway-race-"))
     made_worktree = args.old_tree is None
-    trees = {"old": args.old_tree or old_checkout(args.rev, work), "new": ROOT}
     samples: list[Sample] = []
-    try:
+    try:  # from the checkout on: a stop while git writes the worktree cleans up too
+        trees = {"old": args.old_tree or old_checkout(args.rev, work), "new": ROOT}
         specs: dict[tuple[str, str], Path] = {}
         for side, tree in trees.items():
             folder = work / side
@@ -348,12 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.copytree(work / "old", args.keep / "old", dirs_exist_ok=True)
     finally:
         if made_worktree:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["old"])],
-                check=False,
-                capture_output=True,
-            )
+            # Twice forced: also while `git worktree add` still holds its lock.
+            _git("worktree", "remove", "--force", "--force", str(work / OLD_TREE))
         shutil.rmtree(work, ignore_errors=True)
+        if made_worktree:  # one git was still writing when stopped: its folder is gone now
+            _git("worktree", "prune")
     return 0
 
 
