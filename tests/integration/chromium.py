@@ -10,9 +10,11 @@ writes one screenshot; ``scripts/screenshot_report.py`` writes the README's two.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,6 +152,8 @@ def open_page(url: str, *, chromium: str, timeout: float = DEADLINE_S) -> Iterat
         # Chromium's own scratch folders (org.chromium.Chromium.*) go in the profile,
         # which is removed below, not in /tmp where every test run left one.
         env={**os.environ, "TMPDIR": str(profile)},
+        # Its own process group: the helpers it starts are stopped with it.
+        start_new_session=True,
     )
     ws = None
     try:
@@ -167,13 +171,29 @@ def open_page(url: str, *, chromium: str, timeout: float = DEADLINE_S) -> Iterat
     finally:
         if ws is not None:
             ws.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        _stop(proc)
+        _remove(profile)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Chromium and every helper process of its group: asked to quit, then killed (a
+    helper that outlived the browser went on writing into the profile)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)  # the browser quits; stragglers are killed next
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def _remove(profile: Path) -> None:
+    """The profile, retried briefly while a dying helper's last writes land."""
+    for _ in range(50):
         shutil.rmtree(profile, ignore_errors=True)
+        if not profile.exists():
+            return
+        time.sleep(0.1)
 
 
 def _devtools_port(profile: Path, proc: subprocess.Popen[bytes], deadline: float) -> int:
