@@ -1,5 +1,4 @@
-"""Forward chunks are the cheapest cut of the length-sorted texts, within the limits;
-a half dtype that is slower than fp32 on this CPU says so as a warning."""
+"""Forward chunks are the cheapest cut of the length-sorted texts, within the limits."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import random
 
 import pytest
 
-from dlm_sway.backends.hf_load import SLOW_HALF, DtypeFloor, floor_health
 from dlm_sway.backends.hf_trunks import RUN_COST, row_cost
 from dlm_sway.backends.hf_views import (
     MAX_BATCH_TOKENS,
@@ -88,17 +86,3 @@ def test_limits_still_bound_every_chunk() -> None:
     # Logit rows: never more than max_logits in one chunk (a lone text may exceed it).
     chunks = _chunks([8] * 9, 4, widen=3, logits=[7] * 9, max_logits=28)
     assert all(len(c) * 7 <= 28 for c in chunks) and len(chunks) == 3
-
-
-def test_a_half_dtype_slower_than_fp32_is_a_warning_with_its_fix() -> None:
-    slow = DtypeFloor("bf16", 2e-3, 4e-4, 8, speed=0.15)
-    assert slow.slower and "6.7× slower than fp32's" in slow.describe()
-    (line,) = floor_health(slow)
-    assert line.level == "warn" and "dtype: fp32" in line.fix
-    fast = DtypeFloor("bf16", 2e-3, 4e-4, 8, speed=2.1)
-    assert not fast.slower and "2.1× as fast as fp32's" in fast.describe()
-    assert floor_health(fast)[0].level == "info"
-    # At the line itself: within timing noise of parity is not flagged.
-    assert not DtypeFloor("fp16", 1e-3, 1e-4, 8, speed=SLOW_HALF).slower
-    unmeasured = DtypeFloor("bf16", 2e-3, 4e-4, 8)
-    assert not unmeasured.slower and "fp32's" not in unmeasured.describe()
