@@ -42,12 +42,12 @@ def test_split_head_equals_full_forward_in_every_view(tiny_assets: Any) -> None:
                 assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
 
-@pytest.mark.parametrize(("positions", "lse_rows"), [(3, 2), (4, 64), (256, 5), (7, 7)])
+@pytest.mark.parametrize(("positions", "vocab_block"), [(3, 2), (4, 10**6), (256, 5), (7, 7)])
 def test_target_logprobs_equal_the_full_softmax_at_any_slicing(
-    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch, positions: int, lse_rows: int
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch, positions: int, vocab_block: int
 ) -> None:
-    """The head's slices of positions and the logsumexp's blocks of rows inside them may
-    end anywhere (a slice shorter than a block, a block cut by the slice's end): every
+    """The head's slices of positions and its blocks of vocabulary may end anywhere (a
+    slice of a few positions, a block of two entries, one block for all): every
     position still gets logit − logsumexp of its own row."""
     from dlm_sway.backends import hf_positions
 
@@ -59,7 +59,7 @@ def test_target_logprobs_equal_the_full_softmax_at_any_slicing(
     ):
         full_lp, full_roll = _scores(backend, split=False)
         monkeypatch.setattr(hf_positions, "TARGET_SLICE", positions)
-        monkeypatch.setattr(hf_positions, "LSE_ROWS", lse_rows)
+        monkeypatch.setattr(hf_positions, "VOCAB_BLOCK", vocab_block)
         fast_lp, fast_roll = _scores(backend, split=True)
     assert fast_lp == pytest.approx(full_lp, abs=1e-5)
     for a, b in zip(fast_roll, full_roll, strict=True):

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from spies import views_at
 
 from dlm_sway.backends import hf_mixed
@@ -334,14 +335,16 @@ def test_long_texts_under_many_views_never_hold_all_their_logits(
             whole = [r.logprobs for r in view.rolling_logprob_batch(texts)]
         b.instrumentation.cache.clear()
         monkeypatch.setattr(hf_positions, "TARGET_SLICE", 16)
-        head = b.peft_model.get_base_model().get_output_embeddings()
         seen: list[int] = []
-        hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
-        try:
-            with b.sweep(members), b.as_finetuned() as view:
-                sliced = [r.logprobs for r in view.rolling_logprob_batch(texts)]
-        finally:
-            hook.remove()
+        slice_logprobs = hf_positions.slice_logprobs
+
+        def spy(head: Any, h: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+            seen.append(h.shape[0])
+            return slice_logprobs(head, h, wanted)
+
+        monkeypatch.setattr(hf_positions, "slice_logprobs", spy)
+        with b.sweep(members), b.as_finetuned() as view:
+            sliced = [r.logprobs for r in view.rolling_logprob_batch(texts)]
     assert seen and max(seen) <= 16
     assert sum(seen) == sum(len(w) for w in whole) * len(members)  # every view's tokens
     for a, c in zip(whole, sliced, strict=True):

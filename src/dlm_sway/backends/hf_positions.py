@@ -22,11 +22,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-#: Positions whose logits exist at once when only each position's target log-prob is
-#: kept (a vocabulary-wide float32 row each: 48 MB for SmolLM2).
-TARGET_SLICE = 256
-#: Rows of a slice whose logsumexp is taken at once (its temporary is that many rows).
+#: Positions whose target log-probs are computed together.
+TARGET_SLICE = 1024
+#: Vocabulary entries whose logits exist at once for a slice of positions (8 MB of
+#: float32 at 1024 × 2048). A plain ``Linear`` head runs block by block under an online
+#: logsumexp: the matmul's output then stays in cache, where one vocabulary-wide output
+#: runs at about two-thirds of the rate (measured on SmolLM2's head on a 2-core AVX2
+#: CPU: 1.0 s → 0.65 s per 1024 positions, logsumexp included).
+VOCAB_BLOCK = 2048
+#: A head that is not a plain ``Linear`` runs whole, on this many rows at once (a
+#: vocabulary-wide float32 row each: 48 MB for SmolLM2) ...
+WHOLE_HEAD_ROWS = 256
+#: ... and their logsumexp is taken this many rows at a time (its temporary's rows).
 LSE_ROWS = 64
 #: |Δ logit| allowed between the split and the full forward (same kernels, same order:
 #: in practice 0; anything visible means the model does something after the head).
@@ -141,19 +150,70 @@ class PositionHead:
         rows = torch.tensor([r for r, _ in index], dtype=torch.long, device=hidden.device)
         cols = torch.tensor([p for _, p in index], dtype=torch.long, device=hidden.device)
         flat = [t for ts in targets for t in ts]
-        wanted = torch.tensor(flat, dtype=torch.long, device=hidden.device).unsqueeze(-1)
+        wanted = torch.tensor(flat, dtype=torch.long, device=hidden.device)
         out = torch.empty(len(index), dtype=torch.float32, device=hidden.device)
         for s in range(0, len(index), TARGET_SLICE):
             part = slice(s, s + TARGET_SLICE)
-            logits = self.head(hidden[rows[part], cols[part]]).float()
-            out[part] = logits.gather(-1, wanted[part]).squeeze(-1)
-            # log p = logit − logsumexp, the latter a few rows at a time: a whole-slice
-            # log_softmax would be a second vocabulary-wide copy of the slice (50 MB).
-            n = logits.shape[0]
-            for r in range(0, n, LSE_ROWS):
-                e = min(r + LSE_ROWS, n)
-                out[s + r : s + e] -= torch.logsumexp(logits[r:e], dim=-1)
+            out[part] = slice_logprobs(self.head, hidden[rows[part], cols[part]], wanted[part])
         return list(torch.split(out, [len(ps) for ps in positions]))
 
 
-__all__ = ["PARITY_TOL", "TARGET_SLICE", "PositionHead", "fold_head_input", "row_major_strides"]
+def slice_logprobs(head: Any, h: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """float32 ``log softmax(head(h))[i, wanted[i]]`` for the rows of ``h`` [n, H]."""
+    if not _plain_linear(head, h):
+        return _whole_head_logprobs(head, h, wanted)
+    weight, bias = head.weight, head.bias
+    n = h.shape[0]
+    peak = torch.full((n,), -torch.inf, dtype=torch.float32, device=h.device)
+    total = torch.zeros(n, dtype=torch.float32, device=h.device)
+    picked = torch.zeros(n, dtype=torch.float32, device=h.device)
+    for v in range(0, weight.shape[0], VOCAB_BLOCK):
+        w = weight[v : v + VOCAB_BLOCK]
+        logits = F.linear(h, w, None if bias is None else bias[v : v + VOCAB_BLOCK]).float()
+        inside = ((wanted >= v) & (wanted < v + w.shape[0])).nonzero().squeeze(-1)
+        if inside.numel():
+            picked[inside] = logits[inside, wanted[inside] - v]
+        # Online logsumexp: the running sum is rescaled to each new maximum. A shift of
+        # ±inf (a row of -inf so far, or an inf logit) is taken as 0 so no inf − inf
+        # appears where torch.logsumexp has none.
+        new_peak = torch.maximum(peak, logits.amax(-1))
+        shift = torch.where(new_peak.isinf(), torch.zeros_like(new_peak), new_peak)
+        total.mul_(torch.exp(peak - shift)).add_(logits.sub_(shift[:, None]).exp_().sum(-1))
+        peak = new_peak
+    return picked - (torch.where(peak.isinf(), torch.zeros_like(peak), peak) + total.log())
+
+
+def _plain_linear(head: Any, h: torch.Tensor) -> bool:
+    """Whether ``head(h)`` is ``F.linear`` on its own weight: no subclass (quantised
+    layers subclass ``Linear``), no accelerate hook that moves or loads the weight."""
+    return (
+        type(head) is torch.nn.Linear
+        and not hasattr(head, "_hf_hook")
+        and head.weight.device == h.device
+        and head.weight.dtype == h.dtype
+    )
+
+
+def _whole_head_logprobs(head: Any, h: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """:func:`slice_logprobs` through the head module itself, vocabulary-wide."""
+    out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+    for s in range(0, h.shape[0], WHOLE_HEAD_ROWS):
+        logits = head(h[s : s + WHOLE_HEAD_ROWS]).float()
+        part = out[s : s + WHOLE_HEAD_ROWS]
+        part.copy_(logits.gather(-1, wanted[s : s + WHOLE_HEAD_ROWS, None]).squeeze(-1))
+        # log p = logit − logsumexp, the latter a few rows at a time: a whole-slice
+        # log_softmax would be a second vocabulary-wide copy of the slice.
+        for r in range(0, logits.shape[0], LSE_ROWS):
+            part[r : r + LSE_ROWS] -= torch.logsumexp(logits[r : r + LSE_ROWS], dim=-1)
+    return out
+
+
+__all__ = [
+    "PARITY_TOL",
+    "TARGET_SLICE",
+    "VOCAB_BLOCK",
+    "PositionHead",
+    "fold_head_input",
+    "row_major_strides",
+    "slice_logprobs",
+]
