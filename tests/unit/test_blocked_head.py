@@ -115,3 +115,12 @@ def test_bf16_head_keeps_float32_log_probs() -> None:
         want = head(h).float().log_softmax(-1).gather(-1, wanted[:, None]).squeeze(-1)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [VOCAB, -1])
+def test_a_target_outside_the_vocabulary_is_an_error_not_a_number(bad: int) -> None:
+    """A target no block holds (a tokenizer with more ids than the head has outputs) must
+    fail as the vocabulary-wide gather did, never come back as a log-prob."""
+    head = _head(bias=False)
+    with torch.inference_mode(), pytest.raises(IndexError, match="outside the model's 50"):
+        slice_logprobs(head, torch.randn(2, HIDDEN), torch.tensor([3, bad]))

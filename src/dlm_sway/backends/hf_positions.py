@@ -163,6 +163,12 @@ def slice_logprobs(head: Any, h: torch.Tensor, wanted: torch.Tensor) -> torch.Te
     if not _plain_linear(head, h):
         return _whole_head_logprobs(head, h, wanted)
     weight, bias = head.weight, head.bias
+    if wanted.numel() and not (int(wanted.min()) >= 0 and int(wanted.max()) < weight.shape[0]):
+        # A target no block holds would keep a log-prob of -logsumexp: a number, not an error.
+        raise IndexError(
+            f"a target token id ({int(wanted.min())}..{int(wanted.max())}) is outside the "
+            f"model's {weight.shape[0]} output logits: the tokenizer does not match the model"
+        )
     n = h.shape[0]
     peak = torch.full((n,), -torch.inf, dtype=torch.float32, device=h.device)
     total = torch.zeros(n, dtype=torch.float32, device=h.device)
