@@ -100,3 +100,45 @@ def test_generation_and_scores_unchanged_on_a_model_that_takes_the_path(
     assert none_patched == 0 and patched > 0
     assert fast_texts == plain_texts
     assert fast_scores == pytest.approx(plain_scores, abs=1e-5)
+
+
+def test_generation_forwards_run_a_wide_layer_on_onednn_and_nothing_else_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside ``decoding()`` a head-shaped layer past MAX_ROWS rows takes oneDNN (float
+    rounding apart, the same numbers, the same bits every time); scoring forwards,
+    narrow layers and forwards that track gradients keep torch's own linear, bit for bit."""
+    monkeypatch.setattr(hf_few_rows, "MIN_WEIGHT_ELEMENTS", 0)
+    calls: list[int] = []
+    real = hf_few_rows.onednn_linear
+
+    def spy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x, weight, bias)
+
+    monkeypatch.setattr(hf_few_rows, "onednn_linear", spy)
+    wide, narrow = _linear(512, 64, bias=True), _linear(96, 32, bias=False)
+    hf_few_rows.speed_up_few_rows(torch.nn.Sequential(wide, narrow))
+    for layer in (wide, narrow):
+        for rows in (5, 9, 36):
+            x = torch.randn(rows, 2, layer.in_features)[:, 1:, :]
+            with torch.inference_mode():
+                plain = layer(x)  # outside generation
+                if rows > hf_few_rows.MAX_ROWS_WIDE:  # past both few-row limits: torch's own
+                    assert torch.equal(
+                        plain, torch.nn.functional.linear(x, layer.weight, layer.bias)
+                    )
+                with hf_few_rows.decoding():
+                    got = layer(x)
+                    assert torch.equal(layer(x.clone()), got)
+            with hf_few_rows.decoding():
+                assert torch.equal(layer(x), plain)  # gradients on: no oneDNN (it has no backward)
+            if layer is narrow:
+                assert torch.equal(got, plain)
+            torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
+            assert got.shape == plain.shape and got.is_contiguous()
+    assert calls == [5, 5, 9, 9, 36, 36]  # the wide layer only, inside decoding only
+    with torch.inference_mode(), hf_few_rows.decoding():
+        x = torch.randn(4, 64)
+        torch.testing.assert_close(wide(x), (wide.weight @ x.T).T + wide.bias)  # few: W @ xᵀ
+    assert calls == [5, 5, 9, 9, 36, 36]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from spies import hf_entry, run_spied, views_at
 
 from dlm_sway.backends import hf_mixed, hf_null_generate
@@ -185,3 +186,46 @@ def test_the_two_model_backend_never_batches_nulls(tiny_assets: Any, tmp_path: P
         assert two.prefetch_null_generations(NULLS, PROMPTS, GREEDY) is None
     finally:
         two.close()
+
+
+def test_mixed_batches_grow_to_the_kv_budget_and_write_the_same_texts(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mixed batch holds up to MIXED_ROWS plain batches while its KV cache fits the
+    budget, never fewer rows than a plain batch, and its rows' texts do not depend on it."""
+    from dlm_sway.backends import hf_generate
+
+    sizes: list[int] = []
+    real = hf_generate._length_chunks
+
+    def spied(rows: Any, batch_size: int) -> Any:
+        sizes.append(batch_size)
+        return real(rows, batch_size)
+
+    monkeypatch.setattr(hf_generate, "_length_chunks", spied)
+    texts = []
+    for budget in (1 << 40, 0):
+        monkeypatch.setattr(hf_null_generate, "KV_BUDGET_BYTES", budget)
+        with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+            got = b.prefetch_null_generations(NULLS, PROMPTS, GREEDY)
+            assert got is not None
+            texts.append([[g.text for g in mine] for mine in got])
+            config = b.peft_model.get_base_model().config
+            per_token = hf_null_generate.kv_bytes_per_token(b.peft_model)
+    assert sizes == [hf_null_generate.MIXED_ROWS * 2, 2]
+    assert texts[0] == texts[1]
+    head_dim = config.hidden_size // config.num_attention_heads
+    kv_heads = config.num_key_value_heads or config.num_attention_heads
+    assert per_token == 2 * config.num_hidden_layers * kv_heads * head_dim * 4  # fp32
+
+
+def test_a_model_whose_kv_size_is_unknown_keeps_twice_the_plain_batch() -> None:
+    class Bare(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+    assert hf_null_generate.kv_bytes_per_token(Bare()) is None
+    mixed = object.__new__(hf_null_generate._MixedGenerator)
+    mixed.model, mixed.batch_size = Bare(), 3
+    assert mixed._chunk_rows([], GREEDY) == 6

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from dlm_sway.backends.hf_few_rows import decoding
 from dlm_sway.core.scoring import (
     Conversation,
     Generation,
@@ -208,9 +209,13 @@ class HFGenerator:
                 )
             gen = None if settings.greedy else row_generator(settings.seed, prompt)
             rows.append(Row(i, ids, templated, gen, 0 if groups is None else groups[i]))
-        for chunk in _length_chunks(rows, self.batch_size):
+        for chunk in _length_chunks(rows, self._chunk_rows(rows, settings)):
             self._run(chunk, settings)
         return [Generation(r.text, len(r.new), r.finish or "length", r.templated) for r in rows]
+
+    def _chunk_rows(self, rows: Sequence[Row], settings: GenerationSettings) -> int:
+        """Rows per decode batch (a subclass that mixes views may take more)."""
+        return self.batch_size
 
     def _run(self, rows: list[Row], settings: GenerationSettings) -> None:
         """One padded chunk: prefill, then one cached forward per new token."""
@@ -223,7 +228,7 @@ class HFGenerator:
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         extra: dict[str, Any] = {"logits_to_keep": 1} if self._logits_to_keep else {}
         live = list(rows)
-        with torch.inference_mode():
+        with torch.inference_mode(), decoding():
             out = self._forward(
                 live,
                 input_ids=ids.to(self.device),
