@@ -226,6 +226,11 @@ def test_a_model_whose_kv_size_is_unknown_keeps_twice_the_plain_batch() -> None:
             self.layer = torch.nn.Linear(2, 2)
 
     assert hf_null_generate.kv_bytes_per_token(Bare()) is None
+    odd = Bare()
+    odd.config = type(  # type: ignore[assignment]
+        "Config", (), {"num_hidden_layers": 2, "num_attention_heads": [4, 8], "hidden_size": 64}
+    )()
+    assert hf_null_generate.kv_bytes_per_token(odd) is None  # per-layer head counts: unknown
     mixed = object.__new__(hf_null_generate._MixedGenerator)
     mixed.model, mixed.batch_size = Bare(), 3
     assert mixed._chunk_rows([], GREEDY) == 6

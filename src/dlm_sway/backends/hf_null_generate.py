@@ -85,19 +85,22 @@ def kv_bytes_per_token(model: Any) -> int | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     config = getattr(config, "get_text_config", lambda: config)()
-    heads = getattr(config, "num_attention_heads", None)
-    hidden = getattr(config, "hidden_size", None)
-    dims = [
-        getattr(config, "num_hidden_layers", None),
-        getattr(config, "num_key_value_heads", None) or heads,
-        getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None),
-    ]
-    sizes = [d for d in dims if isinstance(d, int) and not isinstance(d, bool) and d > 0]
-    if len(sizes) < len(dims):
+    heads = _count(getattr(config, "num_attention_heads", None))
+    hidden = _count(getattr(config, "hidden_size", None))
+    layers = _count(getattr(config, "num_hidden_layers", None))
+    kv_heads = _count(getattr(config, "num_key_value_heads", None)) or heads
+    head_dim = _count(getattr(config, "head_dim", None)) or (
+        hidden // heads if hidden and heads else None
+    )
+    if layers is None or kv_heads is None or not head_dim:
         return None
-    layers, kv_heads, head_dim = sizes
     element: int = next(base.parameters()).element_size()
     return 2 * layers * kv_heads * head_dim * element
+
+
+def _count(value: object) -> int | None:
+    """``value`` if it is a positive int (a config may hold a list, a float or None)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def generate_mixed(
