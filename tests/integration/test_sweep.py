@@ -105,6 +105,56 @@ def test_members_share_forwards_and_keep_their_own_numbers(
     assert not np.allclose(own[4][0], own[5][0], atol=1e-3)
 
 
+@pytest.mark.parametrize("path", ["own", "masked"])
+def test_both_ways_of_adding_the_lora_terms_keep_each_views_numbers(
+    tiny_assets: Any, own: dict[int, Any], path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long runs of one view's rows get that view's own r-wide term, short ones the
+    masked n-wide pair: either way every row keeps its view's numbers, and generation
+    (whose decode steps hold a token per row) still writes each view's own text."""
+    monkeypatch.setattr(hf_mixed, "GROUPED_MIN_TOKENS", 0 if path == "own" else 10**9)
+    taken: list[str] = []
+    for name in ("_own_terms", "_masked_terms"):
+        real = getattr(hf_mixed.Stack, name)
+
+        def spy(self: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            taken.append(_name)
+            return _real(self, *args)
+
+        monkeypatch.setattr(hf_mixed.Stack, name, spy)
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        with b.sweep(MEMBERS):
+            shared = _scores(b, MEMBERS)
+        with b.sweep(MEMBERS):
+            written = _written(b, GREEDY)
+    assert set(taken) == {f"_{path}_terms"}
+    _close(shared, own)
+    with HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b:
+        assert written == _written(b, GREEDY)
+
+
+def test_a_mixed_chunk_holds_its_rows_one_view_after_another(
+    tiny_assets: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each view's rows of a shared forward form one run, so each LoRA module adds that
+    view's own term over the run (not every view's term over every row)."""
+    extra_runs: list[int] = []
+    real = hf_mixed.Stack.select
+
+    def spy(self: Any, rows: Sequence[int]) -> None:
+        real(self, rows)
+        if len(rows) > 1:
+            extra_runs.append(len(self._runs) - len(set(rows)))
+
+    monkeypatch.setattr(hf_mixed.Stack, "select", spy)
+    with (
+        HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b,
+        b.sweep(MEMBERS),
+    ):
+        _scores(b, MEMBERS)
+    assert extra_runs and set(extra_runs) == {0}  # as many runs as views, every forward
+
+
 def test_a_sweep_entered_in_any_view_order_gives_the_same(
     tiny_assets: Any, own: dict[int, Any]
 ) -> None:
@@ -243,7 +293,7 @@ def test_what_cannot_share_scores_alone(
     def broken(*_: Any) -> None:
         raise RuntimeError("rows cannot be told apart")
 
-    monkeypatch.setattr(hf_mixed.Stack, "masked", broken)
+    monkeypatch.setattr(hf_mixed.Stack, "add_terms", broken)
     with (
         HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=2) as b,
         caplog.at_level(logging.WARNING),

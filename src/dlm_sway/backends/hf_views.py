@@ -237,14 +237,21 @@ class HFScorer:
         finally:
             self._mix, self._widen = None, 1
 
-    def _row_chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+    def _row_chunks(
+        self, lengths: Sequence[int], items: Sequence[int] | None = None
+    ) -> list[list[int]]:
         """Chunks of one forward each: wider while views share forwards, but past what
         one view's chunk of these texts would hold only up to MIX_CHUNK_TOKENS (long
-        texts' activations grow with every row)."""
+        texts' activations grow with every row). ``items[c]``: the item of length ``c``
+        (default: itself), whose group orders a mixed chunk (:meth:`_view_major`)."""
         own = min(self.batch_size, -(-len(lengths) // self._widen))
-        return _chunks(lengths, self.batch_size, widen=self._widen, own_rows=own)
+        return self._view_major(
+            _chunks(lengths, self.batch_size, widen=self._widen, own_rows=own), items
+        )
 
-    def _logit_chunks(self, lengths: Sequence[int], wanted: Sequence[int]) -> list[list[int]]:
+    def _logit_chunks(
+        self, lengths: Sequence[int], wanted: Sequence[int], items: Sequence[int]
+    ) -> list[list[int]]:
         """Chunks for ops that keep logits at ``wanted[i]`` positions per text: a mix's
         wider chunks never hold more logits than one view's largest chunk of the same
         texts would (rolling log-probs keep a vocabulary-wide row per token: 12 views'
@@ -253,7 +260,20 @@ class HFScorer:
             return _chunks(lengths, self.batch_size)
         per_view = -(-len(lengths) // self._widen)
         most = min(self.batch_size, per_view) * max(wanted, default=1)
-        return _chunks(lengths, self.batch_size, widen=self._widen, logits=wanted, max_logits=most)
+        chunks = _chunks(
+            lengths, self.batch_size, widen=self._widen, logits=wanted, max_logits=most
+        )
+        return self._view_major(chunks, items)
+
+    def _view_major(self, chunks: list[list[int]], items: Sequence[int] | None) -> list[list[int]]:
+        """While views share forwards, each chunk's rows one view after another (the same
+        lengths in the same order within each): every LoRA module then computes each
+        view's own term over its run of rows, not every view's over all (:mod:`.hf_mixed`)."""
+        if self._mix is None:
+            return chunks
+        groups = self._mix[1]
+        item = (lambda c: c) if items is None else items.__getitem__
+        return [sorted(chunk, key=lambda c: groups[item(c)]) for chunk in chunks]
 
     def _rows(self, items: Sequence[int]) -> None:
         """Before a forward over ``items``: tell the mix whose rows they are."""
@@ -433,7 +453,7 @@ class HFScorer:
         done = self._trunk_rows(encoded, alone, to_dists, results, batched)
         tops = [h for h in guests if h not in done]
         if all(guests[h] == [h] for h in tops):
-            for chunk in self._row_chunks([len(encoded[h]) for h in tops]):
+            for chunk in self._row_chunks([len(encoded[h]) for h in tops], tops):
                 items = [tops[c] for c in chunk]
                 self._rows(items)
                 logits = self.forward(
@@ -444,7 +464,7 @@ class HFScorer:
                         results[i] = dist
             return [r for r in results if r is not None]
         sizes = [len(guests[h]) for h in tops]
-        for chunk in self._logit_chunks([len(encoded[h]) for h in tops], sizes):
+        for chunk in self._logit_chunks([len(encoded[h]) for h in tops], sizes, tops):
             members = [tops[c] for c in chunk]
             self._rows(members)
             wanted = [[len(encoded[i]) - 1 for i in guests[h]] for h in members]
@@ -482,6 +502,8 @@ class HFScorer:
             return done
         for chunk in packed_chunks(packed):
             rows = [packed[c] for c in chunk]
+            if groups is not None:  # one view after another, as in _view_major
+                rows.sort(key=lambda r: groups[r.members[0]])
             ids, kwargs = packed_inputs(rows, self.pad_id, self._dtype, self.device)
             self._rows([r.members[0] for r in rows])
             with torch.inference_mode():
@@ -543,7 +565,7 @@ class HFScorer:
         encoded = [self.encode(t) for t in texts]
         results: list[RollingLogprob] = [_rolling(ids, None) for ids in encoded]
         scorable = [i for i, ids in enumerate(encoded) if len(ids) >= 2]
-        for chunk in self._row_chunks([len(encoded[i]) for i in scorable]):
+        for chunk in self._row_chunks([len(encoded[i]) for i in scorable], scorable):
             members = [scorable[c] for c in chunk]
             self._rows(members)
             wanted = [range(0, len(encoded[i]) - 1) for i in members]
