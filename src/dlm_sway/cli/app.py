@@ -63,6 +63,8 @@ def main() -> None:
     ``> file``, a closed pipe) end the command with one line and exit 2, never a
     traceback and never exit 1, which a CI would read as a failed gate.
 
+    Before anything loads, freed heap memory is kept for reuse (:mod:`.heap`).
+
     A finished command leaves with ``os._exit`` once its streams are flushed: every
     file it wrote is closed by then, and tearing down the interpreter after torch,
     transformers and peft are imported takes about a second that changes nothing.
@@ -72,6 +74,9 @@ def main() -> None:
     import os
     import sys
 
+    from dlm_sway.cli.heap import keep_freed_memory
+
+    keep_freed_memory()
     try:
         try:
             app()
