@@ -43,7 +43,7 @@ _DECODING: ContextVar[bool] = ContextVar("sway_decoding", default=False)
 
 @contextmanager
 def decoding() -> Iterator[None]:
-    """Generation's forwards: patched layers past the few-row limit run on oneDNN."""
+    """Generation's forwards: a wide layer (the head) past ``MAX_ROWS`` rows runs on oneDNN."""
     token = _DECODING.set(_has_onednn_linear())
     try:
         yield
