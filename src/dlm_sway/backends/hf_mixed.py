@@ -60,8 +60,8 @@ class Group:
 
 
 def mixable(slots: Sequence[LoraSlot]) -> bool:
-    """Whether every LoRA slot is a plain linear LoRA (no DoRA or other PEFT variant),
-    the module's only adapter."""
+    """Whether every LoRA slot is a plain linear LoRA (no DoRA or other PEFT variant,
+    no trained bias: the terms here are B·A·x alone), the module's only adapter."""
     return bool(slots) and all(
         isinstance(s.layer, LoraLinear)
         and not s.layer.use_dora.get(s.adapter, False)
@@ -69,6 +69,8 @@ def mixable(slots: Sequence[LoraSlot]) -> bool:
         and len(s.layer.lora_A) == 1
         and isinstance(s.layer.lora_A[s.adapter], torch.nn.Linear)
         and isinstance(s.layer.lora_B[s.adapter], torch.nn.Linear)
+        and s.layer.lora_A[s.adapter].bias is None
+        and s.layer.lora_B[s.adapter].bias is None
         for s in slots
     )
 
