@@ -347,8 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.path.insert(0, str(ROOT / "bench"))
             import flops
 
-            phases, peak, dtype = flops.measure(specs[("race", "new")])
-            print(flops.report(phases, peak, dtype))
+            phases, peaks, dtype = flops.measure(specs[("race", "new")])
+            print(flops.report(phases, peaks, dtype))
         if args.keep is not None:
             shutil.copytree(work / "new", args.keep / "new", dirs_exist_ok=True)
             shutil.copytree(work / "old", args.keep / "old", dirs_exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,39 @@ def test_phase_meter_times_each_phase_apart() -> None:
     assert [p.name for p in meter.phases] == ["load", "preflight", "probe"]
     assert meter.phases[0].wall_s == 1.5  # the load was timed by the caller
     assert all(0.0 <= p.wall_s < 1.0 for p in meter.phases[1:])
+
+
+def test_each_phase_is_judged_against_the_peak_sampled_at_its_own_ends() -> None:
+    """A machine that slows down mid-run: the later phase is measured against the slow
+    samples around it, the earlier against the fast ones, and sampling (0.05 s here)
+    never counts as a phase's time."""
+    readings = iter([100e9, 100e9, 50e9, 60e9])
+
+    def sample() -> float:
+        time.sleep(0.05)
+        return next(readings)
+
+    meter = flops.PhaseMeter(flops.Dims(4, 8, 2, 2, 10), sample=sample)
+    meter.phases.append(flops.Phase("load", wall_s=1.5))
+    meter.begin("fast", close_previous=False)
+    meter.begin("slowing")
+    meter.end()  # as the runner does: a probe ends, then the next one starts
+    meter.begin("slow")
+    meter.end()
+    fast, slowing, slow = meter.phases[1:]
+    assert meter.samples == [100e9, 100e9, 50e9, 60e9]
+    assert (fast.peaks, slowing.peaks, slow.peaks) == ([100e9, 100e9], [100e9, 50e9], [50e9, 60e9])
+    assert all(p.wall_s < 0.04 for p in (fast, slowing, slow))
+    assert meter.phases[0].peaks == []  # the load was timed apart, before any sample
+    for phase in (fast, slowing, slow):
+        phase.flops, phase.wall_s, phase.forward_s = 30e9, 1.0, 1.0
+    lines = flops.report(meter.phases, meter.samples, "float32").splitlines()
+    assert "4 samples at phase boundaries, 50.0-100.0 GFLOP/s" in lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert rows["fast"][-2:] == ["30.0%", "30.0%"]
+    assert rows["slowing"][-2:] == ["30.0%", "30.0%"]  # the higher end, not the slow one
+    assert rows["slow"][-2:] == ["50.0%", "50.0%"]  # 30 of the 60 sampled after it
+    assert rows["total"][-3] == "100.0"  # the whole run against the highest sample
 
 
 def test_the_old_autogen_suite_loses_only_what_the_new_code_refuses(tmp_path: Path) -> None:
