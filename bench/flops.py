@@ -273,7 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None)
     args = parser.parse_args(argv)
-    phases, samples, dtype = measure(args.spec, dtype=args.dtype)
+    from dlm_sway.core.errors import SwayError
+
+    try:
+        phases, samples, dtype = measure(args.spec, dtype=args.dtype)
+    except SwayError as exc:  # a bad spec or model: its message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(report(phases, samples, dtype))
     return 0
 

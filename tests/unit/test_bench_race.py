@@ -136,6 +136,14 @@ def test_each_phase_is_judged_against_the_peak_sampled_at_its_own_ends() -> None
     assert rows["total"][-3] == "100.0"  # the whole run against the highest sample
 
 
+def test_flops_names_a_missing_spec_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert flops.main([str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope.yaml" in err and "not found" in err
+
+
 def test_the_old_autogen_suite_loses_only_what_the_new_code_refuses(tmp_path: Path) -> None:
     """An old-style suite with a preference_flip entry the document cannot feed (2 triples,
     3 needed): that entry and its calibration go, everything else stays, paths resolve."""
