@@ -7,9 +7,10 @@ the higher of the samples taken just before and just after it: a machine that
 speeds up or slows down during the run (a shared VM's single peak measurement
 read 121 and 73.5 GFLOP/s in two runs an hour apart) moves the peak and the
 phase together, and a slow sample never flatters the fraction. A forward's
-useful FLOPs are counted from its real (non-pad) tokens: 2 × body-Linear params per token, plus attention
-(2 × 2 × position × hidden per layer and token), plus the lm_head for every
-position whose logits are kept. LoRA's extra work is not counted (a lower bound).
+useful FLOPs are counted from its real (non-pad) tokens: 2 × body-Linear params
+per token, plus attention (2 × 2 × position × hidden per layer and token), plus
+the lm_head for every position whose logits are kept. LoRA's extra work is not
+counted (a lower bound).
 
     python bench/flops.py bench/specs/race.yaml [--dtype bf16]
 """
