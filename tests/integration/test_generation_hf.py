@@ -20,10 +20,14 @@ from dlm_sway.backends import hf_generate
 from dlm_sway.backends.hf import HFDifferentialBackend
 from dlm_sway.core.errors import ViewError
 from dlm_sway.core.scoring import (
+    BASE_AND_FT,
     ChatTurn,
     Generating,
+    GeneratingBatches,
+    GenerationBatch,
     GenerationError,
     GenerationSettings,
+    shared_forwards,
 )
 
 if TYPE_CHECKING:
@@ -233,3 +237,84 @@ def test_a_closed_view_refuses_to_generate(hf_backend: HFDifferentialBackend) ->
 def test_a_prompt_past_the_context_is_a_clear_error(hf_backend: HFDifferentialBackend) -> None:
     with hf_backend.as_base() as view, pytest.raises(GenerationError, match="positions"):
         view.generate_batch(["The fox " * 100], GenerationSettings(max_new_tokens=100))
+
+
+#: Greedy, sampled with a nucleus, and sampled with a stop: rows of each in one batch.
+SEVERAL = (
+    GenerationSettings(max_new_tokens=10),
+    GenerationSettings(max_new_tokens=12, temperature=1.3, top_p=0.9, seed=7),
+    GenerationSettings(max_new_tokens=6, temperature=0.8, seed=3, stop=("e",)),
+)
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows of every ``generate_each`` call (each is one set of shared decode batches)."""
+    calls: list[int] = []
+    real = hf_generate.HFGenerator.generate_each
+
+    def spy(self: Any, prompts: Any, settings: Any, groups: Any = None) -> Any:
+        calls.append(len(prompts))
+        return real(self, prompts, settings, groups)
+
+    monkeypatch.setattr(hf_generate.HFGenerator, "generate_each", spy)
+    return calls
+
+
+@pytest.mark.parametrize("which", VIEWS)
+def test_several_settings_decoded_together_equal_each_written_alone(
+    pair: tuple[HFDifferentialBackend, HFDifferentialBackend],
+    which: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, second = pair
+    with _open(second, which) as view:
+        alone = [view.generate_batch(PROMPTS, s) for s in SEVERAL]
+    decodes = _count_decodes(monkeypatch)
+    with _open(first, which) as view:
+        assert isinstance(view, GeneratingBatches)
+        together = view.generate_batches([GenerationBatch(tuple(PROMPTS), s) for s in SEVERAL])
+    assert together == alone
+    assert decodes == [len(PROMPTS) * len(SEVERAL)]  # one shared decode, not one per settings
+    assert len({tuple(g.text for g in out) for out in alone}) == len(SEVERAL)  # not vacuous
+
+
+def test_batches_decoded_together_are_cached_like_generate_batch(
+    fresh_backend: HFDifferentialBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decodes = _count_decodes(monkeypatch)
+    stats = fresh_backend.stats
+    with fresh_backend.as_finetuned() as view:
+        view.generate_batch(PROMPTS[:2], SEVERAL[0])
+        decodes.clear()
+        got = view.generate_batches(
+            [GenerationBatch(tuple(PROMPTS[:3]), SEVERAL[0]), GenerationBatch((), SEVERAL[1])]
+            + [GenerationBatch(tuple(PROMPTS[:3]), SEVERAL[1])]
+        )
+        assert [len(g) for g in got] == [3, 0, 3]
+        assert decodes == [1 + 3]  # the two cached rows are not written again
+        hits = stats.cache_hits
+        assert view.generate_batch(PROMPTS[:3], SEVERAL[1]) == got[2]
+        assert stats.cache_hits == hits + 3
+    assert decodes == [4]
+
+
+def test_an_open_sweep_shares_the_first_batch_and_decodes_the_rest_together(
+    pair: tuple[HFDifferentialBackend, HFDifferentialBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = pair
+    with second.as_base() as view:
+        base_alone = [view.generate_batch(PROMPTS, s) for s in SEVERAL]
+    with second.as_finetuned() as view:
+        ft_alone = [view.generate_batch(PROMPTS, s) for s in SEVERAL]
+    batches = [GenerationBatch(tuple(PROMPTS), s) for s in SEVERAL]
+    with shared_forwards(first, BASE_AND_FT):
+        with first.as_base() as view:
+            decodes = _count_decodes(monkeypatch)
+            assert view.generate_batches(batches) == base_alone
+            # The sweep's batch under both members, then the other two settings together.
+            assert decodes == [len(BASE_AND_FT) * len(PROMPTS), (len(SEVERAL) - 1) * len(PROMPTS)]
+        with first.as_finetuned() as view:
+            misses = first.stats.cache_misses
+            assert view.generate_batch(PROMPTS, SEVERAL[0]) == ft_alone[0]
+            assert first.stats.cache_misses == misses  # written with the base's rows
+            assert view.generate_batches(batches) == ft_alone

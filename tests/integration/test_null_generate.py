@@ -233,4 +233,4 @@ def test_a_model_whose_kv_size_is_unknown_keeps_twice_the_plain_batch() -> None:
     assert hf_null_generate.kv_bytes_per_token(odd) is None  # per-layer head counts: unknown
     mixed = object.__new__(hf_null_generate._MixedGenerator)
     mixed.model, mixed.batch_size = Bare(), 3
-    assert mixed._chunk_rows([], GREEDY) == 6
+    assert mixed._chunk_rows([]) == 6

@@ -141,6 +141,7 @@ class Row:
     index: int
     prompt_ids: list[int]
     templated: bool
+    settings: GenerationSettings
     generator: torch.Generator | None
     group: int = 0  # see ``HFGenerator.generate(groups=...)``
     new: list[int] = field(default_factory=list)
@@ -190,34 +191,48 @@ class HFGenerator:
     ) -> list[Generation]:
         """``groups``: a tag per prompt that :meth:`_forward` and :meth:`_canonical` of a
         subclass may read (rows of several adapters in one batch); plain runs pass none."""
+        return self.generate_each(prompts, [settings] * len(prompts), groups)
+
+    def generate_each(
+        self,
+        prompts: Sequence[str | Conversation],
+        settings: Sequence[GenerationSettings],
+        groups: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """Prompt ``i`` written under ``settings[i]``, all in the same decode batches: a
+        greedy and a sampled request of one prompt cost one pass over the weights per
+        step instead of two, and each row's text is still the one it gets alone (its
+        own sampling stream, its own stop, near-ties re-decided canonically)."""
+        if len(settings) != len(prompts):
+            raise ValueError(f"{len(settings)} settings for {len(prompts)} prompts")
         if groups is not None and len(groups) != len(prompts):
             raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
         rows: list[Row] = []
-        for i, prompt in enumerate(prompts):
-            ids, templated = encode_prompt(self.tokenizer, prompt, settings.chat)
+        for i, (prompt, own) in enumerate(zip(prompts, settings, strict=True)):
+            ids, templated = encode_prompt(self.tokenizer, prompt, own.chat)
             if not ids:
                 raise GenerationError(
                     f"prompt {i} encodes to zero tokens and the tokenizer adds no BOS token: "
                     "there is nothing to continue; give it some text"
                 )
-            total = len(ids) + settings.max_new_tokens
+            total = len(ids) + own.max_new_tokens
             if self.max_positions is not None and total > self.max_positions:
                 raise GenerationError(
                     f"prompt {i} has {len(ids)} tokens; with max_new_tokens "
-                    f"{settings.max_new_tokens} that is {total}, past the model's "
+                    f"{own.max_new_tokens} that is {total}, past the model's "
                     f"{self.max_positions} positions: shorten the prompt or max_new_tokens"
                 )
-            gen = None if settings.greedy else row_generator(settings.seed, prompt)
-            rows.append(Row(i, ids, templated, gen, 0 if groups is None else groups[i]))
-        for chunk in _length_chunks(rows, self._chunk_rows(rows, settings)):
-            self._run(chunk, settings)
+            gen = None if own.greedy else row_generator(own.seed, prompt)
+            rows.append(Row(i, ids, templated, own, gen, 0 if groups is None else groups[i]))
+        for chunk in _length_chunks(rows, self._chunk_rows(rows)):
+            self._run(chunk)
         return [Generation(r.text, len(r.new), r.finish or "length", r.templated) for r in rows]
 
-    def _chunk_rows(self, rows: Sequence[Row], settings: GenerationSettings) -> int:
+    def _chunk_rows(self, rows: Sequence[Row]) -> int:
         """Rows per decode batch (a subclass that mixes views may take more)."""
         return self.batch_size
 
-    def _run(self, rows: list[Row], settings: GenerationSettings) -> None:
+    def _run(self, rows: list[Row]) -> None:
         """One padded chunk: prefill, then one cached forward per new token."""
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -245,8 +260,8 @@ class HFGenerator:
                 keep: list[int] = []
                 feed: list[int] = []
                 for b, row in enumerate(live):
-                    token = self._choose(last[b], row, settings)
-                    if self._advance(row, token, settings):
+                    token = self._choose(last[b], row)
+                    if self._advance(row, token):
                         keep.append(b)
                         feed.append(token)
                 if not keep:
@@ -267,14 +282,14 @@ class HFGenerator:
                 )
                 next_pos = next_pos + 1
 
-    def _choose(self, logits: torch.Tensor, row: Row, settings: GenerationSettings) -> int:
+    def _choose(self, logits: torch.Tensor, row: Row) -> int:
         """Decide on the batched logits; a near-tie is re-decided on the canonical forward.
 
         The canonical forward (this row alone, unpadded, no KV cache) depends on the
         row's tokens only, so both a batched and a one-prompt run re-decide a near-tie
         identically, and a decision robust to the jitter is the same in both.
         """
-        noise = None
+        noise, settings = None, row.settings
         if row.generator is not None:  # one draw per step, used or not: streams stay aligned
             noise = gumbel_noise(int(logits.shape[-1]), row.generator)
         token, robust = choose(logits, settings, noise, self.margin)
@@ -294,8 +309,9 @@ class HFGenerator:
         logits: torch.Tensor = self.model(input_ids=ids, use_cache=False, **extra).logits
         return logits[0, -1].float()
 
-    def _advance(self, row: Row, token: int, settings: GenerationSettings) -> bool:
+    def _advance(self, row: Row, token: int) -> bool:
         """Record ``token``; False once the row is finished."""
+        settings = row.settings
         if token in self.eos_ids:
             row.finish = "eos"
             row.text = self._decode(row)

@@ -41,13 +41,13 @@ class _MixedGenerator(HFGenerator):
         self.__dict__.update(base.__dict__)  # the same model, tokenizer, batch size, margin
         self.stack = stack
 
-    def _chunk_rows(self, rows: Sequence[Row], settings: GenerationSettings) -> int:
+    def _chunk_rows(self, rows: Sequence[Row]) -> int:
         """Up to ``MIXED_ROWS`` plain batches, as many rows as the KV budget holds (at
         least one plain batch; twice one where the model's KV size is unknown)."""
         per_token = kv_bytes_per_token(self.model)
-        if per_token is None:
+        if per_token is None or not rows:
             return 2 * self.batch_size
-        longest = max(len(r.prompt_ids) for r in rows) + settings.max_new_tokens
+        longest = max(len(r.prompt_ids) + r.settings.max_new_tokens for r in rows)
         fits = KV_BUDGET_BYTES // (per_token * longest)
         return max(self.batch_size, min(MIXED_ROWS * self.batch_size, fits))
 

@@ -46,6 +46,7 @@ from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
     Conversation,
     Generation,
+    GenerationBatch,
     GenerationError,
     GenerationSettings,
     RollingLogprob,
@@ -580,6 +581,12 @@ class HFScorer:
         """Batched, KV-cached generation (see :mod:`dlm_sway.backends.hf_generate`)."""
         return self.generator().generate(prompts, settings)
 
+    def generate_each(
+        self, prompts: Sequence[str | Conversation], settings: Sequence[GenerationSettings]
+    ) -> list[Generation]:
+        """Prompt ``i`` under ``settings[i]``, in shared decode batches."""
+        return self.generator().generate_each(prompts, settings)
+
     def generator(self) -> HFGenerator:
         """A generator on this scorer's model, tokenizer and batch size."""
         return HFGenerator(
@@ -791,6 +798,54 @@ class HFView:
         finally:
             if self._sweep is not None:
                 self._sweep.live = False
+
+    def generate_batches(self, batches: Sequence[GenerationBatch]) -> list[list[Generation]]:
+        """Several settings' generations in shared decode batches, cached as
+        :meth:`generate_batch` caches each. A lone batch, and the first of an open sweep
+        (so its members share it), are written by ``generate_batch``; the misses of the
+        rest are decoded together, once, when the first of them is asked for."""
+        scorer = self._check()
+        out: list[list[Generation]] = []
+        todo = list(batches)
+        if len(todo) == 1 or (todo and self._sweep is not None and self._sweep.live):
+            out.append(self.generate_batch(todo[0].prompts, todo[0].settings))
+            todo = todo[1:]
+        ops = ["generate:" + repr(b.settings) for b in todo]
+        keys = [[prompt_cache_key(p) for p in b.prompts] for b in todo]
+        cache = scorer.instr.cache
+        pending: dict[tuple[str, str], tuple[str | Conversation, GenerationSettings]] = {}
+        for op, batch, its in zip(ops, todo, keys, strict=True):
+            for prompt, key in zip(batch.prompts, its, strict=True):
+                if cache.key(op, self.cache_ns, key, 0) not in cache:
+                    pending.setdefault((op, key), (prompt, batch.settings))
+        written: dict[tuple[str, str], Generation] = {}
+
+        def write(op: str, settings: GenerationSettings, items: list[Any]) -> list[Generation]:
+            if pending and not written:
+                rows = list(pending.values())
+                made = scorer.generate_each([p for p, _ in rows], [s for _, s in rows])
+                written.update(zip(pending, made, strict=True))
+            wanted = [(op, prompt_cache_key(p)) for p in items]
+            # Anything the cache let go of since it was checked is written on its own.
+            rest = [p for p, k in zip(items, wanted, strict=True) if k not in written]
+            written.update(
+                zip(
+                    [(op, prompt_cache_key(p)) for p in rest],
+                    scorer.generate_batch(rest, settings) if rest else [],
+                    strict=True,
+                )
+            )
+            return [written[k] for k in wanted]
+
+        for op, batch, its in zip(ops, todo, keys, strict=True):
+            compute = functools.partial(write, op, batch.settings)
+            prompts = list(batch.prompts)
+            out.append(
+                self._score(scorer.instr, op, its, 0, prompts, compute, batch.settings)
+                if prompts
+                else []
+            )
+        return out
 
     def generate(
         self,

@@ -38,7 +38,7 @@ from dlm_sway.core.scoring import (
 )
 from dlm_sway.core.sections import Section
 from dlm_sway.probes import _embed
-from dlm_sway.probes._textgen import CannotGenerateError, write
+from dlm_sway.probes._textgen import CannotGenerateError, write_batches
 
 Source = Literal["spec", "document", "base_model"]
 SOURCES: tuple[Source, ...] = ("spec", "document", "base_model")
@@ -135,14 +135,20 @@ def from_base_model(
     """Prompt → rewordings the base model wrote (greedy first, then seeded samples)."""
     requests = [(ChatTurn("user", REWORD_REQUEST.format(prompt=p.strip())),) for p in prompts]
     found: dict[str, list[str]] = {p: [] for p in prompts}
-    for i in range(per_prompt):
-        settings = GenerationSettings(
-            max_new_tokens=max_new_tokens,
-            temperature=0.0 if i == 0 else 0.8,
-            seed=seed + i,
-            stop=("\n\n",),
+    batches = [
+        (
+            requests,
+            GenerationSettings(
+                max_new_tokens=max_new_tokens,
+                temperature=0.0 if i == 0 else 0.8,
+                seed=seed + i,
+                stop=("\n\n",),
+            ),
         )
-        for p, text in zip(prompts, write(view, requests, settings, probe=probe), strict=True):
+        for i in range(per_prompt)
+    ]
+    for texts in write_batches(view, batches, probe=probe):
+        for p, text in zip(prompts, texts, strict=True):
             got = clean(text, p)
             if got is not None and got not in found[p]:
                 found[p].append(got)

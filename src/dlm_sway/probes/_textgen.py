@@ -17,6 +17,8 @@ from dlm_sway.core.errors import SwayError
 from dlm_sway.core.scoring import (
     Conversation,
     Generating,
+    GeneratingBatches,
+    GenerationBatch,
     GenerationSettings,
     ScoringModel,
 )
@@ -77,10 +79,53 @@ def write(
             f"{probe}: the backend returned {len(out)} generations for {len(prompts)} prompts"
         )
     texts = [g.text for g in out]
-    log = _LOG.get()
-    if log is not None:
-        log.append(Written(view.id, tuple(prompts), settings, tuple(texts)))
+    _record(view, prompts, settings, texts)
     return texts
 
 
-__all__ = ["CannotGenerateError", "Written", "generating", "recording", "write"]
+def write_batches(
+    view: ScoringModel,
+    batches: Sequence[tuple[Sequence[str | Conversation], GenerationSettings]],
+    *,
+    probe: str,
+) -> list[list[str]]:
+    """Per (prompts, settings) batch, what :func:`write` gives for it; written in shared
+    decode batches where the view can (:class:`GeneratingBatches`), one by one elsewhere."""
+    if not isinstance(view, GeneratingBatches):
+        return [write(view, prompts, settings, probe=probe) for prompts, settings in batches]
+    wanted = [GenerationBatch(tuple(prompts), settings) for prompts, settings in batches]
+    asked = [b for b in wanted if b.prompts]  # as in write, an empty batch asks nothing
+    out = iter(view.generate_batches(asked) if asked else [])
+    texts: list[list[str]] = []
+    for batch in wanted:
+        got = next(out, None) if batch.prompts else []
+        if got is None or len(got) != len(batch.prompts):
+            raise SwayError(
+                f"{probe}: the backend returned {0 if got is None else len(got)} generations "
+                f"for {len(batch.prompts)} prompts"
+            )
+        texts.append([g.text for g in got])
+        if batch.prompts:
+            _record(view, batch.prompts, batch.settings, texts[-1])
+    return texts
+
+
+def _record(
+    view: ScoringModel,
+    prompts: Sequence[str | Conversation],
+    settings: GenerationSettings,
+    texts: Sequence[str],
+) -> None:
+    log = _LOG.get()
+    if log is not None:
+        log.append(Written(view.id, tuple(prompts), settings, tuple(texts)))
+
+
+__all__ = [
+    "CannotGenerateError",
+    "Written",
+    "generating",
+    "recording",
+    "write",
+    "write_batches",
+]

@@ -34,7 +34,7 @@ from dlm_sway.core.scoring import BASE_AND_FT, GenerationSettings, shared_forwar
 from dlm_sway.core.sections import Document
 from dlm_sway.probes import _stylometry as sty
 from dlm_sway.probes._fields import Fraction, ZBar
-from dlm_sway.probes._textgen import CannotGenerateError, write
+from dlm_sway.probes._textgen import CannotGenerateError, write_batches
 from dlm_sway.probes._verdict import calibrate, judge, judged_result
 from dlm_sway.probes.base import Probe, ProbeSpec, RunContext, bare_result, document_context
 
@@ -153,10 +153,11 @@ class StyleFingerprintProbe(Probe):
         backend = ctx.require_backend
         try:
             with shared_forwards(backend, BASE_AND_FT):
+                batches = [(prompts, s) for s in settings]
                 with backend.as_base() as view:
-                    base = [t for s in settings for t in write(view, prompts, s, probe=self.kind)]
+                    base = [t for ts in write_batches(view, batches, probe=self.kind) for t in ts]
                 with backend.as_finetuned() as view:
-                    ft = [t for s in settings for t in write(view, prompts, s, probe=self.kind)]
+                    ft = [t for ts in write_batches(view, batches, probe=self.kind) for t in ts]
         except CannotGenerateError as exc:
             return bare_result(spec, Verdict.SKIP, str(exc))
         return self._judge(spec, ctx, prompts, base, ft, _reference(spec, ctx))
