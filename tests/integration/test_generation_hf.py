@@ -318,3 +318,31 @@ def test_an_open_sweep_shares_the_first_batch_and_decodes_the_rest_together(
             assert view.generate_batch(PROMPTS, SEVERAL[0]) == ft_alone[0]
             assert first.stats.cache_misses == misses  # written with the base's rows
             assert view.generate_batches(batches) == ft_alone
+
+
+def test_rows_that_start_alike_share_one_prefill_row(
+    tiny_assets: TinyAssets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt asked under three settings is prefilled once; each row then decodes on
+    its own copy of that row's cache, to the text it gets alone."""
+    alone = HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=16)
+    with alone.as_finetuned() as view:
+        expected = [view.generate_batch(PROMPTS, s) for s in SEVERAL]
+    alone.close()
+    widths: list[tuple[int, int]] = []
+    real = hf_generate.HFGenerator._forward
+
+    def spy(self: Any, rows: Any, **inputs: Any) -> Any:
+        widths.append(tuple(inputs["input_ids"].shape))
+        return real(self, rows, **inputs)
+
+    monkeypatch.setattr(hf_generate.HFGenerator, "_forward", spy)
+    together = HFDifferentialBackend(str(tiny_assets.base), tiny_assets.adapter, batch_size=16)
+    with together.as_finetuned() as view:
+        got = view.generate_batches([GenerationBatch(tuple(PROMPTS), s) for s in SEVERAL])
+    together.close()
+    assert got == expected
+    prefills = [w for w in widths if w[1] > 1]
+    assert [rows for rows, _ in prefills] == [len(PROMPTS)]  # 15 rows, 5 distinct starts
+    # Then every row decodes (less any that finished on the prefill's token).
+    assert len(PROMPTS) < widths[1][0] <= len(PROMPTS) * len(SEVERAL)

@@ -233,11 +233,16 @@ class HFGenerator:
         return self.batch_size
 
     def _run(self, rows: list[Row]) -> None:
-        """One padded chunk: prefill, then one cached forward per new token."""
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
+        """One padded chunk: prefill, then one cached forward per new token. Rows that
+        start alike (one prompt under one view, asked greedily and sampled) share one
+        prefill row, whose KV cache and logits each of them then gets a copy of."""
+        starts: dict[tuple[int, tuple[int, ...]], int] = {}
+        source = [starts.setdefault((r.group, tuple(r.prompt_ids)), len(starts)) for r in rows]
+        firsts = [rows[source.index(k)] for k in range(len(starts))]
+        width = max(len(r.prompt_ids) for r in firsts)
+        ids = torch.full((len(firsts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(firsts), width), dtype=torch.long)
+        for b, row in enumerate(firsts):
             ids[b, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
             mask[b, width - len(row.prompt_ids) :] = 1
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
@@ -245,7 +250,7 @@ class HFGenerator:
         live = list(rows)
         with torch.inference_mode(), decoding():
             out = self._forward(
-                live,
+                firsts,
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
@@ -255,8 +260,13 @@ class HFGenerator:
             cache = _cache_of(out)
             mask = mask.to(self.device)
             next_pos = positions[:, -1:].to(self.device) + 1
+            logits = out.logits[:, -1, :]
+            if len(firsts) < len(rows):
+                index = torch.tensor(source, device=self.device)
+                cache.batch_select_indices(index)
+                mask, next_pos, logits = mask[index], next_pos[index], logits[index]
             while True:
-                last = out.logits[:, -1, :].float()
+                last = logits.float()
                 keep: list[int] = []
                 feed: list[int] = []
                 for b, row in enumerate(live):
@@ -280,6 +290,7 @@ class HFGenerator:
                     use_cache=True,
                     **{self._cache_kw: cache},
                 )
+                logits = out.logits[:, -1, :]
                 next_pos = next_pos + 1
 
     def _choose(self, logits: torch.Tensor, row: Row) -> int:
