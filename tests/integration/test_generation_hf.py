@@ -346,3 +346,18 @@ def test_rows_that_start_alike_share_one_prefill_row(
     assert [rows for rows, _ in prefills] == [len(PROMPTS)]  # 15 rows, 5 distinct starts
     # Then every row decodes (less any that finished on the prefill's token).
     assert len(PROMPTS) < widths[1][0] <= len(PROMPTS) * len(SEVERAL)
+
+
+def test_a_bad_prompt_among_batches_is_named_as_its_own_batch_names_it(
+    hf_backend: HFDifferentialBackend,
+) -> None:
+    long = GenerationSettings(max_new_tokens=100)
+    with hf_backend.as_base() as view:
+        with pytest.raises(GenerationError) as alone:
+            view.generate_batch(["The fox " * 100], long)
+        with pytest.raises(GenerationError) as together:
+            view.generate_batches(
+                [GenerationBatch(("Cats",), SEVERAL[0]), GenerationBatch(("The fox " * 100,), long)]
+            )
+    assert str(together.value) == str(alone.value)
+    assert "prompt 0 has" in str(alone.value)

@@ -823,10 +823,15 @@ class HFView:
         def write(op: str, settings: GenerationSettings, items: list[Any]) -> list[Generation]:
             if pending and not written:
                 rows = list(pending.values())
-                made = scorer.generate_each([p for p, _ in rows], [s for _, s in rows])
-                written.update(zip(pending, made, strict=True))
+                try:
+                    made = scorer.generate_each([p for p, _ in rows], [s for _, s in rows])
+                except GenerationError:
+                    pending.clear()  # each batch's own call says what is wrong with its prompts
+                else:
+                    written.update(zip(pending, made, strict=True))
             wanted = [(op, prompt_cache_key(p)) for p in items]
-            # Anything the cache let go of since it was checked is written on its own.
+            # Anything not written together (the cache let it go since it was checked, or
+            # the shared decode refused a prompt) is written on its own.
             rest = [p for p, k in zip(items, wanted, strict=True) if k not in written]
             written.update(
                 zip(
