@@ -213,3 +213,31 @@ def test_per_prompt_logprobs_match_hf(server: str, model_dir: Path) -> None:
     finally:
         vl.close()
         hf.close()
+
+
+def test_greedy_and_sampled_batches_go_out_together(server: str, model_dir: Path) -> None:
+    """A view's greedy and sampled batches reach the server as one set of requests; the
+    greedy texts are the ones a batch of its own gets (a fresh backend, no shared cache)."""
+    from dlm_sway.backends.vllm import build
+    from dlm_sway.core.scoring import GeneratingBatches, GenerationBatch, GenerationSettings
+    from dlm_sway.demo.assets import adapter_dir, prompts
+
+    texts = tuple(prompts()[:3])
+    greedy = GenerationSettings(max_new_tokens=8, chat=False)
+    sampled = GenerationSettings(max_new_tokens=8, temperature=0.8, seed=3, chat=False)
+    options = _vllm_model(model_dir, server)["options"]
+    backends = [build(base=str(model_dir), adapter=str(adapter_dir("strong")), **options)]
+    backends.append(build(base=str(model_dir), adapter=str(adapter_dir("strong")), **options))
+    try:
+        with backends[0].as_finetuned() as view:
+            assert isinstance(view, GeneratingBatches)
+            together = view.generate_batches(
+                [GenerationBatch(texts, greedy), GenerationBatch(texts, sampled)]
+            )
+        with backends[1].as_finetuned() as view:
+            alone = view.generate_batch(list(texts), greedy)
+    finally:
+        for backend in backends:
+            backend.close()
+    assert together[0] == alone
+    assert all(g.new_tokens >= 1 for g in together[1])

@@ -452,3 +452,36 @@ def test_generation_through_completions(fake: FakeVLLM, adapter: Path, tmp_path:
         assert (gen.text, gen.new_tokens, gen.finish, gen.templated) == ("x", 1, "length", False)
     finally:
         backend.close()
+
+
+def test_several_settings_go_to_the_server_as_one_set_of_requests(
+    fake: FakeVLLM, adapter: Path, tmp_path: Path
+) -> None:
+    """Greedy and sampled batches of the same prompts are in flight together, each
+    request with its own settings, and each batch is cached as ``generate_batch``'s."""
+    from dlm_sway.core.scoring import GeneratingBatches, GenerationBatch, GenerationSettings
+
+    prompts = ("Once", "upon", "a time")
+    greedy = GenerationSettings(max_new_tokens=3, chat=False)
+    sampled = GenerationSettings(max_new_tokens=4, temperature=0.8, seed=5, chat=False)
+    backend = make(fake, adapter, tmp_path, max_in_flight=16)
+    try:
+        with backend.as_finetuned() as view:
+            assert isinstance(view, GeneratingBatches)
+            before, fake.max_seen_in_flight = len(fake.requests), 0
+            got = view.generate_batches(
+                [GenerationBatch(prompts, greedy), GenerationBatch(prompts, sampled)]
+            )
+            sent = [body for _, body in fake.requests[before:]]
+            assert fake.max_seen_in_flight == 2 * len(prompts)  # none waited for another batch
+            again = len(fake.requests)
+            assert view.generate_batch(list(prompts), sampled) == got[1]
+            assert len(fake.requests) == again  # served from the run cache
+    finally:
+        backend.close()
+    assert [len(g) for g in got] == [3, 3]
+    assert sorted((b["prompt"], b["max_tokens"], b["temperature"], b["seed"]) for b in sent) == (
+        sorted(
+            (p, s.max_new_tokens, s.temperature, s.seed) for s in (greedy, sampled) for p in prompts
+        )
+    )

@@ -383,6 +383,7 @@ class HFDifferentialBackend:
         view's cache. None (nothing done) for DoRA or ``modules_to_save`` adapters, when
         only one null lacks them, or when they would not fit the cache until asked for."""
         from dlm_sway.backends import hf_mixed, hf_null_generate
+        from dlm_sway.backends.gen_batches import generation_op
 
         if len(nulls) < 2 or not prompts or self._weight_slots or self._unmixable:
             return None
@@ -392,7 +393,7 @@ class HFDifferentialBackend:
             return None
         scorer = self._live_scorer()
         cache = scorer.instr.cache
-        op, keys = "generate:" + repr(settings), [prompt_cache_key(p) for p in prompts]
+        op, keys = generation_op(settings), [prompt_cache_key(p) for p in prompts]
         named = [self._named_null(n) for n in nulls]
         todo = [
             i

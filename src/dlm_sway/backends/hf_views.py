@@ -26,6 +26,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dlm_sway.backends import base_cache
+from dlm_sway.backends.gen_batches import cached_generations, generation_op
 from dlm_sway.backends.hf_few_rows import speed_up_few_rows
 from dlm_sway.backends.hf_generate import HFGenerator, tie_margin
 from dlm_sway.backends.hf_mixed import Stack
@@ -793,7 +794,7 @@ class HFView:
         keys = [prompt_cache_key(p) for p in prompts]
         try:
             return self._score(
-                scorer.instr, "generate:" + repr(settings), keys, 0, prompts, write, settings
+                scorer.instr, generation_op(settings), keys, 0, prompts, write, settings
             )
         finally:
             if self._sweep is not None:
@@ -810,47 +811,7 @@ class HFView:
         if len(todo) == 1 or (todo and self._sweep is not None and self._sweep.live):
             out.append(self.generate_batch(todo[0].prompts, todo[0].settings))
             todo = todo[1:]
-        ops = ["generate:" + repr(b.settings) for b in todo]
-        keys = [[prompt_cache_key(p) for p in b.prompts] for b in todo]
-        cache = scorer.instr.cache
-        pending: dict[tuple[str, str], tuple[str | Conversation, GenerationSettings]] = {}
-        for op, batch, its in zip(ops, todo, keys, strict=True):
-            for prompt, key in zip(batch.prompts, its, strict=True):
-                if cache.key(op, self.cache_ns, key, 0) not in cache:
-                    pending.setdefault((op, key), (prompt, batch.settings))
-        written: dict[tuple[str, str], Generation] = {}
-
-        def write(op: str, settings: GenerationSettings, items: list[Any]) -> list[Generation]:
-            if pending and not written:
-                rows = list(pending.values())
-                try:
-                    made = scorer.generate_each([p for p, _ in rows], [s for _, s in rows])
-                except GenerationError:
-                    pending.clear()  # each batch's own call says what is wrong with its prompts
-                else:
-                    written.update(zip(pending, made, strict=True))
-            wanted = [(op, prompt_cache_key(p)) for p in items]
-            # Anything not written together (the cache let it go since it was checked, or
-            # the shared decode refused a prompt) is written on its own.
-            rest = [p for p, k in zip(items, wanted, strict=True) if k not in written]
-            written.update(
-                zip(
-                    [(op, prompt_cache_key(p)) for p in rest],
-                    scorer.generate_batch(rest, settings) if rest else [],
-                    strict=True,
-                )
-            )
-            return [written[k] for k in wanted]
-
-        for op, batch, its in zip(ops, todo, keys, strict=True):
-            compute = functools.partial(write, op, batch.settings)
-            prompts = list(batch.prompts)
-            out.append(
-                self._score(scorer.instr, op, its, 0, prompts, compute, batch.settings)
-                if prompts
-                else []
-            )
-        return out
+        return out + cached_generations(scorer.instr, self.cache_ns, todo, scorer.generate_each)
 
     def generate(
         self,

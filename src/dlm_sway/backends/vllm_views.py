@@ -22,12 +22,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dlm_sway.backends.gen_batches import cached_generations, generation_op
 from dlm_sway.backends.instrumentation import Instrumentation, pair_key
 from dlm_sway.backends.vllm_client import ServerError, VLLMClient
 from dlm_sway.core.errors import ProbeError, ViewError
 from dlm_sway.core.scoring import (
     Conversation,
     Generation,
+    GenerationBatch,
     GenerationSettings,
     RollingLogprob,
     TokenDist,
@@ -253,8 +255,33 @@ class VLLMScorer:
     def generate(
         self, model: str, prompts: Sequence[str | Conversation], settings: GenerationSettings
     ) -> list[Generation]:
+        return self.generate_each(model, prompts, [settings] * len(prompts))
+
+    def generate_each(
+        self,
+        model: str,
+        prompts: Sequence[str | Conversation],
+        settings: Sequence[GenerationSettings],
+    ) -> list[Generation]:
+        """Prompt ``i`` under ``settings[i]``: one request each, all in flight together
+        (the server batches them), chat and plain ones as two sets."""
+        by_path: dict[str, list[tuple[int, dict[str, Any], bool]]] = {}
+        for i, (prompt, own) in enumerate(zip(prompts, settings, strict=True)):
+            path, body, templated = self._request(model, prompt, own)
+            by_path.setdefault(path, []).append((i, body, templated))
+        out: dict[int, Generation] = {}
+        for path, requests in by_path.items():
+            answers = self.client.post_many(path, [body for _, body, _ in requests])
+            for (i, _, templated), answer in zip(requests, answers, strict=True):
+                out[i] = self._generation(answer, templated)
+        return [out[i] for i in range(len(prompts))]
+
+    def _request(
+        self, model: str, prompt: str | Conversation, settings: GenerationSettings
+    ) -> tuple[str, dict[str, Any], bool]:
+        """(path, body, templated) of one generation request."""
         templated = self._templated(settings)
-        common: dict[str, Any] = {
+        body: dict[str, Any] = {
             "model": model,
             "max_tokens": settings.max_new_tokens,
             "temperature": float(settings.temperature),
@@ -262,23 +289,14 @@ class VLLMScorer:
             "seed": settings.seed,
         }
         if settings.stop:
-            common["stop"] = list(settings.stop)
+            body["stop"] = list(settings.stop)
         if templated:
-            path = "/v1/chat/completions"
-            bodies = [
-                {
-                    **common,
-                    "messages": [
-                        {"role": t.role, "content": t.content} for t in as_conversation(p)
-                    ],
-                }
-                for p in prompts
+            body["messages"] = [
+                {"role": t.role, "content": t.content} for t in as_conversation(prompt)
             ]
-        else:
-            path = "/v1/completions"
-            bodies = [{**common, "prompt": plain_text(p)} for p in prompts]
-        answers = self.client.post_many(path, bodies)
-        return [self._generation(a, templated) for a in answers]
+            return "/v1/chat/completions", body, True
+        body["prompt"] = plain_text(prompt)
+        return "/v1/completions", body, False
 
     def _templated(self, settings: GenerationSettings) -> bool:
         if settings.chat is False:
@@ -416,11 +434,22 @@ class VLLMView:
         s = self._check()
         prompts = list(prompts)
         return s.instr.cached_batch(
-            f"generate:{settings!r}",
+            generation_op(settings),
             self.cache_ns,
             [prompt_cache_key(p) for p in prompts],
             0,
             lambda idx: s.generate(self._resolve(), [prompts[i] for i in idx], settings),
+        )
+
+    def generate_batches(self, batches: Sequence[GenerationBatch]) -> list[list[Generation]]:
+        """Several settings' generations, cached as ``generate_batch`` caches each; the
+        misses of all go to the server as one set of concurrent requests."""
+        s = self._check()
+        return cached_generations(
+            s.instr,
+            self.cache_ns,
+            batches,
+            lambda prompts, settings: s.generate_each(self._resolve(), prompts, settings),
         )
 
     def generate(
