@@ -226,18 +226,20 @@ def test_greedy_and_sampled_batches_go_out_together(server: str, model_dir: Path
     greedy = GenerationSettings(max_new_tokens=8, chat=False)
     sampled = GenerationSettings(max_new_tokens=8, temperature=0.8, seed=3, chat=False)
     options = _vllm_model(model_dir, server)["options"]
-    backends = [build(base=str(model_dir), adapter=str(adapter_dir("strong")), **options)]
-    backends.append(build(base=str(model_dir), adapter=str(adapter_dir("strong")), **options))
+    backend = build(base=str(model_dir), adapter=str(adapter_dir("strong")), **options)
     try:
-        with backends[0].as_finetuned() as view:
+        with backend.as_finetuned() as view:
             assert isinstance(view, GeneratingBatches)
             together = view.generate_batches(
                 [GenerationBatch(texts, greedy), GenerationBatch(texts, sampled)]
             )
-        with backends[1].as_finetuned() as view:
+    finally:
+        backend.close()
+    backend = build(base=str(model_dir), adapter=str(adapter_dir("strong")), **options)
+    try:
+        with backend.as_finetuned() as view:
             alone = view.generate_batch(list(texts), greedy)
     finally:
-        for backend in backends:
-            backend.close()
+        backend.close()
     assert together[0] == alone
     assert all(g.new_tokens >= 1 for g in together[1])
