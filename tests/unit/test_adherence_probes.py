@@ -537,14 +537,31 @@ class TestMissingDependencies:
 
         return _hide
 
-    def test_without_sentence_transformers(
+    def test_without_transformers(
+        self, make_suite: Callable[..., Any], without: Callable[..., None]
+    ) -> None:
+        without("transformers")
+        with pytest.raises(SpecValidationError) as info:
+            make_suite(ck())
+        assert "suite[0] (ck): cluster_kl needs transformers" in str(info.value)
+        assert str(info.value).endswith(INSTALL)
+
+    def test_the_bundled_model_runs_without_sentence_transformers(
         self, make_suite: Callable[..., Any], without: Callable[..., None]
     ) -> None:
         without("sentence_transformers")
+        make_suite(ck())
+
+    def test_a_folder_that_needs_sentence_transformers_says_so(
+        self, make_suite: Callable[..., Any], without: Callable[..., None], tmp_path: Path
+    ) -> None:
+        (tmp_path / "modules.json").write_text(
+            '[{"path": "", "type": "sentence_transformers.models.Transformer"}]', encoding="utf-8"
+        )
+        without("sentence_transformers")
         with pytest.raises(SpecValidationError) as info:
-            make_suite(ck())
-        assert "suite[0] (ck): cluster_kl needs sentence-transformers" in str(info.value)
-        assert str(info.value).endswith(INSTALL)
+            make_suite(ck(embedding_model=str(tmp_path)))
+        assert "cluster_kl needs sentence-transformers" in str(info.value)
 
     def test_without_the_bundled_model(
         self, make_suite: Callable[..., Any], without: Callable[..., None]

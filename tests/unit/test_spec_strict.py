@@ -584,7 +584,7 @@ def test_cluster_kl_with_too_few_prompts(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("hidden", "named"),
     [
-        ("sentence_transformers", "sentence-transformers"),
+        ("transformers", "transformers"),
         ("sklearn", "scikit-learn"),
         (_embed.MODEL_PACKAGE, _embed.MODEL_DIST),
     ],

