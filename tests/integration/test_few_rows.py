@@ -105,9 +105,10 @@ def test_generation_and_scores_unchanged_on_a_model_that_takes_the_path(
 def test_generation_forwards_run_a_wide_layer_on_onednn_and_nothing_else_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Inside ``decoding()`` a head-shaped layer past MAX_ROWS rows takes oneDNN (float
-    rounding apart, the same numbers, the same bits every time); scoring forwards,
-    narrow layers and forwards that track gradients keep torch's own linear, bit for bit."""
+    """Inside ``decoding()`` a head-shaped layer past MAX_ROWS rows takes oneDNN and a
+    narrow one ``W @ xᵀ`` up to MAX_ROWS_DECODING rows (float rounding apart, the same
+    numbers, the same bits every time); scoring forwards, narrow layers past that and
+    forwards that track gradients keep torch's own linear, bit for bit."""
     monkeypatch.setattr(hf_few_rows, "MIN_WEIGHT_ELEMENTS", 0)
     calls: list[int] = []
     real = hf_few_rows.onednn_linear
@@ -133,7 +134,10 @@ def test_generation_forwards_run_a_wide_layer_on_onednn_and_nothing_else_does(
                     assert torch.equal(layer(x.clone()), got)
             with hf_few_rows.decoding():
                 assert torch.equal(layer(x), plain)  # gradients on: no oneDNN (it has no backward)
-            if layer is narrow:
+            if layer is narrow and rows <= 8:  # a decode step of up to 8 rows: W @ xᵀ
+                flat = x.reshape(rows, -1)
+                assert torch.equal(got, (layer.weight @ flat.T).T.reshape(got.shape))
+            elif layer is narrow:
                 assert torch.equal(got, plain)
             torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
             assert got.shape == plain.shape and got.is_contiguous()

@@ -11,8 +11,11 @@ rows. bf16 (oneDNN) has no such gap and is left alone.
 Inside :func:`decoding` (generation's forwards only), a wide layer (the head)
 over more than ``MAX_ROWS`` rows runs on oneDNN's fp32 GEMM instead: SmolLM2's
 head, out of cache, 16-25 ms against 35-43 ms for MKL's at 6-36 rows (and 17-34
-for ``W @ xᵀ``). The body's layers showed no steady winner, so they keep MKL;
-scoring keeps it too, so no score moves.
+for ``W @ xᵀ``). The body's layers take ``W @ xᵀ`` there up to
+``MAX_ROWS_DECODING`` rows: per-layer medians over SmolLM2's 30 layers (weights
+out of cache, AVX2 EPYC) were 49-87 ms a step for ``W @ xᵀ`` against 65-107 ms
+for MKL at 5-8 rows, every shape included. Scoring keeps MKL past ``MAX_ROWS``,
+so no score moves.
 
 Only the order of the float sums changes: logits move by float rounding, and a
 given input always takes the same path (the choice depends on its row count and
@@ -23,6 +26,7 @@ it does a batch layout's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,6 +39,8 @@ from torch.nn import functional
 #: 8 for a weight at least four times wider than it is deep (the head: 7 ms against 15).
 MAX_ROWS = 4
 MAX_ROWS_WIDE = 8
+#: Rows up to which a generation forward's narrower layers take ``W @ xᵀ``.
+MAX_ROWS_DECODING = 8
 #: Weights smaller than this (LoRA's A and B) are not worth a second path.
 MIN_WEIGHT_ELEMENTS = 1 << 16
 
@@ -43,12 +49,18 @@ _DECODING: ContextVar[bool] = ContextVar("sway_decoding", default=False)
 
 @contextmanager
 def decoding() -> Iterator[None]:
-    """Generation's forwards: a wide layer (the head) past ``MAX_ROWS`` rows runs on oneDNN."""
-    token = _DECODING.set(_has_onednn_linear())
+    """Generation's forwards: a wide layer (the head) past ``MAX_ROWS`` rows runs on
+    oneDNN, the others take ``W @ xᵀ`` up to ``MAX_ROWS_DECODING`` rows."""
+    token = _DECODING.set(True)
     try:
         yield
     finally:
         _DECODING.reset(token)
+
+
+@functools.cache
+def _onednn() -> bool:
+    return _has_onednn_linear()
 
 
 def _has_onednn_linear() -> bool:
@@ -100,10 +112,11 @@ class FewRowsForward:
         wide = out_features >= 4 * in_features
         if x.dtype != weight.dtype or rows < 1:
             return functional.linear(x, weight, bias)
-        if wide and rows > MAX_ROWS and _DECODING.get() and not torch.is_grad_enabled():
+        decoding = _DECODING.get() and not torch.is_grad_enabled()
+        if wide and rows > MAX_ROWS and decoding and _onednn():
             out = onednn_linear(x.reshape(rows, x.shape[-1]).contiguous(), weight, bias)
             return out.reshape(*x.shape[:-1], out_features)
-        if rows > (MAX_ROWS_WIDE if wide else MAX_ROWS):
+        if rows > (MAX_ROWS_WIDE if wide else MAX_ROWS_DECODING if decoding else MAX_ROWS):
             return functional.linear(x, weight, bias)
         flat = x.reshape(rows, x.shape[-1])
         if rows == 1:
@@ -116,6 +129,7 @@ class FewRowsForward:
 
 __all__ = [
     "MAX_ROWS",
+    "MAX_ROWS_DECODING",
     "MAX_ROWS_WIDE",
     "FewRowsForward",
     "decoding",
