@@ -114,6 +114,10 @@ def test_cls_pooling_without_normalisation_is_plain(tmp_path: Path) -> None:
         {"sentence_bert_config.json": {"max_seq_length": 0}},
         {"config_sentence_transformers.json": {"prompts": {"query": "query: "}}},
         {"config_sentence_transformers.json": {"default_prompt_name": "query"}},
+        {"1_Pooling/config.json": {"pooling_mode_mean_tokens": "yes"}},
+        {"1_Pooling/config.json": {"pooling_mode": "max"}},
+        {"1_Pooling/config.json": {"pooling_mode": "mean", "pooling_mode_mean_tokens": True}},
+        {"sentence_bert_config.json": {"max_seq_length": True}},
         {"modules.json": "not json"},
     ],
 )
@@ -121,6 +125,12 @@ def test_anything_else_is_left_to_sentence_transformers(
     tmp_path: Path, change: dict[str, Any]
 ) -> None:
     assert plain_pipeline(_folder(tmp_path, change)) is None
+
+
+def test_a_named_pooling_mode_is_read_too(tmp_path: Path) -> None:
+    named = {"embedding_dimension": 384, "pooling_mode": "cls", "include_prompt": True}
+    folder = _folder(tmp_path, {"1_Pooling/config.json": named})
+    assert plain_pipeline(folder) == Plain("cls", normalize=True, max_seq_length=256)
 
 
 def test_a_folder_without_modules_is_not_plain(tmp_path: Path) -> None:

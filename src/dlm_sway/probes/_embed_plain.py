@@ -26,7 +26,10 @@ _TRANSFORMER = "sentence_transformers.models.Transformer"
 _POOLING = "sentence_transformers.models.Pooling"
 _NORMALIZE = "sentence_transformers.models.Normalize"
 #: Pooling switches a plain pipeline may set: exactly one of the two modes.
-_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+_MODES: dict[str, Literal["mean", "cls"]] = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+}
 #: sentence_bert_config.json keys a plain pipeline may hold (lower-casing off).
 _SETTINGS = frozenset({"max_seq_length", "do_lower_case"})
 _OTHER_MODES = (
@@ -69,17 +72,30 @@ def plain_pipeline(folder: Path) -> Plain | None:
     extra = _json(folder / "config_sentence_transformers.json") or {}
     if not all(isinstance(c, dict) for c in (pooling, settings, extra)):
         return None
-    modes = [name for key, name in _MODES.items() if pooling.get(key)]
-    if len(modes) != 1 or any(pooling.get(key) for key in _OTHER_MODES):
-        return None
-    if pooling.get("include_prompt") is False or not set(settings) <= _SETTINGS:
+    mode = _pooling_mode(pooling)
+    if mode is None or pooling.get("include_prompt") is False or not set(settings) <= _SETTINGS:
         return None
     if settings.get("do_lower_case") or extra.get("prompts") or extra.get("default_prompt_name"):
         return None
     length = settings.get("max_seq_length")
-    if length is not None and (not isinstance(length, int) or length < 1):
+    if length is not None and (type(length) is not int or length < 1):
         return None
-    return Plain(pooling=modes[0], normalize=len(modules) == 3, max_seq_length=length)  # type: ignore[arg-type]
+    return Plain(pooling=mode, normalize=len(modules) == 3, max_seq_length=length)
+
+
+def _pooling_mode(config: dict[str, Any]) -> Literal["mean", "cls"] | None:
+    """Mean or CLS pooling, from the switches (or a newer ``pooling_mode`` name), when
+    exactly one of them is on and no other mode is; None otherwise."""
+    switches = [config.get(key) for key in (*_MODES, *_OTHER_MODES)]
+    if any(v is not None and not isinstance(v, bool) for v in switches):
+        return None
+    named = config.get("pooling_mode")
+    on = [name for key, name in _MODES.items() if config.get(key) is True]
+    if any(config.get(key) for key in _OTHER_MODES) or (named is not None and on):
+        return None
+    if named is not None:
+        return "mean" if named == "mean" else "cls" if named == "cls" else None
+    return on[0] if len(on) == 1 else None
 
 
 class PlainEncoder:
