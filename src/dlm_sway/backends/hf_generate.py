@@ -237,8 +237,14 @@ class HFGenerator:
         start alike (one prompt under one view, asked greedily and sampled) share one
         prefill row, whose KV cache and logits each of them then gets a copy of."""
         starts: dict[tuple[int, tuple[int, ...]], int] = {}
-        source = [starts.setdefault((r.group, tuple(r.prompt_ids)), len(starts)) for r in rows]
-        firsts = [rows[source.index(k)] for k in range(len(starts))]
+        firsts: list[Row] = []  # the first row of each distinct start, prefilled
+        source: list[int] = []  # per row, the index of its start among ``firsts``
+        for row in rows:
+            key = (row.group, tuple(row.prompt_ids))
+            if key not in starts:
+                starts[key] = len(firsts)
+                firsts.append(row)
+            source.append(starts[key])
         width = max(len(r.prompt_ids) for r in firsts)
         ids = torch.full((len(firsts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(firsts), width), dtype=torch.long)

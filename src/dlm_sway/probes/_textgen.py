@@ -18,6 +18,7 @@ from dlm_sway.core.scoring import (
     Conversation,
     Generating,
     GeneratingBatches,
+    Generation,
     GenerationBatch,
     GenerationSettings,
     ScoringModel,
@@ -73,12 +74,7 @@ def write(
     """The text each prompt gets under ``view`` (one batched call)."""
     if not prompts:
         return []
-    out = generating(view, probe).generate_batch(list(prompts), settings)
-    if len(out) != len(prompts):
-        raise SwayError(
-            f"{probe}: the backend returned {len(out)} generations for {len(prompts)} prompts"
-        )
-    texts = [g.text for g in out]
+    texts = _texts(generating(view, probe).generate_batch(list(prompts), settings), prompts, probe)
     _record(view, prompts, settings, texts)
     return texts
 
@@ -98,16 +94,21 @@ def write_batches(
     out = iter(view.generate_batches(asked) if asked else [])
     texts: list[list[str]] = []
     for batch in wanted:
-        got = next(out, None) if batch.prompts else []
-        if got is None or len(got) != len(batch.prompts):
-            raise SwayError(
-                f"{probe}: the backend returned {0 if got is None else len(got)} generations "
-                f"for {len(batch.prompts)} prompts"
-            )
-        texts.append([g.text for g in got])
+        texts.append(_texts(next(out, []) if batch.prompts else [], batch.prompts, probe))
         if batch.prompts:
             _record(view, batch.prompts, batch.settings, texts[-1])
     return texts
+
+
+def _texts(
+    got: Sequence[Generation], prompts: Sequence[str | Conversation], probe: str
+) -> list[str]:
+    """The texts of ``got``, one per prompt, or a SwayError naming both counts."""
+    if len(got) != len(prompts):
+        raise SwayError(
+            f"{probe}: the backend returned {len(got)} generations for {len(prompts)} prompts"
+        )
+    return [g.text for g in got]
 
 
 def _record(
